@@ -1,1 +1,12 @@
-fn main(){}
+//! End-to-end tests: the real `alertbridge` binary against a real mosquitto (spawned per test on
+//! a free port) and the Genesys simulator over real HTTP. Each module is one scenario family.
+//! The guarantee they assert: lost = (acked by the broker) − (delivered ∪ dead-lettered) = 0.
+
+mod support;
+
+mod broker_restart;
+mod config;
+mod crash;
+mod spine;
+mod storm;
+mod tokens;

@@ -1,1 +1,207 @@
-//! placeholder
+//! alertbridge: a durable store-and-forward edge agent from MQTT device alerts to Genesys Cloud
+//! CX workflows.
+//!
+//! # Layout: the path of one alert
+//!
+//! 1. [`ingest`]: the broker sends a QoS 1 PUBLISH. The connection task stamps it with the
+//!    connection epoch and hands it to the batcher, which asks the payload mapper
+//!    (`alertbridge-payload`) for the alert's identity and lane, and appends it with every other
+//!    publish waiting at that moment in **one** group commit (`alertbridge-wal`:
+//!    sled transaction, flush, fsync). Only then are the PUBACKs queued (I1), and only for
+//!    publishes of the current connection (I2). A payload the mapping rejects is persisted
+//!    straight into dead letters with the reason.
+//! 2. The durable key goes to [`drain`], whose [`schedule::Queue`] orders critical alerts first
+//!    without starving the rest. The [`limiter`] paces requests (token bucket, AIMD on 429,
+//!    client-wide `Retry-After`) and the circuit breaker holds them during an outage.
+//! 3. A delivery task maps the payload to the request body and calls Genesys
+//!    (`alertbridge-genesys`), which classifies the answer into a `Disposition`.
+//! 4. The drain applies it: 2xx → `Wal::remove` with a receipt; retryable → attempts and next
+//!    attempt time persisted, back in the queue; permanent → dead letter with status and API
+//!    message; configuration fault → delivery paused loudly, alert kept (I3).
+//! 5. Every step emits a typed event ([`events`]) that logs and counts together; `status`, the
+//!    admin endpoint and the demo read the same counters.
+//!
+//! Shutdown ([`run`]): ingest stops taking publishes, commits its open batch and queues those
+//! acks → drain stops picking, in-flight deliveries get `shutdown_timeout` → final durable flush.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod events;
+pub mod ingest;
+pub mod limiter;
+pub mod plant;
+pub mod schedule;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use alertbridge_genesys::{ClientConfig, GenesysClient};
+use alertbridge_payload::Mapper;
+use alertbridge_wal::{Wal, WalConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use events::Counters;
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The log could not be opened.
+    #[error("opening the write-ahead log in {dir}: {source}")]
+    Open {
+        /// Store directory.
+        dir: std::path::PathBuf,
+        /// Cause.
+        source: alertbridge_wal::WalError,
+    },
+    /// The mapping could not be built.
+    #[error("mapping: {0}")]
+    Mapping(String),
+    /// The HTTP client could not be built.
+    #[error("genesys client: {0}")]
+    Client(String),
+    /// Ingest failed (log poisoned, broker options unusable).
+    #[error("ingest: {0}")]
+    Ingest(#[from] ingest::IngestError),
+    /// Drain failed (log error).
+    #[error("drain: {0}")]
+    Drain(#[from] drain::DrainError),
+    /// A stage task panicked.
+    #[error("stage task failed: {0}")]
+    Task(String),
+}
+
+/// Install rustls' `ring` provider once per process (reqwest is built without a provider, so
+/// this must happen before the first client is built; a second call is harmless).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Open the log described by the config.
+pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
+    let cfg = WalConfig {
+        dir: config.store.dir.clone(),
+        cache_capacity_bytes: config.store.cache_capacity_bytes,
+        dedup_window: config.store.dedup_window,
+        delivered_keep: config.store.delivered_keep,
+        ..WalConfig::default()
+    };
+    Wal::open(cfg).map_err(|source| RunError::Open {
+        dir: config.store.dir.clone(),
+        source,
+    })
+}
+
+/// Build the Genesys client described by the config.
+pub fn genesys_client(config: &Config) -> Result<GenesysClient, RunError> {
+    install_crypto_provider();
+    let g = &config.genesys;
+    GenesysClient::new(ClientConfig {
+        login_url: g.login_url.clone(),
+        api_url: g.api_url.clone(),
+        client_id: g.client_id.clone(),
+        secret: g.secret.clone(),
+        target: g.target.clone(),
+        request_timeout: g.request_timeout,
+        connect_timeout: g.connect_timeout,
+        refresh_margin: g.refresh_margin,
+    })
+    .map_err(|e| RunError::Client(e.to_string()))
+}
+
+/// Run the agent until `shutdown` resolves (SIGTERM/SIGINT in the binary, a oneshot in tests).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    run_with(config, Arc::new(Counters::default()), shutdown).await
+}
+
+/// [`run`] with caller-owned counters (the demo shows them live).
+pub async fn run_with(
+    config: Config,
+    counters: Arc<Counters>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let wal = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || open_wal(&c))
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))??
+    };
+    let mapper =
+        Arc::new(Mapper::new(&config.mapping).map_err(|e| RunError::Mapping(e.to_string()))?);
+    let client = genesys_client(&config)?;
+    tracing::info!(
+        store = %config.store.dir.display(),
+        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        api = %config.genesys.api_url,
+        "alertbridge starting"
+    );
+
+    let root = CancellationToken::new();
+    let ingest_cancel = root.child_token();
+    let drain_cancel = CancellationToken::new();
+    let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+
+    let admin = match config.admin_listen {
+        Some(addr) => admin::spawn(addr, wal.clone(), counters.clone(), root.child_token()).await,
+        None => None,
+    };
+
+    let mut ingest = tokio::spawn(ingest::run(
+        config.mqtt.clone(),
+        config.store.clone(),
+        wal.clone(),
+        mapper.clone(),
+        counters.clone(),
+        feed_tx,
+        ingest_cancel.clone(),
+    ));
+    let drain = drain::Drain::new(
+        config.delivery.clone(),
+        wal.clone(),
+        client,
+        mapper,
+        counters.clone(),
+    );
+    let mut drain = tokio::spawn(drain.run(feed_rx, drain_cancel.clone()));
+
+    // Wait for the signal or for a stage to fail.
+    let mut ingest_result = None;
+    let mut drain_result = None;
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested"),
+        r = &mut ingest => ingest_result = Some(r),
+        r = &mut drain => drain_result = Some(r),
+    }
+    // Order: ingest first (commit open batch, queue its acks), then drain, then a final flush.
+    ingest_cancel.cancel();
+    let ingest_result = match ingest_result {
+        Some(r) => r,
+        None => ingest.await,
+    };
+    drain_cancel.cancel();
+    let drain_result = match drain_result {
+        Some(r) => r,
+        None => drain.await,
+    };
+    root.cancel();
+    if let Some(h) = admin {
+        let _ = h.await;
+    }
+    let flushed = {
+        let w = wal.clone();
+        tokio::task::spawn_blocking(move || w.flush()).await
+    };
+    ingest_result.map_err(|e| RunError::Task(e.to_string()))??;
+    drain_result.map_err(|e| RunError::Task(e.to_string()))??;
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(RunError::Ingest(ingest::IngestError::Wal(e))),
+        Err(e) => return Err(RunError::Task(e.to_string())),
+    }
+    tracing::info!("alertbridge stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,831 @@
+//! Configuration: raw TOML (`RawConfig`, every key optional, unknown keys rejected) → validated
+//! [`Config`] (units resolved, secrets located, cross-key rules checked).
+//!
+//! Two stages, like ripgrep's `lowargs` → `hiargs`: serde does the syntax and names unknown keys,
+//! [`Config::from_raw`] does the meaning and names the key and the fix in every error. Secrets are
+//! never in this file: only the *path* of a secret file or the name of an environment variable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alertbridge_genesys::{EventsAuth, SecretSource, Target};
+use alertbridge_payload::MappingConfig;
+use serde::Deserialize;
+
+/// Environment variable that may hold the Genesys client secret (when no `client_secret_file`).
+pub const ENV_GENESYS_SECRET: &str = "ALERTBRIDGE_GENESYS_CLIENT_SECRET";
+/// Environment variable that may hold the MQTT password (when no `password_file`).
+pub const ENV_MQTT_PASSWORD: &str = "ALERTBRIDGE_MQTT_PASSWORD";
+/// systemd's credentials directory (`LoadCredential=`); `client_secret_file` may be relative to it.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// A configuration problem: which key, what is wrong, how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given with `--config`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, wrong type or unknown key (the message names line and key).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The path given with `--config`.
+        path: PathBuf,
+        /// toml's message, which names the key and position.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("config key `{key}`: {problem} (fix: {fix})")]
+    Invalid {
+        /// Dotted key, e.g. `delivery.rate_per_sec`.
+        key: &'static str,
+        /// What is wrong with the value.
+        problem: String,
+        /// What to write instead.
+        fix: String,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The file as written. Every section and key is optional; defaults live in [`Config::from_raw`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[mqtt]`
+    #[serde(default)]
+    pub mqtt: RawMqtt,
+    /// `[store]`
+    #[serde(default)]
+    pub store: RawStore,
+    /// `[genesys]`
+    #[serde(default)]
+    pub genesys: RawGenesys,
+    /// `[delivery]`
+    #[serde(default)]
+    pub delivery: RawDelivery,
+    /// `[mapping]` (owned by the payload crate)
+    #[serde(default)]
+    pub mapping: MappingConfig,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[log]`
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[mqtt]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: Option<String>,
+    /// Stable client id: the broker keeps the persistent session under it.
+    pub client_id: Option<String>,
+    /// Topic filters subscribed at QoS 1.
+    pub topics: Option<Vec<String>>,
+    /// Optional user name.
+    pub username: Option<String>,
+    /// File holding the password (or env `ALERTBRIDGE_MQTT_PASSWORD`).
+    pub password_file: Option<PathBuf>,
+    /// PEM file with the CA that signed the broker's certificate (mqtts only).
+    pub ca_file: Option<PathBuf>,
+    /// MQTT keep-alive.
+    pub keep_alive_secs: Option<u64>,
+    /// First reconnect delay.
+    pub reconnect_min_ms: Option<u64>,
+    /// Largest reconnect delay.
+    pub reconnect_max_ms: Option<u64>,
+}
+
+/// `[store]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Directory of the write-ahead log.
+    pub dir: Option<PathBuf>,
+    /// Disk budget of the log.
+    pub max_bytes: Option<u64>,
+    /// sled page cache.
+    pub cache_capacity_bytes: Option<u64>,
+    /// How many alert ids the duplicate window remembers.
+    pub dedup_window: Option<usize>,
+    /// How many delivery receipts are kept.
+    pub delivered_keep: Option<usize>,
+    /// Most publishes in one group commit.
+    pub batch_max: Option<usize>,
+}
+
+/// `[genesys]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGenesys {
+    /// Region id (`eu-west-1`) or domain (`mypurecloud.ie`).
+    pub region: Option<String>,
+    /// Override of the OAuth host.
+    pub login_url: Option<String>,
+    /// Override of the API host.
+    pub api_url: Option<String>,
+    /// OAuth client id (not secret).
+    pub client_id: Option<String>,
+    /// File holding the OAuth client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// `workflow` (default) or `events`.
+    pub target: Option<String>,
+    /// Workflow id for `workflow`.
+    pub flow_id: Option<String>,
+    /// Optional workflow version.
+    pub flow_version: Option<String>,
+    /// Event name for `events`.
+    pub event_name: Option<String>,
+    /// Invocation URL for `events` (a secret when it is a webhook URL).
+    pub events_url: Option<String>,
+    /// `bearer` (default) or `none`.
+    pub events_auth: Option<String>,
+    /// Whole-request timeout.
+    pub request_timeout_secs: Option<u64>,
+    /// TCP+TLS connect timeout.
+    pub connect_timeout_secs: Option<u64>,
+    /// Refresh the token this long before it expires.
+    pub token_refresh_margin_secs: Option<u64>,
+}
+
+/// `[delivery]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    /// Sustained request rate.
+    pub rate_per_sec: Option<f64>,
+    /// Token bucket size.
+    pub burst: Option<u32>,
+    /// Concurrent requests.
+    pub max_in_flight: Option<usize>,
+    /// First retry delay.
+    pub backoff_initial_ms: Option<u64>,
+    /// Largest retry delay.
+    pub backoff_max_ms: Option<u64>,
+    /// Growth factor of the retry delay.
+    pub backoff_multiplier: Option<f64>,
+    /// Consecutive retryable failures that open the circuit breaker.
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe.
+    pub breaker_cooldown_ms: Option<u64>,
+    /// One normal alert is sent after this many critical ones when both wait.
+    pub normal_every: Option<u32>,
+    /// Max age of a critical alert before it is dead-lettered as expired (none by default).
+    pub ttl_critical_secs: Option<u64>,
+    /// Max age of other alerts before they are dead-lettered as expired (none by default).
+    pub ttl_normal_secs: Option<u64>,
+    /// Grace for in-flight requests at shutdown.
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+/// `[admin]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Loopback address of the status endpoint; empty string disables it.
+    pub listen: Option<String>,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Filter, `RUST_LOG` syntax.
+    pub level: Option<String>,
+    /// `text` or `json`.
+    pub format: Option<String>,
+}
+
+/// Validated configuration, used by every stage.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// MQTT ingest settings.
+    pub mqtt: MqttConfig,
+    /// Log settings.
+    pub store: StoreConfig,
+    /// Genesys client settings.
+    pub genesys: GenesysConfig,
+    /// Drain settings.
+    pub delivery: DeliveryConfig,
+    /// Payload mapping.
+    pub mapping: MappingConfig,
+    /// Status endpoint; `None` = disabled.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Log filter.
+    pub log_level: String,
+    /// JSON logs instead of text.
+    pub log_json: bool,
+}
+
+/// Validated `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS (mqtts).
+    pub tls: bool,
+    /// Extra CA for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Persistent-session client id.
+    pub client_id: String,
+    /// Filters, subscribed at QoS 1.
+    pub topics: Vec<String>,
+    /// User name.
+    pub username: Option<String>,
+    /// Where the password comes from (read at connect, never stored here).
+    pub password: Option<SecretSource>,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+/// Validated `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Log directory.
+    pub dir: PathBuf,
+    /// Disk budget: at or above it ingest stops acking (the broker keeps the alerts).
+    pub max_bytes: u64,
+    /// sled cache.
+    pub cache_capacity_bytes: u64,
+    /// Duplicate window (alert ids).
+    pub dedup_window: usize,
+    /// Receipts kept.
+    pub delivered_keep: usize,
+    /// Largest group commit.
+    pub batch_max: usize,
+}
+
+/// Validated `[genesys]`.
+#[derive(Debug, Clone)]
+pub struct GenesysConfig {
+    /// `https://login.<domain>` or override.
+    pub login_url: String,
+    /// `https://api.<domain>` or override.
+    pub api_url: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Where the secret comes from.
+    pub secret: SecretSource,
+    /// What to call.
+    pub target: Target,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Proactive refresh margin.
+    pub refresh_margin: Duration,
+}
+
+/// Validated `[delivery]`.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Sustained rate.
+    pub rate_per_sec: f64,
+    /// Bucket size.
+    pub burst: u32,
+    /// Concurrency cap.
+    pub max_in_flight: usize,
+    /// Backoff parameters.
+    pub backoff: crate::schedule::Backoff,
+    /// Breaker threshold.
+    pub breaker_failures: u32,
+    /// Breaker cool-down.
+    pub breaker_cooldown: Duration,
+    /// Fairness between lanes.
+    pub normal_every: u32,
+    /// TTL of critical alerts.
+    pub ttl_critical: Option<Duration>,
+    /// TTL of other alerts.
+    pub ttl_normal: Option<Duration>,
+    /// Shutdown grace.
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate config text (`path` only names the source in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Config::from_raw(raw)
+    }
+
+    /// Stage two: meaning, defaults and cross-key rules.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mqtt = mqtt_from_raw(raw.mqtt)?;
+        let store = store_from_raw(raw.store)?;
+        let genesys = genesys_from_raw(raw.genesys)?;
+        let delivery = delivery_from_raw(raw.delivery)?;
+        alertbridge_payload::Mapper::new(&raw.mapping).map_err(|e| ConfigError::Invalid {
+            key: "mapping",
+            problem: e.to_string(),
+            fix: "see docs/payload.md for the mapping rules".into(),
+        })?;
+        let admin_listen = match raw.admin.listen.as_deref() {
+            None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9810))),
+            Some("") => None,
+            Some(s) => Some(s.parse().map_err(|_| {
+                invalid(
+                    "admin.listen",
+                    format!("`{s}` is not an address"),
+                    "write e.g. \"127.0.0.1:9810\", or \"\" to disable the status endpoint",
+                )
+            })?),
+        };
+        let log_json = match raw.log.format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("unknown format `{other}`"),
+                    "use \"text\" or \"json\"",
+                ))
+            }
+        };
+        Ok(Config {
+            mqtt,
+            store,
+            genesys,
+            delivery,
+            mapping: raw.mapping,
+            admin_listen,
+            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            log_json,
+        })
+    }
+
+    /// Non-fatal remarks for `alertbridge check` (e.g. `events` aimed at a real org without an
+    /// invocation URL).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Target::Events { events_url, .. } = &self.genesys.target {
+            let real = self.genesys.api_url.contains("pure.cloud")
+                || self.genesys.api_url.contains("mypurecloud");
+            if real && events_url.is_none() {
+                w.push(
+                    "genesys.target = \"events\" points at a real Genesys host, where /api/v2/events \
+                     does not take {name,data}: set genesys.events_url to the webhook integration's \
+                     invocation URL and genesys.events_auth = \"none\", or use target = \"workflow\""
+                        .into(),
+                );
+            }
+        }
+        if self.delivery.rate_per_sec > 5.0 && self.genesys.api_url.starts_with("https://api.") {
+            w.push(format!(
+                "delivery.rate_per_sec = {} exceeds Genesys' documented 300 requests/min per token",
+                self.delivery.rate_per_sec
+            ));
+        }
+        w
+    }
+}
+
+fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
+    let url = raw.url.unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(invalid(
+            "mqtt.url",
+            format!("`{url}` has no mqtt:// or mqtts:// scheme"),
+            "write e.g. \"mqtt://127.0.0.1:1883\" or \"mqtts://broker.plant.local:8883\"",
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse::<u16>().map_err(|_| {
+                invalid(
+                    "mqtt.url",
+                    format!("port `{p}` is not a number 1-65535"),
+                    "write e.g. \"mqtt://127.0.0.1:1883\"",
+                )
+            })?,
+        ),
+        None => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(invalid(
+            "mqtt.url",
+            "no host",
+            "write e.g. \"mqtt://127.0.0.1:1883\"",
+        ));
+    }
+    let client_id = raw.client_id.unwrap_or_else(|| "alertbridge".into());
+    if client_id.is_empty() || client_id.len() > 23 && !client_id.is_ascii() {
+        return Err(invalid(
+            "mqtt.client_id",
+            "must be a non-empty ASCII string",
+            "use a stable id per gateway, e.g. \"alertbridge-gw01\"",
+        ));
+    }
+    let topics = raw
+        .topics
+        .unwrap_or_else(|| vec!["plant/+/alerts/#".into()]);
+    if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+        return Err(invalid(
+            "mqtt.topics",
+            "needs at least one non-empty topic filter",
+            "e.g. topics = [\"plant/+/alerts/#\"]",
+        ));
+    }
+    let password = match (raw.password_file, std::env::var_os(ENV_MQTT_PASSWORD)) {
+        (Some(p), _) => Some(SecretSource::File(resolve_credential(p))),
+        (None, Some(_)) => Some(SecretSource::Env(ENV_MQTT_PASSWORD.into())),
+        (None, None) => None,
+    };
+    if password.is_some() && raw.username.is_none() {
+        return Err(invalid(
+            "mqtt.username",
+            "a password is configured but no username",
+            "set mqtt.username",
+        ));
+    }
+    if raw.ca_file.is_some() && !tls {
+        return Err(invalid(
+            "mqtt.ca_file",
+            "set, but the url is not mqtts://",
+            "use an mqtts:// url or remove ca_file",
+        ));
+    }
+    let keep_alive = Duration::from_secs(raw.keep_alive_secs.unwrap_or(30));
+    if keep_alive < Duration::from_secs(5) {
+        return Err(invalid(
+            "mqtt.keep_alive_secs",
+            "below 5",
+            "use 5..=600 (default 30)",
+        ));
+    }
+    let reconnect_min = Duration::from_millis(raw.reconnect_min_ms.unwrap_or(500));
+    let reconnect_max = Duration::from_millis(raw.reconnect_max_ms.unwrap_or(30_000));
+    if reconnect_min.is_zero() || reconnect_max < reconnect_min {
+        return Err(invalid(
+            "mqtt.reconnect_max_ms",
+            "must be ≥ reconnect_min_ms > 0",
+            "e.g. reconnect_min_ms = 500, reconnect_max_ms = 30000",
+        ));
+    }
+    Ok(MqttConfig {
+        host,
+        port,
+        tls,
+        ca_file: raw.ca_file,
+        client_id,
+        topics,
+        username: raw.username,
+        password,
+        keep_alive,
+        reconnect_min,
+        reconnect_max,
+    })
+}
+
+fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
+    let max_bytes = raw.max_bytes.unwrap_or(1 << 30);
+    if max_bytes < 16 << 20 {
+        return Err(invalid(
+            "store.max_bytes",
+            format!("{max_bytes} is below 16 MiB"),
+            "give the log at least 16777216 bytes (default 1 GiB)",
+        ));
+    }
+    let batch_max = raw.batch_max.unwrap_or(512);
+    if batch_max == 0 {
+        return Err(invalid(
+            "store.batch_max",
+            "is 0",
+            "use 1..=4096 (default 512)",
+        ));
+    }
+    Ok(StoreConfig {
+        dir: raw
+            .dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/alertbridge")),
+        max_bytes,
+        cache_capacity_bytes: raw.cache_capacity_bytes.unwrap_or(16 << 20),
+        dedup_window: raw.dedup_window.unwrap_or(100_000),
+        delivered_keep: raw.delivered_keep.unwrap_or(10_000),
+        batch_max,
+    })
+}
+
+/// A relative `*_file` path is looked up in systemd's `$CREDENTIALS_DIRECTORY` when set.
+fn resolve_credential(p: PathBuf) -> PathBuf {
+    if p.is_relative() {
+        if let Some(dir) = std::env::var_os(ENV_CREDENTIALS_DIRECTORY) {
+            return PathBuf::from(dir).join(p);
+        }
+    }
+    p
+}
+
+fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
+    let (mut login_url, mut api_url) = (None, None);
+    if let Some(region) = &raw.region {
+        let (l, a) = alertbridge_genesys::region_hosts(region).map_err(|e| {
+            invalid(
+                "genesys.region",
+                e.to_string(),
+                "use a region id like \"eu-west-1\" or a domain like \"mypurecloud.ie\"",
+            )
+        })?;
+        login_url = Some(l);
+        api_url = Some(a);
+    }
+    let login_url = raw.login_url.or(login_url).ok_or_else(|| {
+        invalid(
+            "genesys.region",
+            "neither region nor login_url/api_url is set",
+            "set genesys.region, e.g. \"mypurecloud.ie\"",
+        )
+    })?;
+    let api_url = raw.api_url.or(api_url).ok_or_else(|| {
+        invalid(
+            "genesys.api_url",
+            "login_url is set but api_url is not",
+            "set genesys.region or both login_url and api_url",
+        )
+    })?;
+    for (key, url) in [
+        ("genesys.login_url", &login_url),
+        ("genesys.api_url", &api_url),
+    ] {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(invalid(
+                key,
+                format!("`{url}` is not an http(s) URL"),
+                "write e.g. \"https://api.mypurecloud.ie\"",
+            ));
+        }
+    }
+    let client_id = raw.client_id.filter(|s| !s.is_empty()).ok_or_else(|| {
+        invalid(
+            "genesys.client_id",
+            "missing",
+            "set the OAuth client id (client credentials grant) from Admin > Integrations > OAuth",
+        )
+    })?;
+    let secret = match raw.client_secret_file {
+        Some(p) => SecretSource::File(resolve_credential(p)),
+        None if std::env::var_os(ENV_GENESYS_SECRET).is_some() => {
+            SecretSource::Env(ENV_GENESYS_SECRET.into())
+        }
+        None => {
+            return Err(invalid(
+                "genesys.client_secret_file",
+                format!("no client secret: neither client_secret_file nor ${ENV_GENESYS_SECRET} is set"),
+                "put the secret in a file readable only by the service (systemd LoadCredential) and name it here",
+            ))
+        }
+    };
+    let target = match raw.target.as_deref().unwrap_or("workflow") {
+        "workflow" => {
+            let flow_id = raw.flow_id.filter(|s| !s.is_empty()).ok_or_else(|| {
+                invalid(
+                    "genesys.flow_id",
+                    "target is \"workflow\" but flow_id is missing",
+                    "set the id of the published Architect workflow",
+                )
+            })?;
+            Target::Workflow {
+                flow_id,
+                flow_version: raw.flow_version,
+            }
+        }
+        "events" => {
+            let auth = match raw.events_auth.as_deref().unwrap_or("bearer") {
+                "bearer" => EventsAuth::Bearer,
+                "none" => EventsAuth::None,
+                other => {
+                    return Err(invalid(
+                        "genesys.events_auth",
+                        format!("unknown `{other}`"),
+                        "use \"bearer\" or \"none\" (webhook invocation URL)",
+                    ))
+                }
+            };
+            Target::Events {
+                event_name: raw.event_name.unwrap_or_else(|| "iot.device.alert".into()),
+                events_url: raw.events_url,
+                auth,
+            }
+        }
+        other => {
+            return Err(invalid(
+                "genesys.target",
+                format!("unknown target `{other}`"),
+                "use \"workflow\" (default) or \"events\"",
+            ))
+        }
+    };
+    let request_timeout = Duration::from_secs(raw.request_timeout_secs.unwrap_or(10));
+    if request_timeout.is_zero() {
+        return Err(invalid(
+            "genesys.request_timeout_secs",
+            "is 0",
+            "use e.g. 10",
+        ));
+    }
+    Ok(GenesysConfig {
+        login_url: login_url.trim_end_matches('/').to_string(),
+        api_url: api_url.trim_end_matches('/').to_string(),
+        client_id,
+        secret,
+        target,
+        request_timeout,
+        connect_timeout: Duration::from_secs(raw.connect_timeout_secs.unwrap_or(5)),
+        refresh_margin: Duration::from_secs(raw.token_refresh_margin_secs.unwrap_or(300)),
+    })
+}
+
+fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+    let rate_per_sec = raw.rate_per_sec.unwrap_or(4.0);
+    if !(rate_per_sec.is_finite() && rate_per_sec > 0.0) {
+        return Err(invalid(
+            "delivery.rate_per_sec",
+            format!("{rate_per_sec} is not a positive number"),
+            "use e.g. 4.0 (Genesys allows 300 requests/min per token)",
+        ));
+    }
+    let burst = raw.burst.unwrap_or(8);
+    if burst == 0 {
+        return Err(invalid("delivery.burst", "is 0", "use ≥ 1 (default 8)"));
+    }
+    let max_in_flight = raw.max_in_flight.unwrap_or(4);
+    if max_in_flight == 0 || max_in_flight > 1024 {
+        return Err(invalid(
+            "delivery.max_in_flight",
+            format!("{max_in_flight} is out of range"),
+            "use 1..=1024 (default 4)",
+        ));
+    }
+    let initial = Duration::from_millis(raw.backoff_initial_ms.unwrap_or(3_000));
+    let max = Duration::from_millis(raw.backoff_max_ms.unwrap_or(300_000));
+    let multiplier = raw.backoff_multiplier.unwrap_or(3.0);
+    if initial.is_zero() || max < initial {
+        return Err(invalid(
+            "delivery.backoff_max_ms",
+            "must be ≥ backoff_initial_ms > 0",
+            "e.g. backoff_initial_ms = 3000, backoff_max_ms = 300000",
+        ));
+    }
+    if !(multiplier.is_finite() && multiplier >= 1.0) {
+        return Err(invalid(
+            "delivery.backoff_multiplier",
+            "must be ≥ 1.0",
+            "e.g. 3.0",
+        ));
+    }
+    let breaker_failures = raw.breaker_failures.unwrap_or(5);
+    if breaker_failures == 0 {
+        return Err(invalid(
+            "delivery.breaker_failures",
+            "is 0",
+            "use ≥ 1 (default 5)",
+        ));
+    }
+    let normal_every = raw.normal_every.unwrap_or(10);
+    if normal_every == 0 {
+        return Err(invalid(
+            "delivery.normal_every",
+            "is 0",
+            "use ≥ 1: one normal alert after that many critical ones (default 10)",
+        ));
+    }
+    Ok(DeliveryConfig {
+        rate_per_sec,
+        burst,
+        max_in_flight,
+        backoff: crate::schedule::Backoff {
+            initial,
+            max,
+            multiplier,
+        },
+        breaker_failures,
+        breaker_cooldown: Duration::from_millis(raw.breaker_cooldown_ms.unwrap_or(30_000)),
+        normal_every,
+        ttl_critical: raw.ttl_critical_secs.map(Duration::from_secs),
+        ttl_normal: raw.ttl_normal_secs.map(Duration::from_secs),
+        shutdown_timeout: Duration::from_secs(raw.shutdown_timeout_secs.unwrap_or(10)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[genesys]
+region = "mypurecloud.ie"
+client_id = "abc"
+client_secret_file = "/run/credentials/alertbridge/genesys"
+flow_id = "f-1"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.mqtt.host, "127.0.0.1");
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.genesys.login_url, "https://login.mypurecloud.ie");
+        assert_eq!(c.genesys.api_url, "https://api.mypurecloud.ie");
+        assert!(matches!(c.genesys.target, Target::Workflow { .. }));
+        assert_eq!(c.delivery.rate_per_sec, 4.0);
+        assert_eq!(c.store.max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn example_config_in_repo_is_valid() {
+        let text = include_str!("../../../config/alertbridge.example.toml");
+        let c = parse(text).expect("config/alertbridge.example.toml must stay valid");
+        assert!(!c.mqtt.topics.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}\n[delivery]\nrate = 3\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("rate"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_fix() {
+        let cases = [
+            ("[delivery]\nrate_per_sec = -1.0", "delivery.rate_per_sec"),
+            ("[delivery]\nburst = 0", "delivery.burst"),
+            ("[mqtt]\nurl = \"tcp://x\"", "mqtt.url"),
+            ("[mqtt]\nurl = \"mqtt://x:99999\"", "mqtt.url"),
+            ("[store]\nmax_bytes = 1000", "store.max_bytes"),
+            ("[admin]\nlisten = \"nope\"", "admin.listen"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+        ];
+        for (extra, key) in cases {
+            let err = parse(&format!("{MINIMAL}\n{extra}\n")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(key), "{extra}: {msg}");
+            assert!(msg.contains("fix:"), "{extra}: {msg}");
+        }
+    }
+
+    #[test]
+    fn workflow_target_requires_flow_id() {
+        let text = MINIMAL.replace("flow_id = \"f-1\"", "");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.contains("genesys.flow_id"), "{msg}");
+    }
+
+    #[test]
+    fn events_target_warns_on_real_host_without_invocation_url() {
+        let text = format!("{MINIMAL}target = \"events\"\n");
+        let c = parse(&text).expect("valid");
+        assert!(c.warnings().iter().any(|w| w.contains("events_url")));
+    }
+
+    #[test]
+    fn url_overrides_beat_region() {
+        let text = format!(
+            "{MINIMAL}login_url = \"http://127.0.0.1:1\"\napi_url = \"http://127.0.0.1:2/\"\n"
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.genesys.login_url, "http://127.0.0.1:1");
+        assert_eq!(c.genesys.api_url, "http://127.0.0.1:2");
+    }
+}

@@ -1,0 +1,500 @@
+//! Ingest: MQTT QoS 1 publishes → group commit into the log → PUBACK.
+//!
+//! Two tasks:
+//! - the **connection task** owns rumqttc's `EventLoop` and polls it without ever blocking on
+//!   I/O of ours; it stamps each publish with the connection *epoch* and is the only place that
+//!   queues PUBACKs, so the epoch check and the enqueue happen with no reconnect in between;
+//! - the **batcher** collects publishes, turns them into log entries and appends them in one
+//!   group commit on a blocking thread (flush + fsync), then hands the acks back.
+//!
+//! Invariants kept here (docs/design.md table):
+//! - **I1** a PUBACK is queued only for a publish whose batch returned [`Durable`] from
+//!   `Wal::append_batch`, i.e. after sled's flush *and* the fsync of its data file. Encoded in
+//!   [`UnackedBatch::release`], which needs that proof; dropping an `UnackedBatch` acks nothing,
+//!   so any early return leaves the alerts with the broker, which redelivers them.
+//! - **I2** a PUBACK is queued only for a publish received on the current connection epoch.
+//!   rumqttc drops PubAcks still in its request channel when a connection fails, but one queued
+//!   *after* that is sent on the next connection, where the same packet id can name another
+//!   message if the broker started a fresh session. The epoch bumps on every ConnAck and every
+//!   connection error; stale acks are skipped and the broker redelivers (the duplicate window
+//!   recognises the alert).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use alertbridge_payload::{Mapper, Priority, RejectionKind};
+use alertbridge_wal::{
+    Appended, DeadKind, DeadReason, Durable, Entry, Key, Record, Wal, PRIORITY_CRITICAL,
+    PRIORITY_NORMAL,
+};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MqttConfig, StoreConfig};
+use crate::events::{self, Acked, BatchPersisted, Counters};
+
+/// Largest MQTT packet accepted from the broker. Deliberately far above the payload limit of the
+/// mapping: a payload over the mapping's `max_payload_bytes` must *arrive* so it can be
+/// dead-lettered with a reason; if rumqttc refused it, the connection would drop and the broker
+/// would redeliver it forever (a stuck queue). Set `message_size_limit` on the broker below this.
+pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+
+/// Capacity of the publish channel between the connection task and the batcher. Full means the
+/// connection task waits, i.e. stops reading the socket: back-pressure to the broker.
+const PUBLISH_CHANNEL: usize = 4096;
+
+/// Errors that stop ingest (the agent exits non-zero; systemd restarts it).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The log failed to append or to make a batch durable; it is poisoned (I5).
+    #[error("write-ahead log failed: {0}")]
+    Wal(#[from] alertbridge_wal::WalError),
+    /// The blocking append task panicked or was cancelled.
+    #[error("log writer thread failed: {0}")]
+    Writer(String),
+    /// Broker options are unusable (e.g. unreadable CA or password file).
+    #[error("mqtt setup: {0}")]
+    Setup(String),
+}
+
+/// A publish and the connection epoch it arrived on.
+pub(crate) type Stamped = (u64, Publish);
+
+/// Publishes of one batch whose PUBACKs wait for the batch's durability proof (I1).
+///
+/// Dropping it acks nothing: the broker keeps ownership and redelivers.
+#[must_use = "dropping an UnackedBatch leaves its alerts with the broker"]
+pub(crate) struct UnackedBatch {
+    publishes: Vec<Stamped>,
+}
+
+impl UnackedBatch {
+    /// The publishes may be acked now: `proof` says the batch that holds them is flushed and
+    /// fsynced. (The proof's constructor is private to the WAL crate.)
+    pub(crate) fn release(self, proof: &Durable<Vec<Appended>>) -> Vec<Stamped> {
+        debug_assert_eq!(proof.get().len(), self.publishes.len());
+        self.publishes
+    }
+}
+
+/// Unix time in ms.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Log lane of a mapped priority.
+pub(crate) fn lane(p: Priority) -> u8 {
+    match p {
+        Priority::Critical => PRIORITY_CRITICAL,
+        Priority::Normal => PRIORITY_NORMAL,
+    }
+}
+
+/// Pure: one publish → one log entry. A payload the mapping rejects is still persisted, straight
+/// into dead letters with the mapping's reason (never dropped, never blocking the queue).
+pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
+    let ident = mapper.identify(topic, payload);
+    let record = Record {
+        alert_id: ident.alert_id,
+        topic: topic.to_string(),
+        payload: payload.to_vec(),
+        priority: lane(ident.priority),
+        received_at_ms: now_ms,
+        attempts: 0,
+        first_attempt_ms: None,
+        last_attempt_ms: None,
+        next_attempt_ms: 0,
+        last_error: None,
+    };
+    match mapper.map(topic, payload) {
+        Ok(_) => Entry::Pending(record),
+        Err(rej) => {
+            let kind = match rej.kind {
+                RejectionKind::TooLarge => DeadKind::Oversize,
+                _ => DeadKind::Malformed,
+            };
+            Entry::DeadLetter(
+                record,
+                DeadReason {
+                    kind,
+                    message: rej.reason,
+                    status: None,
+                    api_message: None,
+                },
+            )
+        }
+    }
+}
+
+/// Build rumqttc options from the validated config.
+pub(crate) fn mqtt_options(cfg: &MqttConfig) -> Result<MqttOptions, IngestError> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    // Persistent session: the broker keeps QoS1 alerts for us while we are down.
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(cfg.keep_alive)
+        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
+        .set_request_channel_capacity(1024);
+    if let (Some(user), Some(src)) = (&cfg.username, &cfg.password) {
+        let pw = src
+            .load()
+            .map_err(|e| IngestError::Setup(format!("mqtt password: {e}")))?;
+        o.set_credentials(user.clone(), pw.expose_secret().to_string());
+    }
+    if cfg.tls {
+        let transport = match &cfg.ca_file {
+            Some(path) => {
+                let ca = std::fs::read(path).map_err(|e| {
+                    IngestError::Setup(format!("reading mqtt.ca_file {}: {e}", path.display()))
+                })?;
+                Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+                    ca,
+                    alpn: None,
+                    client_auth: None,
+                })
+            }
+            None => {
+                let mut roots = rustls::RootCertStore::empty();
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(IngestError::Setup(
+                        "mqtts:// but no system CA certificates found: install ca-certificates or set mqtt.ca_file".into(),
+                    ));
+                }
+                let tls = rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls)))
+            }
+        };
+        o.set_transport(transport);
+    }
+    Ok(o)
+}
+
+/// Where durable pending keys go (the drain). Unbounded: each item is a few bytes and the number
+/// in flight is bounded by the broker's in-flight window times the batch size.
+pub(crate) type DrainFeed = mpsc::UnboundedSender<Key>;
+
+/// Run ingest until `cancel`: connection task + batcher. Returns when both stopped; the acks of
+/// the last durable batch are queued and flushed to the broker before the disconnect.
+pub(crate) async fn run(
+    mqtt: MqttConfig,
+    store: StoreConfig,
+    wal: Wal,
+    mapper: Arc<Mapper>,
+    counters: Arc<Counters>,
+    feed: DrainFeed,
+    cancel: CancellationToken,
+) -> Result<(), IngestError> {
+    let options = mqtt_options(&mqtt)?;
+    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (pub_tx, pub_rx) = mpsc::channel::<Stamped>(PUBLISH_CHANNEL);
+    // Unbounded: acks ≤ publishes received, which the broker's in-flight window bounds.
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Stamped>>();
+    let batcher_done = CancellationToken::new();
+
+    let batcher = {
+        let counters = counters.clone();
+        let cancel = cancel.clone();
+        let done = batcher_done.clone();
+        tokio::spawn(async move {
+            let r = batcher(store, wal, mapper, counters, feed, pub_rx, ack_tx, cancel).await;
+            done.cancel();
+            r
+        })
+    };
+    let conn = connection(
+        mqtt,
+        client,
+        eventloop,
+        pub_tx,
+        ack_rx,
+        counters,
+        batcher_done,
+    );
+    let conn_result = conn.await;
+    let batch_result = batcher
+        .await
+        .map_err(|e| IngestError::Writer(e.to_string()))?;
+    batch_result?;
+    conn_result
+}
+
+/// The connection task. Never blocks the event loop on our I/O; acks are queued here only.
+async fn connection(
+    cfg: MqttConfig,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    pub_tx: mpsc::Sender<Stamped>,
+    mut ack_rx: mpsc::UnboundedReceiver<Vec<Stamped>>,
+    counters: Arc<Counters>,
+    batcher_done: CancellationToken,
+) -> Result<(), IngestError> {
+    let mut epoch: u64 = 0;
+    let mut delay = cfg.reconnect_min;
+    let topics: Vec<rumqttc::SubscribeFilter> = cfg
+        .topics
+        .iter()
+        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+        .collect();
+    let mut pub_tx = Some(pub_tx);
+    loop {
+        tokio::select! {
+            biased;
+            acks = ack_rx.recv() => {
+                match acks {
+                    Some(acks) => queue_acks(&client, epoch, acks, &counters),
+                    // batcher gone and every ack queued: say goodbye and stop
+                    None => break,
+                }
+            }
+            _ = batcher_done.cancelled(), if pub_tx.is_some() => {
+                // The batcher stopped taking publishes; stop feeding it. Its last acks are
+                // still in ack_rx and get queued before the disconnect.
+                pub_tx = None;
+            }
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    epoch += 1;
+                    delay = cfg.reconnect_min;
+                    events::connection_changed(&counters, true, &format!("session_present={}", ack.session_present));
+                    if let Err(e) = client.try_subscribe_many(topics.clone()) {
+                        tracing::error!(error = %e, "cannot queue subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    for (t, code) in cfg.topics.iter().zip(s.return_codes.iter()) {
+                        match code {
+                            rumqttc::SubscribeReasonCode::Failure => tracing::error!(topic = %t, "broker REFUSED the subscription (check its ACL)"),
+                            rumqttc::SubscribeReasonCode::Success(q) => tracing::info!(topic = %t, qos = ?q, "subscribed"),
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    counters.received.fetch_add(1, Ordering::Relaxed);
+                    match &pub_tx {
+                        // A full channel parks us here: back-pressure to the broker.
+                        Some(tx) => { if tx.send((epoch, p)).await.is_err() { pub_tx = None; } }
+                        // shutting down: not acked, the broker keeps it
+                        None => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // I2: anything acked from now on must come from the next connection.
+                    epoch += 1;
+                    events::connection_changed(&counters, false, &e.to_string());
+                    tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection error");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = batcher_done.cancelled() => {}
+                    }
+                    delay = (delay * 2).min(cfg.reconnect_max);
+                    if batcher_done.is_cancelled() && pub_tx.is_none() {
+                        // no broker and shutting down: nothing can be acked anyway
+                        while let Ok(acks) = ack_rx.try_recv() {
+                            counters.stale_acks_skipped.fetch_add(acks.len() as u64, Ordering::Relaxed);
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    // Graceful goodbye: queue DISCONNECT and poll until the queued acks and it are written.
+    let _ = client.try_disconnect();
+    let deadline = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    events::connection_changed(&counters, false, "shutdown");
+    Ok(())
+}
+
+/// Queue PUBACKs for publishes of the current epoch only (I2).
+fn queue_acks(client: &AsyncClient, epoch: u64, acks: Vec<Stamped>, counters: &Counters) {
+    let (mut acked, mut stale) = (0, 0);
+    for (e, p) in acks {
+        if e != epoch {
+            stale += 1;
+            continue;
+        }
+        match client.try_ack(&p) {
+            Ok(()) => acked += 1,
+            // request channel full or closed: not acked → the broker redelivers; the duplicate
+            // window recognises the alert
+            Err(_) => stale += 1,
+        }
+    }
+    Acked { acked, stale }.emit(counters);
+}
+
+/// The batcher: group commit.
+#[allow(clippy::too_many_arguments)]
+async fn batcher(
+    store: StoreConfig,
+    wal: Wal,
+    mapper: Arc<Mapper>,
+    counters: Arc<Counters>,
+    feed: DrainFeed,
+    mut pub_rx: mpsc::Receiver<Stamped>,
+    ack_tx: mpsc::UnboundedSender<Vec<Stamped>>,
+    cancel: CancellationToken,
+) -> Result<(), IngestError> {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            p = pub_rx.recv() => match p { Some(p) => p, None => break },
+        };
+        let mut publishes = vec![first];
+        while publishes.len() < store.batch_max {
+            match pub_rx.try_recv() {
+                Ok(p) => publishes.push(p),
+                Err(_) => break,
+            }
+        }
+        // Disk budget: hold this batch unacked until space frees. The broker's in-flight window
+        // then stops sending us more; nothing is deleted to make room.
+        if !wait_for_budget(&wal, &store, &counters, &cancel).await? {
+            break; // shutting down: the held batch stays with the broker
+        }
+        let now = now_ms();
+        let entries: Vec<Entry> = publishes
+            .iter()
+            .map(|(_, p)| entry_for(&mapper, &p.topic, &p.payload, now))
+            .collect();
+        let unacked = UnackedBatch { publishes };
+        let w = wal.clone();
+        let started = Instant::now();
+        let durable = tokio::task::spawn_blocking(move || w.append_batch(entries))
+            .await
+            .map_err(|e| IngestError::Writer(e.to_string()))??;
+        let (mut persisted, mut dup, mut dead) = (0, 0, 0);
+        for a in durable.get() {
+            match a {
+                Appended::Pending(key) => {
+                    persisted += 1;
+                    let _ = feed.send(*key);
+                }
+                Appended::DeadLettered(_) => dead += 1,
+                Appended::Duplicate { .. } => dup += 1,
+            }
+        }
+        BatchPersisted {
+            persisted,
+            duplicates: dup,
+            dead_lettered: dead,
+            took: started.elapsed(),
+        }
+        .emit(&counters);
+        let acks = unacked.release(&durable);
+        if ack_tx.send(acks).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Returns Ok(true) when under budget (now or after waiting), Ok(false) when cancelled first.
+async fn wait_for_budget(
+    wal: &Wal,
+    store: &StoreConfig,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> Result<bool, IngestError> {
+    loop {
+        let size = wal.size_on_disk()?;
+        let over = size >= store.max_bytes;
+        events::backpressure_changed(counters, over, size, store.max_bytes);
+        if !over {
+            return Ok(true);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alertbridge_payload::MappingConfig;
+
+    fn mapper() -> Mapper {
+        Mapper::new(&MappingConfig::default()).expect("default mapping")
+    }
+
+    #[test]
+    fn json_object_becomes_pending_with_lane() {
+        let m = mapper();
+        let e = entry_for(
+            &m,
+            "plant/a/alerts/d1",
+            br#"{"device_id":"d1","alert_level":"critical"}"#,
+            5,
+        );
+        match e {
+            Entry::Pending(r) => {
+                assert_eq!(r.priority, PRIORITY_CRITICAL);
+                assert_eq!(r.received_at_ms, 5);
+                assert!(!r.alert_id.is_empty());
+            }
+            Entry::DeadLetter(..) => panic!("should be pending"),
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_are_persisted_as_dead_letters_with_reason() {
+        let m = mapper();
+        for payload in [&b"not json"[..], b"[1,2]", b"\xff\xfe", b"42"] {
+            match entry_for(&m, "t", payload, 0) {
+                Entry::DeadLetter(r, reason) => {
+                    assert_eq!(r.payload, payload, "original kept");
+                    assert_eq!(reason.kind, DeadKind::Malformed);
+                    assert!(!reason.message.is_empty());
+                }
+                Entry::Pending(_) => panic!("{payload:?} must be dead-lettered"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_payload_is_dead_lettered_as_oversize() {
+        let m = mapper();
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(70 * 1024));
+        match entry_for(&m, "t", big.as_bytes(), 0) {
+            Entry::DeadLetter(_, reason) => assert_eq!(reason.kind, DeadKind::Oversize),
+            Entry::Pending(_) => panic!("oversize must be dead-lettered"),
+        }
+    }
+
+    #[test]
+    fn redelivered_publish_gets_the_same_alert_id() {
+        let m = mapper();
+        let p = br#"{"device_id":"d1","alert_level":"warning","ts":1}"#;
+        let id = |e: Entry| match e {
+            Entry::Pending(r) | Entry::DeadLetter(r, _) => r.alert_id,
+        };
+        assert_eq!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "t", p, 999)));
+        assert_ne!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "u", p, 1)));
+    }
+}

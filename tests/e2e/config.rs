@@ -1,0 +1,78 @@
+//! Bad configuration: a clear message naming the key, and the documented exit codes.
+
+use std::process::Stdio;
+
+use crate::support::command;
+
+fn write(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, text).expect("write");
+    (dir, p)
+}
+
+#[test]
+fn check_names_the_bad_key_and_exits_1() {
+    let (_d, p) = write("[genesys]\nregion = \"mypurecloud.ie\"\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent\"\nflow_id = \"f\"\n[delivery]\nrate_per_sec = -3.0\n");
+    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("delivery.rate_per_sec") && err.contains("fix:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_with_unknown_key_exits_2_naming_it() {
+    let (_d, p) = write("[mqtt]\nurll = \"mqtt://x\"\n");
+    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
+        .args(["run", "--config"])
+        .arg(&p)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("urll"), "{err}");
+}
+
+#[test]
+fn check_reports_an_unreadable_secret_without_printing_secrets() {
+    let (d, p) = write("[genesys]\nregion = \"eu-west-1\"\nclient_id = \"x\"\nclient_secret_file = \"missing-secret\"\nflow_id = \"f\"\n");
+    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
+        .args(["check", "--config"])
+        .arg(&p)
+        .env("CREDENTIALS_DIRECTORY", d.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing-secret"), "names the file: {err}");
+}
+
+#[test]
+fn example_config_passes_check_with_a_secret() {
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::write(d.path().join("genesys-client-secret"), "s3cr3t-value\n").expect("write");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/alertbridge.example.toml"
+    );
+    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
+        .args(["check", "--config", example])
+        .env("CREDENTIALS_DIRECTORY", d.path())
+        .output()
+        .expect("run");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("s3cr3t-value"), "secret printed: {all}");
+}

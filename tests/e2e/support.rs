@@ -1,0 +1,406 @@
+//! Real parts for end-to-end tests: a mosquitto per test (free port, own config and data dir,
+//! persistence on), the Genesys simulator in-process on port 0, and the real `alertbridge`
+//! binary as a child process that can be killed with SIGKILL and restarted.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) use alertbridge::plant::{alert, Plant};
+pub(crate) use genesys_sim::{Faults, Sim, SimConfig};
+pub(crate) use tokio_util::sync::CancellationToken;
+
+/// The flow id every test's simulator knows.
+pub(crate) const FLOW: &str = "e2e-flow";
+
+/// A free loopback port (bound then released).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Wait until `cond` holds, polling every 50 ms; false when the deadline passed first.
+pub(crate) async fn wait_until<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Async variant of [`wait_until`].
+pub(crate) async fn wait_until_async<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+/// A mosquitto of this test's own. Killed and reaped on drop.
+pub(crate) struct Mosquitto {
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Start on a free port with persistence in its own directory.
+    pub(crate) fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let template = include_str!("../../config/mosquitto-test.conf.in");
+        let conf = template
+            .replace("@PORT@", &self.port.to_string())
+            .replace("@DIR@", &self.dir.path().display().to_string());
+        let conf_path = self.dir.path().join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto); .ci/run installs it");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful stop (SIGTERM: mosquitto writes its persistence file), then start again on the
+    /// same port and data dir.
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGTERM and reap.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Start the simulator with the test flow and credentials.
+pub(crate) async fn sim(token_ttl: Duration) -> Sim {
+    Sim::start(SimConfig {
+        client_id: "e2e-client".into(),
+        client_secret: "e2e-secret".into(),
+        token_ttl,
+        known_flow_ids: Some(vec![FLOW.into()]),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+/// Knobs of the agent's config in tests.
+#[derive(Clone, Debug)]
+pub(crate) struct AgentOptions {
+    pub(crate) rate_per_sec: f64,
+    pub(crate) burst: u32,
+    pub(crate) max_in_flight: usize,
+    pub(crate) backoff_initial_ms: u64,
+    pub(crate) backoff_max_ms: u64,
+    pub(crate) breaker_failures: u32,
+    pub(crate) breaker_cooldown_ms: u64,
+    pub(crate) extra: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            rate_per_sec: 2000.0,
+            burst: 200,
+            max_in_flight: 16,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1000,
+            breaker_failures: 1000,
+            breaker_cooldown_ms: 200,
+            extra: String::new(),
+        }
+    }
+}
+
+/// The real `alertbridge` binary, run with a config of this test's own.
+pub(crate) struct Agent {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Agent {
+    /// Write the config (broker, simulator, store in its own dir) and start the binary.
+    pub(crate) fn start(broker_port: u16, sim: &Sim, opts: &AgentOptions) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "e2e-secret\n").expect("write secret");
+        let config = dir.path().join("alertbridge.toml");
+        let text = format!(
+            r#"
+[mqtt]
+url = "mqtt://127.0.0.1:{broker_port}"
+client_id = "alertbridge-e2e"
+topics = ["plant/+/alerts/#"]
+keep_alive_secs = 5
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+
+[store]
+dir = "{store}"
+
+[genesys]
+login_url = "{url}"
+api_url = "{url}"
+client_id = "e2e-client"
+client_secret_file = "{secret}"
+flow_id = "{FLOW}"
+request_timeout_secs = 3
+
+[delivery]
+rate_per_sec = {rate}
+burst = {burst}
+max_in_flight = {inflight}
+backoff_initial_ms = {bi}
+backoff_max_ms = {bm}
+breaker_failures = {bf}
+breaker_cooldown_ms = {bc}
+shutdown_timeout_secs = 3
+
+[mapping]
+alert_id_field = "alert_id"
+
+[admin]
+listen = ""
+
+[log]
+level = "info"
+{extra}
+"#,
+            store = dir.path().join("wal").display(),
+            url = sim.base_url(),
+            secret = secret.display(),
+            rate = opts.rate_per_sec,
+            burst = opts.burst,
+            inflight = opts.max_in_flight,
+            bi = opts.backoff_initial_ms,
+            bm = opts.backoff_max_ms,
+            bf = opts.breaker_failures,
+            bc = opts.breaker_cooldown_ms,
+            extra = opts.extra,
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut a = Agent {
+            dir,
+            config,
+            child: None,
+            starts: 0,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("agent-{}.log", self.starts)))
+            .expect("log file");
+        let child = command(env!("CARGO_BIN_EXE_alertbridge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn alertbridge");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs, exactly like a crash.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same store.
+    pub(crate) fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub(crate) fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// All log output so far (for assertion messages).
+    pub(crate) fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.starts {
+            if let Ok(s) = std::fs::read_to_string(self.dir.path().join(format!("agent-{i}.log"))) {
+                out.push_str(&format!("--- run {i} ---\n{s}"));
+            }
+        }
+        out
+    }
+
+    /// Run a CLI subcommand against this agent's config.
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
+        command(env!("CARGO_BIN_EXE_alertbridge"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run alertbridge cli")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A command for a test binary, through the qemu runner when cross-testing
+/// (`CARGO_TARGET_<TRIPLE>_RUNNER`, like ripgrep's tests/util.rs).
+pub(crate) fn command(bin: &str) -> Command {
+    let runner = std::env::vars()
+        .find(|(k, v)| k.starts_with("CARGO_TARGET_") && k.ends_with("_RUNNER") && !v.is_empty());
+    match runner {
+        Some((_, r)) => {
+            let mut parts = r.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("sh"));
+            c.args(parts).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// Alert ids the simulator accepted, with how often.
+pub(crate) fn accepted_counts(sim: &Sim) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for a in sim.accepted() {
+        if let Some(id) = a.alert_id {
+            *m.entry(id).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Acked ids that the simulator never accepted.
+pub(crate) fn missing(acked: &HashSet<String>, sim: &Sim) -> Vec<String> {
+    let got = accepted_counts(sim);
+    let mut v: Vec<String> = acked
+        .iter()
+        .filter(|id| !got.contains_key(*id))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// Publish `n` alerts numbered from `start`, `per_ms` per millisecond.
+pub(crate) async fn publish_alerts(plant: &Plant, start: usize, n: usize, pause_every: usize) {
+    let mut rng = fastrand::Rng::with_seed(start as u64 + 1);
+    for i in start..start + n {
+        let (t, b, id) = alert(i, &mut rng);
+        plant.publish(t, b, id).await.expect("publish queued");
+        if pause_every > 0 && i % pause_every == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
