@@ -125,6 +125,8 @@ pub struct RawStore {
     pub delivered_keep: Option<usize>,
     /// Most publishes in one group commit.
     pub batch_max: Option<usize>,
+    /// Free space to leave on the store's filesystem.
+    pub min_free_bytes: Option<u64>,
 }
 
 /// `[genesys]` as written.
@@ -272,6 +274,9 @@ pub struct StoreConfig {
     pub delivered_keep: usize,
     /// Largest group commit.
     pub batch_max: usize,
+    /// Below this much free space on the store's filesystem ingest holds back like at the
+    /// budget, so sled never meets ENOSPC mid-write.
+    pub min_free_bytes: u64,
 }
 
 /// Validated `[genesys]`.
@@ -539,6 +544,7 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
         dedup_window: raw.dedup_window.unwrap_or(100_000),
         delivered_keep: raw.delivered_keep.unwrap_or(10_000),
         batch_max,
+        min_free_bytes: raw.min_free_bytes.unwrap_or(64 << 20),
     })
 }
 

@@ -309,22 +309,25 @@ pub fn breaker_changed(c: &Counters, open: bool, failures: u32) {
     }
 }
 
-/// Disk budget reached / freed.
-pub fn backpressure_changed(c: &Counters, on: bool, size: u64, budget: u64) {
+/// Disk budget reached (with the reason) / freed.
+pub fn backpressure_changed(c: &Counters, reason: Option<&str>, size: u64) {
+    let on = reason.is_some();
     if c.backpressure.swap(on, Ordering::Relaxed) != on {
-        if on {
-            tracing::error!(
+        match reason {
+            Some(r) => tracing::error!(
                 size_bytes = size,
-                budget_bytes = budget,
+                reason = r,
                 "disk budget reached: no more acks, the broker keeps new alerts until space frees"
-            );
-        } else {
-            tracing::warn!(
-                size_bytes = size,
-                budget_bytes = budget,
-                "disk budget ok again: ingest resumed"
-            );
+            ),
+            None => tracing::warn!(size_bytes = size, "disk budget ok again: ingest resumed"),
         }
+    }
+}
+
+/// Broker connection closed on purpose (shutdown).
+pub fn disconnected_for_shutdown(c: &Counters) {
+    if c.connected.swap(false, Ordering::Relaxed) {
+        tracing::info!("disconnected from broker (shutdown)");
     }
 }
 

@@ -282,11 +282,12 @@ async fn connection(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     counters.received.fetch_add(1, Ordering::Relaxed);
-                    match &pub_tx {
-                        // A full channel parks us here: back-pressure to the broker.
-                        Some(tx) => { if tx.send((epoch, p)).await.is_err() { pub_tx = None; } }
-                        // shutting down: not acked, the broker keeps it
-                        None => {}
+                    // A full channel parks us here: back-pressure to the broker. Without a
+                    // sender (shutting down) the publish is not acked: the broker keeps it.
+                    if let Some(tx) = &pub_tx {
+                        if tx.send((epoch, p)).await.is_err() {
+                            pub_tx = None;
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -324,7 +325,7 @@ async fn connection(
             }
         }
     }
-    events::connection_changed(&counters, false, "shutdown");
+    events::disconnected_for_shutdown(&counters);
     Ok(())
 }
 
@@ -413,7 +414,35 @@ async fn batcher(
     Ok(())
 }
 
+/// Why ingest holds back, if it must. Pure, so the rule is a table test.
+pub(crate) fn over_budget(
+    size: u64,
+    max_bytes: u64,
+    free: Option<u64>,
+    min_free: u64,
+) -> Option<String> {
+    if size >= max_bytes {
+        return Some(format!(
+            "log size {size} B reached store.max_bytes {max_bytes} B"
+        ));
+    }
+    match free {
+        Some(f) if f < min_free => Some(format!(
+            "filesystem free space {f} B below store.min_free_bytes {min_free} B"
+        )),
+        _ => None,
+    }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `dir` (None if unknown).
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Returns Ok(true) when under budget (now or after waiting), Ok(false) when cancelled first.
+/// While over, nothing is appended and nothing acked: the broker keeps the alerts (its
+/// in-flight window stops the flow), and nothing already in the log is deleted to make room.
 async fn wait_for_budget(
     wal: &Wal,
     store: &StoreConfig,
@@ -422,9 +451,14 @@ async fn wait_for_budget(
 ) -> Result<bool, IngestError> {
     loop {
         let size = wal.size_on_disk()?;
-        let over = size >= store.max_bytes;
-        events::backpressure_changed(counters, over, size, store.max_bytes);
-        if !over {
+        let reason = over_budget(
+            size,
+            store.max_bytes,
+            free_bytes(&store.dir),
+            store.min_free_bytes,
+        );
+        events::backpressure_changed(counters, reason.as_deref(), size);
+        if reason.is_none() {
             return Ok(true);
         }
         tokio::select! {
@@ -485,6 +519,22 @@ mod tests {
             Entry::DeadLetter(_, reason) => assert_eq!(reason.kind, DeadKind::Oversize),
             Entry::Pending(_) => panic!("oversize must be dead-lettered"),
         }
+    }
+
+    #[test]
+    fn budget_rule_covers_log_size_and_filesystem_space() {
+        assert_eq!(over_budget(10, 100, Some(1_000), 50), None);
+        assert!(over_budget(100, 100, Some(1_000), 50)
+            .unwrap()
+            .contains("store.max_bytes"));
+        assert!(over_budget(10, 100, Some(49), 50)
+            .unwrap()
+            .contains("min_free_bytes"));
+        assert_eq!(
+            over_budget(10, 100, None, 50),
+            None,
+            "unknown free space does not block"
+        );
     }
 
     #[test]

@@ -113,6 +113,30 @@ pub fn genesys_client(config: &Config) -> Result<GenesysClient, RunError> {
     .map_err(|e| RunError::Client(e.to_string()))
 }
 
+/// SIGHUP: forget the cached token, so the next request fetches a new one with the secret read
+/// afresh from its file (rotation without restart; the file is also re-read at every token
+/// fetch and once more when the token endpoint answers `invalid_client`).
+async fn reload_on_sighup(client: GenesysClient, cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = hup.recv() => {
+                    client.drop_token();
+                    tracing::info!("SIGHUP: token dropped; the client secret is read again at the next token fetch");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    cancel.cancelled().await;
+}
+
 /// Run the agent until `shutdown` resolves (SIGTERM/SIGINT in the binary, a oneshot in tests).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     run_with(config, Arc::new(Counters::default()), shutdown).await
@@ -145,6 +169,7 @@ pub async fn run_with(
     let drain_cancel = CancellationToken::new();
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
 
+    let reload = tokio::spawn(reload_on_sighup(client.clone(), root.child_token()));
     let admin = match config.admin_listen {
         Some(addr) => admin::spawn(addr, wal.clone(), counters.clone(), root.child_token()).await,
         None => None,
@@ -188,6 +213,7 @@ pub async fn run_with(
         None => drain.await,
     };
     root.cancel();
+    let _ = reload.await;
     if let Some(h) = admin {
         let _ = h.await;
     }
