@@ -98,7 +98,53 @@ pub(crate) fn lane(p: Priority) -> u8 {
 
 /// Pure: one publish → one log entry. A payload the mapping rejects is still persisted, straight
 /// into dead letters with the mapping's reason (never dropped, never blocking the queue).
+///
+/// The mapper is pure and fuzzed, but a panic in it must not become a crash loop (the broker
+/// would redeliver the same payload forever while other alerts pile up at the broker): it is
+/// caught and the payload dead-lettered with the reason.
 pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        entry_for_unguarded(mapper, topic, payload, now_ms)
+    }));
+    match attempt {
+        Ok(entry) => entry,
+        Err(_) => {
+            tracing::error!(topic, "payload mapper panicked; payload dead-lettered");
+            Entry::DeadLetter(
+                Record {
+                    alert_id: digest_id(topic, payload),
+                    topic: topic.to_string(),
+                    payload: payload.to_vec(),
+                    priority: PRIORITY_NORMAL,
+                    received_at_ms: now_ms,
+                    attempts: 0,
+                    first_attempt_ms: None,
+                    last_attempt_ms: None,
+                    next_attempt_ms: 0,
+                    last_error: None,
+                },
+                DeadReason {
+                    kind: DeadKind::Malformed,
+                    message: "the payload mapper failed on this payload (a bug: please report it with this dead letter)".into(),
+                    status: None,
+                    api_message: None,
+                },
+            )
+        }
+    }
+}
+
+/// Fallback identity when the mapper cannot give one: sha256(topic \0 payload), 16 bytes hex.
+fn digest_id(topic: &str, payload: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(topic.as_bytes());
+    h.update([0u8]);
+    h.update(payload);
+    hex::encode(&h.finalize()[..16])
+}
+
+fn entry_for_unguarded(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
     let ident = mapper.identify(topic, payload);
     let record = Record {
         alert_id: ident.alert_id,
@@ -132,15 +178,22 @@ pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u6
     }
 }
 
+/// rumqttc's request channel carries our PUBACKs. It must hold the acks of several batches
+/// (the connection task may queue two batches between polls): an ack that does not fit is
+/// counted as withheld and the broker redelivers only on reconnect, holding its in-flight slot.
+pub(crate) fn request_channel_capacity(batch_max: usize) -> usize {
+    batch_max.saturating_mul(4).max(1024)
+}
+
 /// Build rumqttc options from the validated config.
-pub(crate) fn mqtt_options(cfg: &MqttConfig) -> Result<MqttOptions, IngestError> {
+pub(crate) fn mqtt_options(cfg: &MqttConfig, batch_max: usize) -> Result<MqttOptions, IngestError> {
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     // Persistent session: the broker keeps QoS1 alerts for us while we are down.
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(cfg.keep_alive)
         .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
-        .set_request_channel_capacity(1024);
+        .set_request_channel_capacity(request_channel_capacity(batch_max));
     if let (Some(user), Some(src)) = (&cfg.username, &cfg.password) {
         let pw = src
             .load()
@@ -196,8 +249,8 @@ pub(crate) async fn run(
     feed: DrainFeed,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
-    let options = mqtt_options(&mqtt)?;
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let options = mqtt_options(&mqtt, store.batch_max)?;
+    let (client, eventloop) = AsyncClient::new(options, request_channel_capacity(store.batch_max));
     let (pub_tx, pub_rx) = mpsc::channel::<Stamped>(PUBLISH_CHANNEL);
     // Unbounded: acks ≤ publishes received, which the broker's in-flight window bounds.
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Stamped>>();
@@ -268,8 +321,12 @@ async fn connection(
                     epoch += 1;
                     delay = cfg.reconnect_min;
                     events::connection_changed(&counters, true, &format!("session_present={}", ack.session_present));
-                    if let Err(e) = client.try_subscribe_many(topics.clone()) {
-                        tracing::error!(error = %e, "cannot queue subscribe");
+                    // A resumed session keeps its subscriptions; subscribing again would make
+                    // the broker resend every retained alert on each reconnect (MQTT 3.1.1 §3.8.4).
+                    if !ack.session_present {
+                        if let Err(e) = client.try_subscribe_many(topics.clone()) {
+                            tracing::error!(error = %e, "cannot queue subscribe");
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
@@ -292,6 +349,22 @@ async fn connection(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // rumqttc keeps packets it already decoded from the dead connection in
+                    // `state.events` and hands them out *after* the next ConnAck. Take them now:
+                    // their publishes are stored (the broker may not resend them if it lost
+                    // the session) but stamped with the dead epoch, so they are never acked on
+                    // the new connection, where their packet ids may name other messages (I2).
+                    let buffered = std::mem::take(&mut eventloop.state.events);
+                    for ev in buffered {
+                        if let Event::Incoming(Packet::Publish(p)) = ev {
+                            counters.received.fetch_add(1, Ordering::Relaxed);
+                            if let Some(tx) = &pub_tx {
+                                if tx.send((epoch, p)).await.is_err() {
+                                    pub_tx = None;
+                                }
+                            }
+                        }
+                    }
                     // I2: anything acked from now on must come from the next connection.
                     epoch += 1;
                     events::connection_changed(&counters, false, &e.to_string());
@@ -546,5 +619,126 @@ mod tests {
         };
         assert_eq!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "t", p, 999)));
         assert_ne!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "u", p, 1)));
+    }
+
+    /// Regression (review F1): rumqttc keeps publishes it decoded from a connection that then
+    /// died in `state.events` and returns them *after* the next ConnAck. Stamped with the new
+    /// epoch they were acked on the new connection, where a fresh session reuses their packet
+    /// ids for other messages: the stale-ack hazard. A mock broker sends three publishes and
+    /// closes in one write, then starts a fresh session: no PUBACK may reach it, and the three
+    /// alerts must still be stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_buffered_from_a_dead_connection_are_stored_but_never_acked_on_the_next() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        fn publish(pkid: u16, payload: &str) -> Vec<u8> {
+            let topic = "plant/a/alerts/d";
+            let mut body = Vec::new();
+            body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(&pkid.to_be_bytes());
+            body.extend_from_slice(payload.as_bytes());
+            let mut v = vec![0x32, body.len() as u8];
+            v.extend(body);
+            v
+        }
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            // connection 1: CONNACK (fresh session), three publishes and EOF in one write
+            let (mut s, _) = listener.accept().await.expect("accept 1");
+            let _ = s.read(&mut buf).await;
+            let mut w = vec![0x20, 0x02, 0x00, 0x00];
+            for i in 1..=3u16 {
+                w.extend(publish(i, &format!("{{\"alert_id\":\"old-{i}\"}}")));
+            }
+            s.write_all(&w).await.expect("write");
+            drop(s);
+            // connection 2: a fresh session; record everything the client sends for a while
+            let (mut s, _) = listener.accept().await.expect("accept 2");
+            let _ = s.read(&mut buf).await; // CONNECT
+            s.write_all(&[0x20, 0x02, 0x00, 0x00])
+                .await
+                .expect("connack");
+            let mut seen = Vec::new();
+            let deadline = tokio::time::sleep(Duration::from_millis(1500));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    r = s.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            }
+            let _ = seen_tx.send(seen);
+        });
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
+        let mqtt = MqttConfig {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+            ca_file: None,
+            client_id: "t".into(),
+            topics: vec!["plant/+/alerts/#".into()],
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(100),
+        };
+        let store = StoreConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: u64::MAX,
+            cache_capacity_bytes: 1 << 20,
+            dedup_window: 100,
+            delivered_keep: 10,
+            batch_max: 16,
+            min_free_bytes: 0,
+        };
+        let counters = Arc::new(Counters::default());
+        let (feed, mut keys) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            mqtt,
+            store,
+            wal.clone(),
+            Arc::new(mapper()),
+            counters.clone(),
+            feed,
+            cancel.clone(),
+        ));
+
+        let seen = seen_rx.await.expect("mock broker result");
+        // PUBACK = 0x40 0x02 <pkid>; the client may send CONNECT, SUBSCRIBE, PINGREQ — never PUBACK
+        let pubacks: Vec<_> = seen
+            .windows(2)
+            .filter(|w| w[0] == 0x40 && w[1] == 0x02)
+            .collect();
+        assert!(
+            pubacks.is_empty(),
+            "stale PUBACK sent on the new connection: {seen:02x?}"
+        );
+        let mut stored = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), keys.recv()).await {
+            stored += 1;
+            if stored == 3 {
+                break;
+            }
+        }
+        assert_eq!(
+            stored, 3,
+            "the buffered publishes are stored (the fresh session will not resend them)"
+        );
+        cancel.cancel();
+        let _ = task.await;
     }
 }

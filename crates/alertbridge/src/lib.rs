@@ -212,15 +212,16 @@ pub async fn run_with(
         Some(r) => r,
         None => drain.await,
     };
-    root.cancel();
-    let _ = reload.await;
-    if let Some(h) = admin {
-        let _ = h.await;
-    }
     let flushed = {
         let w = wal.clone();
         tokio::task::spawn_blocking(move || w.flush()).await
     };
+    root.cancel();
+    let _ = reload.await;
+    if let Some(h) = admin {
+        // a slow status client must not hold the exit
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
+    }
     ingest_result.map_err(|e| RunError::Task(e.to_string()))??;
     drain_result.map_err(|e| RunError::Task(e.to_string()))??;
     match flushed {
