@@ -18,7 +18,9 @@ pub(crate) fn looks_binary_str(s: &str, min_len: usize) -> bool {
     if s.len() < min_len {
         return false;
     }
-    if s.starts_with("data:") && s[..s.len().min(128)].contains(";base64,") {
+    // bytes, not a str slice: index 128 may fall inside a multi-byte character
+    let head = &s.as_bytes()[..s.len().min(128)];
+    if s.starts_with("data:") && head.windows(8).any(|w| w == b";base64,") {
         return true;
     }
     let mut base64 = true;
@@ -105,6 +107,16 @@ pub(crate) fn scan(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Regression: a `data:` value whose 128th byte falls inside a multi-byte character made
+    /// the check slice a `&str` off a char boundary and panic (found in review).
+    #[test]
+    fn data_prefix_with_multibyte_text_does_not_panic() {
+        let s = format!("data:{}", "é".repeat(200));
+        assert!(!looks_binary_str(&s, 16));
+        let b64 = format!("data:image/png;base64,{}", "QUJD".repeat(50));
+        assert!(looks_binary_str(&b64, 16));
+    }
 
     #[test]
     fn binary_looking_strings_are_detected() {
