@@ -7,6 +7,7 @@ mod support;
 mod broker_restart;
 mod config;
 mod crash;
+mod pressure;
 mod spine;
 mod storm;
 mod tokens;

@@ -158,15 +158,20 @@ impl Drop for Mosquitto {
 
 /// Start the simulator with the test flow and credentials.
 pub(crate) async fn sim(token_ttl: Duration) -> Sim {
-    Sim::start(SimConfig {
+    sim_with(|c| c.token_ttl = token_ttl).await
+}
+
+/// [`sim`] with more changes to its config (e.g. a small `max_body_bytes`).
+pub(crate) async fn sim_with(change: impl FnOnce(&mut SimConfig)) -> Sim {
+    let mut cfg = SimConfig {
         client_id: "e2e-client".into(),
         client_secret: "e2e-secret".into(),
-        token_ttl,
+        token_ttl: Duration::from_secs(3600),
         known_flow_ids: Some(vec![FLOW.into()]),
         ..SimConfig::default()
-    })
-    .await
-    .expect("simulator starts")
+    };
+    change(&mut cfg);
+    Sim::start(cfg).await.expect("simulator starts")
 }
 
 /// Knobs of the agent's config in tests.
@@ -179,6 +184,11 @@ pub(crate) struct AgentOptions {
     pub(crate) backoff_max_ms: u64,
     pub(crate) breaker_failures: u32,
     pub(crate) breaker_cooldown_ms: u64,
+    /// More `[delivery]` keys, one per line (e.g. `"normal_every = 3\nttl_normal_secs = 2"`).
+    pub(crate) delivery_extra: String,
+    /// Serve the status endpoint on a free loopback port, so `status --json` shows live
+    /// counters while the agent runs (default: off).
+    pub(crate) admin: bool,
     pub(crate) extra: String,
 }
 
@@ -192,6 +202,8 @@ impl Default for AgentOptions {
             backoff_max_ms: 1000,
             breaker_failures: 1000,
             breaker_cooldown_ms: 200,
+            delivery_extra: String::new(),
+            admin: false,
             extra: String::new(),
         }
     }
@@ -203,6 +215,8 @@ pub(crate) struct Agent {
     pub(crate) config: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// `host:port` of the status endpoint (`AgentOptions::admin`).
+    admin: Option<String>,
 }
 
 impl Agent {
@@ -212,6 +226,7 @@ impl Agent {
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "e2e-secret\n").expect("write secret");
         let config = dir.path().join("alertbridge.toml");
+        let admin = opts.admin.then(|| format!("127.0.0.1:{}", free_port()));
         let text = format!(
             r#"
 [mqtt]
@@ -242,12 +257,13 @@ backoff_max_ms = {bm}
 breaker_failures = {bf}
 breaker_cooldown_ms = {bc}
 shutdown_timeout_secs = 3
+{delivery_extra}
 
 [mapping]
 alert_id_field = "alert_id"
 
 [admin]
-listen = ""
+listen = "{admin}"
 
 [log]
 level = "info"
@@ -263,6 +279,8 @@ level = "info"
             bm = opts.backoff_max_ms,
             bf = opts.breaker_failures,
             bc = opts.breaker_cooldown_ms,
+            delivery_extra = opts.delivery_extra,
+            admin = admin.clone().unwrap_or_default(),
             extra = opts.extra,
         );
         std::fs::write(&config, text).expect("write config");
@@ -271,6 +289,7 @@ level = "info"
             config,
             child: None,
             starts: 0,
+            admin,
         };
         a.spawn();
         a
@@ -337,6 +356,50 @@ level = "info"
         out
     }
 
+    /// The client secret file the agent reads (rewrite it to rotate the secret).
+    pub(crate) fn secret_path(&self) -> PathBuf {
+        self.dir.path().join("secret")
+    }
+
+    /// The status as `alertbridge status --json` prints it: while the agent runs with
+    /// `admin: true`, read from its status endpoint (`GET /status`, the JSON the CLI relays);
+    /// otherwise from the CLI, which reads the log of the stopped agent. `None` when it failed
+    /// (e.g. not up yet).
+    pub(crate) fn status(&self) -> Option<serde_json::Value> {
+        if let (Some(addr), Some(_)) = (&self.admin, &self.child) {
+            return http_get_json(addr, "/status");
+        }
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `alertbridge dead-letters --json` (agent stopped): one JSON object per dead letter.
+    pub(crate) fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["dead-letters", "--json"]);
+        assert!(
+            out.status.success(),
+            "dead-letters failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("dead-letters --json prints JSON lines"))
+            .collect()
+    }
+
+    /// The pending records in the agent's log (agent stopped or killed: sled locks the store).
+    pub(crate) fn pending_records(&self) -> Vec<(alertbridge_wal::Key, alertbridge_wal::Record)> {
+        let cfg = alertbridge::Config::load(&self.config).expect("test config loads");
+        let wal = alertbridge::open_wal(&cfg).expect("the log opens while the agent is down");
+        wal.pending()
+            .map(|r| r.expect("no corrupt record in a test log"))
+            .collect()
+    }
+
     /// Run a CLI subcommand against this agent's config.
     pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         command(env!("CARGO_BIN_EXE_alertbridge"))
@@ -352,6 +415,26 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `GET http://{addr}{path}` over a plain loopback socket; the body parsed as JSON if the answer
+/// is 200.
+fn http_get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
 }
 
 /// A command for a test binary, through the qemu runner when cross-testing
@@ -391,6 +474,61 @@ pub(crate) fn missing(acked: &HashSet<String>, sim: &Sim) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// An alert of a given `alert_level` (`critical` puts it in the critical lane), identified as
+/// `<prefix>-<n>`; `pad` adds a field of that many bytes (to exceed a size limit).
+pub(crate) fn leveled_alert(
+    prefix: &str,
+    n: usize,
+    level: &str,
+    pad: usize,
+) -> (String, String, String) {
+    let alert_id = format!("{prefix}-{n:05}");
+    let device = format!("SN-north-{:04}", n % 250);
+    let mut body = serde_json::json!({
+        "alert_id": alert_id,
+        "device_id": device,
+        "sensor_type": "temperature_probe",
+        "alert_level": level,
+        "reading_value": 80.5,
+        "threshold_exceeded": true,
+    });
+    if pad > 0 {
+        // words, not one long run: the mapping strips binary-looking (base64-like) strings
+        let words = "probe reading above threshold on line four; ".repeat(pad / 44 + 1);
+        body["note"] = serde_json::Value::String(words[..pad].to_string());
+    }
+    (
+        format!("plant/north/alerts/{device}"),
+        body.to_string(),
+        alert_id,
+    )
+}
+
+/// Publish one [`leveled_alert`]; returns its id.
+pub(crate) async fn publish_leveled(plant: &Plant, prefix: &str, n: usize, level: &str) -> String {
+    let (t, b, id) = leveled_alert(prefix, n, level, 0);
+    plant
+        .publish(t, b, id.clone())
+        .await
+        .expect("publish queued");
+    id
+}
+
+/// The simulator's log of workflow launches (`POST /api/v2/flows/executions`), in arrival order.
+pub(crate) fn launches(sim: &Sim) -> Vec<genesys_sim::LoggedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.endpoint == genesys_sim::Endpoint::FlowExecution)
+        .collect()
+}
+
+/// Milliseconds since the unix epoch of a `SystemTime`.
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Publish `n` alerts numbered from `start`, `per_ms` per millisecond.

@@ -7,29 +7,53 @@
 //! the atomic move `Wal::dead_letter` with a reason. Retryable failures, pauses, shutdown and
 //! crashes all leave it pending (its `next_attempt_ms` persisted), so the worst case is a second
 //! delivery, never a missing one.
+//!
+//! # What each answer does
+//! | answer | alert | pacing |
+//! |---|---|---|
+//! | 2xx | removed with a receipt | AIMD increase; closes the breaker if it was the probe |
+//! | 429 | retried after `max(Retry-After, jittered backoff)`, persisted | rate halved once per episode; `Retry-After` holds the **whole client** (L1); the breaker is not counted (the API is up) |
+//! | 503 with `Retry-After` | as 5xx, and the whole client waits (capped at 180 s) | counts toward the breaker |
+//! | other retryable (5xx, timeout, connect, token endpoint down) | retried after the jittered backoff, persisted | counts toward the breaker; a failed probe re-opens it |
+//! | 400/413/415/422 | dead letter `Rejected` with status and API message | the API is up |
+//! | 403/404/410/501, second 401, bad credentials | kept pending, **not** an attempt | delivery paused: one probe per `breaker_cooldown` (or the server's wait) until it passes |
+//!
+//! Before a request goes, the record is checked: undecodable → dead letter `Corrupt`; older than
+//! its lane's TTL → dead letter `Expired`; the mapping rejects it → dead letter `Malformed`. A
+//! sweep once a second also expires the oldest queued alerts of each lane while nothing can be
+//! sent (breaker open, paused), so an expiry is visible when it happens, not when the outage ends.
+//!
+//! Every dead letter carries the attempts made and the first/last attempt times (the record is
+//! updated before the move).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use alertbridge_genesys::{Disposition, GenesysClient};
+use alertbridge_genesys::{Disposition, GenesysClient, MAX_RATE_LIMIT_WAIT};
 use alertbridge_payload::Mapper;
 use alertbridge_wal::{
     DeadKind, DeadReason, Key, Receipt, Record, Wal, WalError, PRIORITY_CRITICAL,
 };
-use tokio::sync::mpsc;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
 use crate::events::{
-    self, AlertDeadLettered, AlertDelivered, Counters, DeliveryPaused, DeliveryRetried,
+    self, AlertDeadLettered, AlertDelivered, BreakerOpened, BreakerProbing, BreakerReopened,
+    Counters, DeliveryPaused, DeliveryRetried, Throttled,
 };
 use crate::ingest::now_ms;
-use crate::limiter::{Breaker, Limiter, Permit, Transition};
+use crate::limiter::{Breaker, Hold, Limiter, Transition};
 use crate::schedule::{self, Queue};
 
-/// How long delivery stays paused after a configuration fault before one probe request.
-const PAUSE_PROBE: Duration = Duration::from_secs(30);
+/// How often queued alerts are checked against their lane's TTL (only when a TTL is set).
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// Longest client-wide hold a `Retry-After` imposes. A 429 asking for more is turned into a
+/// pause by the client already; a 503 asking for more still floors that alert's next attempt.
+const MAX_CLIENT_WIDE_WAIT: Duration = MAX_RATE_LIMIT_WAIT;
 
 /// Errors that stop the drain (the agent exits non-zero).
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +63,46 @@ pub enum DrainError {
     Wal(#[from] WalError),
 }
 
+/// A record that passed its checks and the request data mapped from it.
+type Prepared = (Record, Map<String, Value>);
+
 /// What a finished delivery task hands back.
 struct Done {
     key: Key,
     record: Record,
     disposition: Disposition,
-    probe: bool,
+    /// The breaker's probe number if this request was the probe.
+    probe: Option<u64>,
+    /// When the request left (after the client-wide gate), for the AIMD episode rule.
+    sent_at: Instant,
+}
+
+/// The client-wide "not before" that delivery tasks check right before they send, so a
+/// `Retry-After` learned from one answer also holds requests already handed to a task but not
+/// yet sent (L1 in `limiter.rs`).
+#[derive(Debug, Clone, Default)]
+struct NotBefore(Arc<Mutex<Option<Instant>>>);
+
+impl NotBefore {
+    fn extend(&self, until: Instant) {
+        // Only a plain assignment happens under this lock: a poisoned lock holds valid data.
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none_or(|t| t < until) {
+            *g = Some(until);
+        }
+    }
+
+    async fn wait(&self) {
+        loop {
+            let until = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(t) if t > Instant::now() => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await
+                }
+                _ => return,
+            }
+        }
+    }
 }
 
 /// The drain's owned state.
@@ -57,7 +115,13 @@ pub(crate) struct Drain {
     queue: Queue,
     limiter: Limiter,
     breaker: Breaker,
+    /// Delivery tasks; at most `max_in_flight`. Aborted at the end of the shutdown grace: their
+    /// alerts stay pending.
     tasks: JoinSet<Done>,
+    not_before: NotBefore,
+    /// Notified to probe at once during a pause or an open breaker (SIGHUP after a fix).
+    reprobe: Arc<Notify>,
+    next_sweep: Instant,
 }
 
 impl Drain {
@@ -69,11 +133,15 @@ impl Drain {
         counters: Arc<Counters>,
     ) -> Drain {
         let now = Instant::now();
+        events::rate_changed(&counters, cfg.rate_per_sec, false);
         Drain {
             queue: Queue::new(cfg.normal_every),
             limiter: Limiter::new(cfg.rate_per_sec, cfg.burst, now),
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             tasks: JoinSet::new(),
+            not_before: NotBefore::default(),
+            reprobe: Arc::new(Notify::new()),
+            next_sweep: now,
             cfg,
             wal,
             client,
@@ -82,116 +150,138 @@ impl Drain {
         }
     }
 
-    /// Rebuild the queue from the log (the truth). Undecodable records become dead letters of
-    /// kind `Corrupt` (I4): counted and visible, never a panic, never a stuck queue.
+    /// A handle that makes a paused drain (or an open breaker) probe at once instead of at the
+    /// end of its cool-down: notify it after the operator fixed something (e.g. on SIGHUP).
+    #[allow(dead_code)] // wired by the binary's signal handling
+    pub(crate) fn reprobe_handle(&self) -> Arc<Notify> {
+        self.reprobe.clone()
+    }
+
+    /// Rebuild the queue from the log (the truth), each alert at its persisted next attempt
+    /// time, so a restart does not turn a backlog in backoff into a retry stampede.
+    /// Undecodable records become dead letters of kind `Corrupt` (I4): counted and visible,
+    /// never a panic, never a stuck queue.
     fn load(&mut self) -> Result<(), DrainError> {
         let now = now_ms();
         let mut corrupt = Vec::new();
-        let mut n = 0u64;
+        let (mut n, mut later) = (0u64, 0u64);
         for item in self.wal.pending() {
             match item {
                 Ok((key, rec)) => {
                     self.queue.insert(key, rec.next_attempt_ms, now);
                     n += 1;
+                    if rec.next_attempt_ms > now {
+                        later += 1;
+                    }
                 }
                 Err(c) => corrupt.push(c),
             }
         }
         for c in corrupt {
-            let reason = DeadReason {
-                kind: DeadKind::Corrupt,
-                message: format!("record could not be decoded: {}", c.error),
-                status: None,
-                api_message: None,
-            };
-            self.wal.dead_letter(c.key, reason.clone(), now)?;
-            AlertDeadLettered {
-                alert_id: "",
-                kind: DeadKind::Corrupt,
-                reason: &reason.message,
-                status: None,
-            }
-            .emit(&self.counters);
+            self.dead_letter_corrupt(c.key, &c.error.to_string(), now)?;
         }
         if n > 0 {
             tracing::info!(
                 pending = n,
+                waiting_for_retry_time = later,
                 "resuming delivery of alerts already in the log"
             );
         }
         Ok(())
     }
 
+    fn ttl(&self, key: Key) -> Option<Duration> {
+        if key.priority == PRIORITY_CRITICAL {
+            self.cfg.ttl_critical
+        } else {
+            self.cfg.ttl_normal
+        }
+    }
+
+    /// Read a queued key's record and check it before sending: `None` when it was settled here
+    /// (dead-lettered as corrupt, expired or malformed) or is no longer pending.
+    fn prepare(&mut self, key: Key, now: u64) -> Result<Option<Prepared>, DrainError> {
+        let record = match self.wal.get(key) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(WalError::CorruptRecord { error, .. }) => {
+                self.dead_letter_corrupt(key, &error.to_string(), now)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(ttl) = self.ttl(key) {
+            if schedule::expired(record.received_at_ms, now, Some(ttl)) {
+                self.expire(key, &record, ttl, now)?;
+                return Ok(None);
+            }
+        }
+        match self.mapper.map(&record.topic, &record.payload) {
+            Ok(m) => Ok(Some((record, m.data))),
+            Err(rej) => {
+                self.dead_letter(key, &record, DeadKind::Malformed, rej.reason, None, None)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Start as many deliveries as the breaker, the bucket and the concurrency cap allow.
     /// Returns how long to sleep before trying again, if something is held back.
     fn dispatch(&mut self) -> Result<Option<Duration>, DrainError> {
-        let now_i = Instant::now();
-        self.queue.promote(now_ms());
-        while self.tasks.len() < self.cfg.max_in_flight && self.queue.ready_len() > 0 {
-            let probe = match self.breaker.permit(now_i) {
-                Permit::Send => false,
-                Permit::Probe => true,
-                Permit::Wait(d) => return Ok(Some(d)),
-            };
-            if let Err(d) = self.limiter.try_acquire(now_i) {
-                if probe {
-                    // give the probe back to the breaker's clock: re-open for the wait
-                    self.breaker.hold(now_i, d);
-                }
+        loop {
+            let now_i = Instant::now();
+            let now = now_ms();
+            self.queue.promote(now);
+            if self.tasks.len() >= self.cfg.max_in_flight || self.queue.ready_len() == 0 {
+                // woken by a finished task, a new key or the next retry time
+                return Ok(None);
+            }
+            if let Some(d) = self.breaker.wait(now_i) {
                 return Ok(Some(d));
             }
-            let Some(key) = self.queue.pick() else { break };
-            let Some(mut record) = self.wal.get(key)? else {
-                continue;
-            };
-            let now = now_ms();
-            let ttl = if key.priority == PRIORITY_CRITICAL {
-                self.cfg.ttl_critical
-            } else {
-                self.cfg.ttl_normal
-            };
-            if schedule::expired(record.received_at_ms, now, ttl) {
-                let age = Duration::from_millis(now.saturating_sub(record.received_at_ms));
-                self.dead_letter(
-                    key,
-                    &record,
-                    DeadKind::Expired,
-                    format!(
-                        "expired: not delivered within its TTL (age {}s)",
-                        age.as_secs()
-                    ),
-                    None,
-                    None,
-                )?;
-                continue;
+            if let Some(d) = self.limiter.wait(now_i) {
+                return Ok(Some(d));
             }
-            let data = match self.mapper.map(&record.topic, &record.payload) {
-                Ok(m) => m.data,
-                Err(rej) => {
-                    self.dead_letter(key, &record, DeadKind::Malformed, rej.reason, None, None)?;
-                    continue;
-                }
+            let Some(key) = self.queue.pick() else {
+                return Ok(None);
             };
+            let Some((mut record, data)) = self.prepare(key, now)? else {
+                continue;
+            };
+            // Only now, with a request that really goes, may the breaker hand out its probe:
+            // a probe that is never sent would leave it half-open for good.
+            let probe = match self.breaker.begin(now_i) {
+                Some((n, Transition::HalfOpen { was })) => {
+                    BreakerProbing {
+                        paused: was == Hold::Paused,
+                    }
+                    .emit(&self.counters);
+                    Some(n)
+                }
+                _ => None,
+            };
+            self.limiter.take(now_i);
             record.attempts += 1;
             record.first_attempt_ms.get_or_insert(now);
             record.last_attempt_ms = Some(now);
             let client = self.client.clone();
+            let gate = self.not_before.clone();
             self.tasks.spawn(async move {
+                gate.wait().await;
+                let sent_at = Instant::now();
                 let disposition = client.deliver(&record.alert_id, &data).await;
                 Done {
                     key,
                     record,
                     disposition,
                     probe,
+                    sent_at,
                 }
             });
-            if probe {
-                break;
-            }
         }
-        Ok(None)
     }
 
+    /// Persist the record (attempt history), then move it to dead letters with the reason.
     fn dead_letter(
         &mut self,
         key: Key,
@@ -202,21 +292,110 @@ impl Drain {
         api_message: Option<String>,
     ) -> Result<(), DrainError> {
         // persist the attempt history first, so the dead letter shows it
-        self.wal.update(key, record)?;
+        if !still_pending(self.wal.update(key, record))? {
+            return Ok(());
+        }
         let reason = DeadReason {
             kind,
             message,
             status,
             api_message,
         };
-        self.wal.dead_letter(key, reason.clone(), now_ms())?;
+        if !still_pending(
+            self.wal
+                .dead_letter(key, reason.clone(), now_ms())
+                .map(|_| ()),
+        )? {
+            return Ok(());
+        }
         AlertDeadLettered {
             alert_id: &record.alert_id,
             kind,
             reason: &reason.message,
             status,
+            attempts: record.attempts,
         }
         .emit(&self.counters);
+        Ok(())
+    }
+
+    fn dead_letter_corrupt(&mut self, key: Key, error: &str, now: u64) -> Result<(), DrainError> {
+        let reason = DeadReason {
+            kind: DeadKind::Corrupt,
+            message: format!("record could not be decoded: {error}"),
+            status: None,
+            api_message: None,
+        };
+        if still_pending(self.wal.dead_letter(key, reason.clone(), now).map(|_| ()))? {
+            AlertDeadLettered {
+                alert_id: "",
+                kind: DeadKind::Corrupt,
+                reason: &reason.message,
+                status: None,
+                attempts: 0,
+            }
+            .emit(&self.counters);
+        }
+        Ok(())
+    }
+
+    fn expire(
+        &mut self,
+        key: Key,
+        record: &Record,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<(), DrainError> {
+        let age = Duration::from_millis(now.saturating_sub(record.received_at_ms));
+        let lane = if key.priority == PRIORITY_CRITICAL {
+            "critical"
+        } else {
+            "normal"
+        };
+        let mut message = format!(
+            "expired: not delivered within the {lane} lane's TTL of {} s (age {} s, {} attempt(s))",
+            ttl.as_secs(),
+            age.as_secs(),
+            record.attempts
+        );
+        if let Some(e) = &record.last_error {
+            message.push_str("; last error: ");
+            message.push_str(e);
+        }
+        let status = record.last_error.as_deref().and_then(status_in);
+        self.dead_letter(key, record, DeadKind::Expired, message, status, None)
+    }
+
+    /// Dead-letter the queued alerts that passed their lane's TTL, oldest first, while they
+    /// wait (breaker open, paused, backlog). Stops at the first one still young: `seq` grows
+    /// with arrival, so the rest of the lane is younger.
+    fn sweep_expired(&mut self) -> Result<(), DrainError> {
+        let now = now_ms();
+        for critical in [true, false] {
+            let ttl = if critical {
+                self.cfg.ttl_critical
+            } else {
+                self.cfg.ttl_normal
+            };
+            let Some(ttl) = ttl else { continue };
+            while let Some(key) = self.queue.oldest(critical) {
+                match self.wal.get(key) {
+                    Ok(Some(rec)) if schedule::expired(rec.received_at_ms, now, Some(ttl)) => {
+                        self.queue.remove(key);
+                        self.expire(key, &rec, ttl, now)?;
+                    }
+                    Ok(Some(_)) => break,
+                    Ok(None) => {
+                        self.queue.remove(key);
+                    }
+                    Err(WalError::CorruptRecord { error, .. }) => {
+                        self.queue.remove(key);
+                        self.dead_letter_corrupt(key, &error.to_string(), now)?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -227,6 +406,7 @@ impl Drain {
             mut record,
             disposition,
             probe,
+            sent_at,
         } = done;
         let now_i = Instant::now();
         let now = now_ms();
@@ -242,29 +422,44 @@ impl Drain {
                     attempts: record.attempts,
                     received_at_ms: record.received_at_ms,
                 };
-                self.wal.remove(key, receipt)?;
-                AlertDelivered {
-                    alert_id: &record.alert_id,
-                    seq: key.seq,
-                    status: r.status,
-                    execution_id: r.execution_id.as_deref(),
-                    latency: Duration::from_millis(now.saturating_sub(record.received_at_ms)),
-                    attempts: record.attempts,
+                if still_pending(self.wal.remove(key, receipt))? {
+                    AlertDelivered {
+                        alert_id: &record.alert_id,
+                        seq: key.seq,
+                        status: r.status,
+                        execution_id: r.execution_id.as_deref(),
+                        latency: Duration::from_millis(now.saturating_sub(record.received_at_ms)),
+                        attempts: record.attempts,
+                    }
+                    .emit(&self.counters);
                 }
-                .emit(&self.counters);
-                self.limiter.on_success();
-                self.api_is_up();
+                let restored = self.limiter.on_success();
+                events::rate_changed(&self.counters, self.limiter.rate(), restored);
+                self.api_answered(probe);
             }
             Disposition::Retry {
                 after,
                 reason,
                 status,
             } => {
-                if status == Some(429) {
-                    self.limiter.on_throttled();
-                    if let Some(a) = after {
-                        self.limiter.retry_after(now_i, a);
+                let throttled = status == Some(429);
+                if let Some(a) = after.filter(|_| matches!(status, Some(429 | 503))) {
+                    let hold = a.min(MAX_CLIENT_WIDE_WAIT);
+                    self.limiter.retry_after(now_i, hold);
+                    self.not_before.extend(now_i + hold);
+                    if !throttled {
+                        events::unavailable_for(hold);
                     }
+                }
+                if throttled {
+                    let lowered = self.limiter.on_throttled(sent_at, now_i);
+                    Throttled {
+                        reason: &reason,
+                        retry_after: after,
+                        lowered,
+                        rate_per_sec: self.limiter.rate(),
+                    }
+                    .emit(&self.counters);
                 }
                 let next = schedule::next_attempt_ms(
                     &self.cfg.backoff,
@@ -275,18 +470,23 @@ impl Drain {
                 );
                 record.next_attempt_ms = next;
                 record.last_error = Some(reason.clone());
-                self.wal.update(key, &record)?;
-                self.queue.insert(key, next, now);
-                DeliveryRetried {
-                    alert_id: &record.alert_id,
-                    reason: &reason,
-                    status,
-                    attempts: record.attempts,
-                    after: Duration::from_millis(next.saturating_sub(now)),
+                if still_pending(self.wal.update(key, &record))? {
+                    self.queue.insert(key, next, now);
+                    DeliveryRetried {
+                        alert_id: &record.alert_id,
+                        reason: &reason,
+                        status,
+                        attempts: record.attempts,
+                        after: Duration::from_millis(next.saturating_sub(now)),
+                    }
+                    .emit(&self.counters);
                 }
-                .emit(&self.counters);
-                if let Some(Transition::Opened) = self.breaker.on_failure(now_i) {
-                    events::breaker_changed(&self.counters, true, self.cfg.breaker_failures);
+                if throttled {
+                    // a 429 is an answer: the API is up; the limiter deals with the rate
+                    self.api_answered(probe);
+                } else {
+                    let t = self.breaker.on_failure(now_i, probe);
+                    self.breaker_moved(t, &reason);
                 }
             }
             Disposition::DeadLetter {
@@ -303,43 +503,71 @@ impl Drain {
                     api_message,
                 )?;
                 // a permanent rejection is an answer: the API is up
-                self.api_is_up();
+                self.api_answered(probe);
             }
             Disposition::Pause {
                 reason,
                 status,
                 after,
             } => {
-                // Configuration fault: not this alert's fault. Keep it, not as an attempt.
+                // Configuration fault: not this alert's fault. Keep it, not as an attempt, ready
+                // to go as soon as the pause ends.
                 record.attempts = record.attempts.saturating_sub(1);
                 record.last_error = Some(reason.clone());
-                self.wal.update(key, &record)?;
-                self.queue.insert(key, 0, now);
-                let wait = after.unwrap_or(PAUSE_PROBE);
-                self.breaker.hold(now_i, wait);
-                if !probe
-                    || !self
-                        .counters
-                        .paused
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    DeliveryPaused {
-                        reason: &reason,
-                        status,
-                        retry_in: wait,
-                    }
-                    .emit(&self.counters);
+                record.next_attempt_ms = 0;
+                if still_pending(self.wal.update(key, &record))? {
+                    self.queue.insert(key, 0, now);
                 }
+                let wait = after.unwrap_or(self.cfg.breaker_cooldown);
+                self.breaker.pause(now_i, wait);
+                DeliveryPaused {
+                    reason: &reason,
+                    status,
+                    retry_in: wait,
+                }
+                .emit(&self.counters);
             }
         }
         Ok(())
     }
 
-    fn api_is_up(&mut self) {
-        if let Some(Transition::Closed) = self.breaker.on_success() {
-            events::breaker_changed(&self.counters, false, 0);
+    /// The API answered something other than a retryable failure.
+    fn api_answered(&mut self, probe: Option<u64>) {
+        let t = self.breaker.on_success(probe);
+        self.breaker_moved(t, "");
+    }
+
+    /// Events for a breaker transition caused by an answer.
+    fn breaker_moved(&mut self, t: Option<Transition>, reason: &str) {
+        match t {
+            Some(Transition::Opened { failures }) => BreakerOpened {
+                failures,
+                reason,
+                cooldown: self.breaker.cooldown(),
+            }
+            .emit(&self.counters),
+            Some(Transition::Reopened { was }) => {
+                if was == Hold::Paused {
+                    // the configuration fault is gone; the API is failing now
+                    events::delivery_resumed(&self.counters);
+                }
+                BreakerReopened {
+                    reason,
+                    cooldown: self.breaker.cooldown(),
+                }
+                .emit(&self.counters);
+            }
+            Some(Transition::Closed { was }) => {
+                match was {
+                    Hold::Failures => events::breaker_closed(&self.counters),
+                    Hold::Paused => events::delivery_resumed(&self.counters),
+                }
+                // The API works again: the backoff the alerts collected while it did not says
+                // nothing any more; the limiter paces the backlog (critical first).
+                self.queue.promote_all();
+            }
+            Some(Transition::HalfOpen { .. }) | None => {}
         }
-        events::delivery_resumed(&self.counters);
     }
 
     /// Run until `cancel`; then give in-flight deliveries `shutdown_timeout` and leave the rest
@@ -350,18 +578,27 @@ impl Drain {
         cancel: CancellationToken,
     ) -> Result<(), DrainError> {
         self.load()?;
+        let sweeping = self.cfg.ttl_critical.is_some() || self.cfg.ttl_normal.is_some();
+        let reprobe = self.reprobe.clone();
         let mut feed_open = true;
         loop {
             while let Ok(k) = feed.try_recv() {
                 self.queue.insert(k, 0, now_ms());
             }
+            if sweeping && Instant::now() >= self.next_sweep {
+                self.sweep_expired()?;
+                self.next_sweep = Instant::now() + EXPIRY_SWEEP;
+            }
             let held = self.dispatch()?;
             let now = now_ms();
+            let sweep_in =
+                sweeping.then(|| self.next_sweep.saturating_duration_since(Instant::now()));
             let wake = [
                 held,
                 self.queue
                     .next_wakeup_ms()
                     .map(|at| Duration::from_millis(at.saturating_sub(now))),
+                sweep_in,
             ]
             .into_iter()
             .flatten()
@@ -382,6 +619,10 @@ impl Drain {
                     // ingest stopped; keep draining what is pending
                     None => feed_open = false,
                 },
+                _ = reprobe.notified() => {
+                    self.breaker.probe_now(Instant::now());
+                    tracing::info!("probing now (operator signal)");
+                }
                 _ = tokio::time::sleep(wake) => {}
             }
         }
@@ -404,5 +645,52 @@ impl Drain {
             }
         }
         Ok(())
+    }
+}
+
+/// `Ok(false)` when the key was no longer pending (nothing to do: it was settled elsewhere);
+/// every other log error stops the drain.
+fn still_pending(r: Result<(), WalError>) -> Result<bool, DrainError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(WalError::NotPending { key }) => {
+            tracing::warn!(seq = key.seq, "alert no longer pending; nothing to settle");
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The HTTP status a Genesys reason starts with (`"…: HTTP 503 …"`), for an expired alert's
+/// dead letter.
+fn status_in(reason: &str) -> Option<u16> {
+    let rest = &reason[reason.find("HTTP ")? + 5..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_read_from_a_reason() {
+        assert_eq!(
+            status_in("server error: HTTP 503 service.unavailable"),
+            Some(503)
+        );
+        assert_eq!(status_in("token request failed: connection refused"), None);
+        assert_eq!(status_in("HTTP x"), None);
+    }
+
+    #[tokio::test]
+    async fn not_before_holds_tasks_until_it_ends() {
+        let gate = NotBefore::default();
+        gate.wait().await; // nothing set: no wait
+        let t0 = Instant::now();
+        gate.extend(t0 + Duration::from_millis(80));
+        gate.extend(t0 + Duration::from_millis(10)); // shorter: no effect
+        gate.wait().await;
+        assert!(t0.elapsed() >= Duration::from_millis(80));
     }
 }

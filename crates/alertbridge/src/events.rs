@@ -2,11 +2,11 @@
 //! the counter together, so logs, `status`, the demo's progress and (later) Prometheus metrics
 //! can never disagree. There is no "dropped" event: nothing is dropped.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Counters shared by every stage (cheap atomics; read by status, demo, metrics).
 #[derive(Debug, Default)]
@@ -33,8 +33,14 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Delivery paused by a configuration fault.
     pub paused: AtomicBool,
-    /// Breaker open.
+    /// Breaker open or half-open (held by failures; a pause shows in `paused`).
     pub breaker_open: AtomicBool,
+    /// [`BreakerView`] as a number (see [`BreakerView::from_u8`]).
+    pub breaker_state: AtomicU8,
+    /// 429 answers (API or token endpoint).
+    pub throttled: AtomicU64,
+    /// Current (AIMD) delivery rate in thousandths of a request per second.
+    pub rate_millis: AtomicU64,
     /// Ingest held back by the disk budget.
     pub backpressure: AtomicBool,
     /// Broker connection up.
@@ -68,6 +74,9 @@ impl Counters {
             paused: self.paused.load(Ordering::Relaxed),
             pause_reason: self.last_pause_reason.lock().ok().and_then(|g| g.clone()),
             breaker_open: self.breaker_open.load(Ordering::Relaxed),
+            breaker: BreakerView::from_u8(self.breaker_state.load(Ordering::Relaxed)),
+            throttled: g(&self.throttled),
+            rate_per_sec: g(&self.rate_millis) as f64 / 1000.0,
             backpressure: self.backpressure.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
         }
@@ -92,8 +101,42 @@ impl Counters {
     }
 }
 
-/// Plain copy of the counters.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+/// Circuit breaker state as `status` shows it (a configuration-fault pause shows as `paused`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerView {
+    /// Delivering normally.
+    #[default]
+    Closed,
+    /// Holding deliveries after consecutive failures until the cool-down ends.
+    Open,
+    /// One probe request is out; its answer closes or re-opens the breaker.
+    HalfOpen,
+}
+
+impl BreakerView {
+    /// The stored number → state (unknown numbers read as closed).
+    pub fn from_u8(n: u8) -> BreakerView {
+        match n {
+            1 => BreakerView::Open,
+            2 => BreakerView::HalfOpen,
+            _ => BreakerView::Closed,
+        }
+    }
+
+    /// State → the stored number.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            BreakerView::Closed => 0,
+            BreakerView::Open => 1,
+            BreakerView::HalfOpen => 2,
+        }
+    }
+}
+
+/// Plain copy of the counters. Fields added later default when reading an older agent's status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[allow(missing_docs)]
 pub struct Snapshot {
     pub received: u64,
@@ -109,6 +152,12 @@ pub struct Snapshot {
     pub paused: bool,
     pub pause_reason: Option<String>,
     pub breaker_open: bool,
+    /// Circuit breaker state.
+    pub breaker: BreakerView,
+    /// 429 answers since start.
+    pub throttled: u64,
+    /// Delivery rate in force now (lowered after 429s, recovering to the configured rate).
+    pub rate_per_sec: f64,
     pub backpressure: bool,
     pub connected: bool,
 }
@@ -241,6 +290,8 @@ pub struct AlertDeadLettered<'a> {
     pub reason: &'a str,
     /// HTTP status if any.
     pub status: Option<u16>,
+    /// Delivery attempts made.
+    pub attempts: u32,
 }
 
 impl AlertDeadLettered<'_> {
@@ -255,12 +306,15 @@ impl AlertDeadLettered<'_> {
             kind = ?self.kind,
             reason = self.reason,
             status = self.status.unwrap_or(0),
+            attempts = self.attempts,
             "alert moved to dead letters (see `alertbridge dead-letters`)"
         );
     }
 }
 
-/// Delivery paused by a configuration fault (403/404/bad credentials) or resumed.
+/// Delivery paused by a configuration fault (403/404/bad credentials), or a probe found it
+/// still there. The first is logged at error level with the fix; each failed probe after it
+/// once more (one line per probe interval), so a pause is never a silent loop.
 pub struct DeliveryPaused<'a> {
     /// Why, with the fix.
     pub reason: &'a str,
@@ -273,16 +327,27 @@ pub struct DeliveryPaused<'a> {
 impl DeliveryPaused<'_> {
     /// Record it.
     pub fn emit(self, c: &Counters) {
-        c.paused.store(true, Ordering::Relaxed);
+        let already = c.paused.swap(true, Ordering::Relaxed);
+        // the pause now holds deliveries, not the breaker
+        set_breaker(c, BreakerView::Closed);
         if let Ok(mut g) = c.last_pause_reason.lock() {
             *g = Some(self.reason.to_string());
         }
-        tracing::error!(
-            reason = self.reason,
-            status = self.status.unwrap_or(0),
-            probe_in_ms = self.retry_in.as_millis() as u64,
-            "DELIVERY PAUSED: configuration fault; alerts stay in the log and are still ingested"
-        );
+        if already {
+            tracing::warn!(
+                reason = self.reason,
+                status = self.status.unwrap_or(0),
+                probe_in_ms = self.retry_in.as_millis() as u64,
+                "delivery still paused: configuration fault; alerts stay in the log"
+            );
+        } else {
+            tracing::error!(
+                reason = self.reason,
+                status = self.status.unwrap_or(0),
+                probe_in_ms = self.retry_in.as_millis() as u64,
+                "DELIVERY PAUSED: configuration fault; alerts stay in the log and are still ingested"
+            );
+        }
     }
 }
 
@@ -292,21 +357,142 @@ pub fn delivery_resumed(c: &Counters) {
         if let Ok(mut g) = c.last_pause_reason.lock() {
             *g = None;
         }
-        tracing::warn!("delivery resumed");
+        tracing::warn!("delivery resumed: the configuration fault is gone");
     }
 }
 
-/// Breaker transitions.
-pub fn breaker_changed(c: &Counters, open: bool, failures: u32) {
-    c.breaker_open.store(open, Ordering::Relaxed);
-    if open {
-        tracing::warn!(
-            failures,
-            "circuit breaker OPEN: holding deliveries, probing after cool-down"
+fn set_breaker(c: &Counters, view: BreakerView) {
+    c.breaker_state.store(view.to_u8(), Ordering::Relaxed);
+    c.breaker_open
+        .store(view != BreakerView::Closed, Ordering::Relaxed);
+}
+
+/// The circuit breaker opened: `failures` consecutive retryable failures.
+pub struct BreakerOpened<'a> {
+    /// The count that reached the threshold.
+    pub failures: u32,
+    /// The last failure.
+    pub reason: &'a str,
+    /// Until the probe.
+    pub cooldown: Duration,
+}
+
+impl BreakerOpened<'_> {
+    /// Record it.
+    pub fn emit(self, c: &Counters) {
+        set_breaker(c, BreakerView::Open);
+        tracing::error!(
+            failures = self.failures,
+            reason = self.reason,
+            probe_in_ms = self.cooldown.as_millis() as u64,
+            "circuit breaker OPEN: holding deliveries (alerts are still ingested), one probe after the cool-down"
         );
-    } else {
-        tracing::warn!("circuit breaker closed: delivering again");
     }
+}
+
+/// The cool-down is over: one probe request goes, everything else waits for its answer.
+pub struct BreakerProbing {
+    /// Probing after a configuration-fault pause (not an open breaker).
+    pub paused: bool,
+}
+
+impl BreakerProbing {
+    /// Record it.
+    pub fn emit(self, c: &Counters) {
+        if self.paused {
+            tracing::info!("delivery paused: sending one probe request");
+        } else {
+            set_breaker(c, BreakerView::HalfOpen);
+            tracing::info!("circuit breaker half-open: sending one probe request");
+        }
+    }
+}
+
+/// The probe failed with a retryable failure: open for another cool-down.
+pub struct BreakerReopened<'a> {
+    /// The probe's failure.
+    pub reason: &'a str,
+    /// Until the next probe.
+    pub cooldown: Duration,
+}
+
+impl BreakerReopened<'_> {
+    /// Record it.
+    pub fn emit(self, c: &Counters) {
+        set_breaker(c, BreakerView::Open);
+        tracing::warn!(
+            reason = self.reason,
+            probe_in_ms = self.cooldown.as_millis() as u64,
+            "circuit breaker stays OPEN: the probe failed"
+        );
+    }
+}
+
+/// The probe succeeded: the breaker is closed.
+pub fn breaker_closed(c: &Counters) {
+    set_breaker(c, BreakerView::Closed);
+    tracing::warn!("circuit breaker closed: delivering again");
+}
+
+/// A 429: the rate was lowered (or not, same episode) and, with `Retry-After`, the whole client
+/// waits.
+pub struct Throttled<'a> {
+    /// Why (status, API message, limit).
+    pub reason: &'a str,
+    /// The client-wide wait, if the server gave one.
+    pub retry_after: Option<Duration>,
+    /// Whether this answer lowered the rate (one decrease per episode).
+    pub lowered: bool,
+    /// Rate now.
+    pub rate_per_sec: f64,
+}
+
+impl Throttled<'_> {
+    /// Record it.
+    pub fn emit(self, c: &Counters) {
+        Counters::add(&c.throttled, 1);
+        set_rate(c, self.rate_per_sec);
+        if self.lowered {
+            tracing::warn!(
+                reason = self.reason,
+                retry_after_ms = self.retry_after.map(|d| d.as_millis() as u64).unwrap_or(0),
+                rate_per_sec = self.rate_per_sec,
+                "rate limited by Genesys (429): rate lowered, the whole client waits for Retry-After"
+            );
+        } else {
+            tracing::debug!(
+                reason = self.reason,
+                retry_after_ms = self.retry_after.map(|d| d.as_millis() as u64).unwrap_or(0),
+                "rate limited (429) in the same episode"
+            );
+        }
+    }
+}
+
+/// The client-wide `Retry-After` of a 503 (the service said how long it is away).
+pub fn unavailable_for(retry_after: Duration) {
+    tracing::debug!(
+        retry_after_ms = retry_after.as_millis() as u64,
+        "Genesys unavailable (503 with Retry-After): the whole client waits"
+    );
+}
+
+/// The delivery rate in force (AIMD); `restored` when it is back at the configured one.
+pub fn rate_changed(c: &Counters, rate_per_sec: f64, restored: bool) {
+    set_rate(c, rate_per_sec);
+    if restored {
+        tracing::info!(rate_per_sec, "delivery rate back at the configured rate");
+    }
+}
+
+fn set_rate(c: &Counters, rate_per_sec: f64) {
+    let millis = (rate_per_sec * 1000.0).round();
+    let millis = if millis.is_finite() && millis > 0.0 {
+        millis as u64
+    } else {
+        0
+    };
+    c.rate_millis.store(millis, Ordering::Relaxed);
 }
 
 /// Disk budget reached (with the reason) / freed.
@@ -371,6 +557,7 @@ mod tests {
             kind: alertbridge_wal::DeadKind::Expired,
             reason: "old",
             status: None,
+            attempts: 0,
         }
         .emit(&c);
         let s = c.snapshot();

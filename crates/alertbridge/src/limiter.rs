@@ -1,8 +1,18 @@
 //! Outbound pacing: a token bucket (`rate_per_sec`, `burst`) whose rate adapts (AIMD) to 429s,
-//! plus a client-wide "not before" set by `Retry-After`, and the circuit breaker.
+//! a client-wide "not before" set by `Retry-After`, and the circuit breaker that also carries
+//! configuration-fault pauses.
 //!
 //! Pure state machines: every method takes `now` and answers how long to wait; the drain owns
-//! the clock and the sleeping.
+//! the clock, the sleeping and the events.
+//!
+//! What must stay true:
+//! - L1 Nothing is sent before a `Retry-After` the client was given has ended, whichever
+//!   request it came with ([`Limiter::retry_after`]); after it the bucket starts empty, so
+//!   sending resumes at the (lowered) rate, not as a burst.
+//! - L2 One 429 episode halves the rate once: a 429 for a request sent before the last decrease
+//!   says nothing new ([`Limiter::on_throttled`]).
+//! - B1 While the breaker is open nothing is sent; after the cool-down exactly one request (the
+//!   probe) goes, and only the probe's answer closes or re-opens it ([`Breaker::begin`]).
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +20,8 @@ use std::time::{Duration, Instant};
 ///
 /// Why adaptive: Genesys' limits (300 requests/min per token, org-wide trigger limits) are not
 /// fully known to us; a 429 proves we are above the real limit, so halve the rate, then creep
-/// back to the configured rate by 5 % of it per successful second-equivalent.
+/// back to the configured rate by 5 % of it per `configured_rate` accepted requests (about 5 %
+/// per second at full rate).
 #[derive(Debug, Clone)]
 pub struct Limiter {
     configured_rate: f64,
@@ -19,10 +30,15 @@ pub struct Limiter {
     tokens: f64,
     last: Instant,
     not_before: Option<Instant>,
+    last_decrease: Option<Instant>,
 }
 
 /// Lowest rate the AIMD decrease goes to, as a fraction of the configured rate.
 const MIN_RATE_FRACTION: f64 = 0.05;
+
+/// Additive increase per accepted request, as a fraction of the configured rate, divided by the
+/// configured rate (so a full second of accepted requests at the configured rate adds 5 %).
+const INCREASE_FRACTION: f64 = 0.05;
 
 impl Limiter {
     /// Full bucket at the configured rate.
@@ -34,58 +50,90 @@ impl Limiter {
             tokens: f64::from(burst.max(1)),
             last: now,
             not_before: None,
+            last_decrease: None,
         }
     }
 
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.last = now;
+        if now > self.last {
+            self.last = now;
+        }
     }
 
-    /// Take one token if available; otherwise how long until one is (or until `Retry-After`
-    /// ends).
-    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
+    /// How long until a request may go (`Retry-After` first, then a token); `None` = now.
+    /// Takes nothing: call [`Limiter::take`] when the request really goes.
+    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
         if let Some(nb) = self.not_before {
             if now < nb {
-                return Err(nb - now);
+                return Some(nb - now);
             }
             self.not_before = None;
         }
         self.refill(now);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
+            None
         } else {
             let missing = 1.0 - self.tokens;
-            Err(Duration::from_secs_f64(missing / self.rate).max(Duration::from_millis(1)))
+            Some(Duration::from_secs_f64(missing / self.rate).max(Duration::from_millis(1)))
         }
     }
 
-    /// A 429 (or any `Retry-After`) applies to the whole client, not only the one request:
-    /// nothing is sent before `now + after`, and the bucket is emptied so sending resumes at the
-    /// (lowered) rate instead of as a burst.
+    /// Spend one token for a request that goes now (after [`Limiter::wait`] said `None`).
+    pub fn take(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+
+    /// [`Limiter::wait`] and [`Limiter::take`] in one: `Ok` when a token was taken.
+    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
+        match self.wait(now) {
+            Some(d) => Err(d),
+            None => {
+                self.take(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// A `Retry-After` applies to the whole client, not only the one request (L1): nothing is
+    /// sent before `now + after`, and the bucket is emptied so sending resumes at the (lowered)
+    /// rate instead of as a burst. A shorter `Retry-After` never shortens a longer one.
     pub fn retry_after(&mut self, now: Instant, after: Duration) {
         let until = now + after;
-        if self.not_before.is_none_or(|nb| nb < until) {
-            self.not_before = Some(until);
-        }
+        let until = match self.not_before {
+            Some(nb) if nb > until => nb,
+            _ => until,
+        };
+        self.not_before = Some(until);
         self.tokens = 0.0;
-        self.last = until;
-    }
-
-    /// Multiplicative decrease after a 429.
-    pub fn on_throttled(&mut self) {
-        self.rate = (self.rate / 2.0).max(self.configured_rate * MIN_RATE_FRACTION);
-    }
-
-    /// Additive increase after an accepted request.
-    pub fn on_success(&mut self) {
-        if self.rate < self.configured_rate {
-            // 5 % of the configured rate per `configured_rate` successes ≈ per second at full rate.
-            let step = self.configured_rate * 0.05 / self.configured_rate.max(1.0);
-            self.rate = (self.rate + step).min(self.configured_rate);
+        if until > self.last {
+            self.last = until;
         }
+    }
+
+    /// Multiplicative decrease after a 429 for a request sent at `sent_at` (L2): halves the rate
+    /// unless the request left before the last decrease (the same episode). Returns whether the
+    /// rate was lowered.
+    pub fn on_throttled(&mut self, sent_at: Instant, now: Instant) -> bool {
+        if self.last_decrease.is_some_and(|d| sent_at < d) {
+            return false;
+        }
+        self.rate = (self.rate / 2.0).max(self.configured_rate * MIN_RATE_FRACTION);
+        self.last_decrease = Some(now);
+        true
+    }
+
+    /// Additive increase after an accepted request. Returns true when this brought the rate
+    /// back to the configured one.
+    pub fn on_success(&mut self) -> bool {
+        if self.rate < self.configured_rate {
+            let step = self.configured_rate * INCREASE_FRACTION / self.configured_rate.max(1.0);
+            self.rate = (self.rate + step).min(self.configured_rate);
+            return self.rate >= self.configured_rate;
+        }
+        false
     }
 
     /// Current (possibly lowered) rate.
@@ -93,10 +141,24 @@ impl Limiter {
         self.rate
     }
 
+    /// The configured rate the AIMD increase returns to.
+    pub fn configured_rate(&self) -> f64 {
+        self.configured_rate
+    }
+
     /// When `Retry-After` ends, if it is in force.
     pub fn paused_until(&self, now: Instant) -> Option<Instant> {
         self.not_before.filter(|nb| *nb > now)
     }
+}
+
+/// What holds the breaker open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Retryable failures (5xx, timeouts, connect errors, token endpoint down).
+    Failures,
+    /// A configuration fault (403, 404, rejected credentials …): delivery is paused.
+    Paused,
 }
 
 /// Circuit breaker state, visible in status and logs.
@@ -108,42 +170,60 @@ pub enum BreakerState {
     Open {
         /// When one probe may go.
         until: Instant,
+        /// Why.
+        hold: Hold,
     },
     /// One probe is in flight; its answer closes or re-opens the breaker.
-    HalfOpen,
+    HalfOpen {
+        /// Why it was open.
+        hold: Hold,
+        /// The probe's number ([`Breaker::begin`]); only its answer counts.
+        probe: u64,
+    },
 }
 
-/// Opens after `threshold` consecutive retryable failures; after `cooldown` lets exactly one
-/// probe through (half-open); closes on its success, re-opens on its failure.
+/// Opens after `threshold` consecutive retryable failures, or for a given time on a
+/// configuration fault ([`Breaker::pause`]); after the cool-down lets exactly one probe through
+/// (half-open); closes on the probe's success, re-opens on its failure (B1).
 ///
 /// Why: during an outage, sending at full rate only burns attempts and the API's patience;
 /// alerts keep being ingested and acked into the log while the breaker is open.
+/// Answers of requests sent before the breaker opened arrive late and decide nothing: the
+/// probe does.
 #[derive(Debug, Clone)]
 pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
     consecutive_failures: u32,
     state: BreakerState,
+    probes: u64,
 }
 
-/// What the breaker allows now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
-    /// Send normally.
-    Send,
-    /// Send this one request as the probe; hold everything else.
-    Probe,
-    /// Send nothing for this long.
-    Wait(Duration),
-}
-
-/// A change worth a log line.
+/// A change worth a log line and a status update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// Closed/half-open → open.
-    Opened,
-    /// Half-open → closed.
-    Closed,
+    /// Closed → open: `failures` consecutive retryable failures.
+    Opened {
+        /// The count that reached the threshold.
+        failures: u32,
+    },
+    /// The probe failed with a retryable failure: open for another cool-down. `was` says what
+    /// held it before (a pause whose probe got a retryable answer is no longer a configuration
+    /// fault, but an outage).
+    Reopened {
+        /// Hold before the probe.
+        was: Hold,
+    },
+    /// Open → half-open: the cool-down is over and this request is the probe.
+    HalfOpen {
+        /// Hold before the probe.
+        was: Hold,
+    },
+    /// The probe succeeded: closed.
+    Closed {
+        /// Hold before the probe.
+        was: Hold,
+    },
 }
 
 impl Breaker {
@@ -154,6 +234,7 @@ impl Breaker {
             cooldown,
             consecutive_failures: 0,
             state: BreakerState::Closed,
+            probes: 0,
         }
     }
 
@@ -162,56 +243,120 @@ impl Breaker {
         self.state
     }
 
-    /// May a request go now?
-    pub fn permit(&mut self, now: Instant) -> Permit {
+    /// The cool-down between probes.
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
+    /// How long nothing may be sent; `None` = a request may go now (it is the probe if the
+    /// breaker is open and due, see [`Breaker::begin`]). Half-open waits for the probe's answer.
+    pub fn wait(&self, now: Instant) -> Option<Duration> {
         match self.state {
-            BreakerState::Closed => Permit::Send,
-            BreakerState::Open { until } if now >= until => {
-                self.state = BreakerState::HalfOpen;
-                Permit::Probe
+            BreakerState::Closed => None,
+            BreakerState::Open { until, .. } if now >= until => None,
+            BreakerState::Open { until, .. } => Some(until - now),
+            // the probe is out; the drain wakes on its answer
+            BreakerState::HalfOpen { .. } => Some(self.cooldown.max(Duration::from_millis(1))),
+        }
+    }
+
+    /// A request goes now (after [`Breaker::wait`] said `None`). When the breaker was open it
+    /// becomes half-open and this request is the probe: its number and the transition are
+    /// returned. Call only for a request that really is sent, so a probe is never lost.
+    pub fn begin(&mut self, now: Instant) -> Option<(u64, Transition)> {
+        match self.state {
+            BreakerState::Open { until, hold } if now >= until => {
+                self.probes += 1;
+                self.state = BreakerState::HalfOpen {
+                    hold,
+                    probe: self.probes,
+                };
+                Some((self.probes, Transition::HalfOpen { was: hold }))
             }
-            BreakerState::Open { until } => Permit::Wait(until - now),
-            // the probe is out; wait for its answer (the drain wakes on it)
-            BreakerState::HalfOpen => Permit::Wait(self.cooldown),
+            _ => None,
         }
     }
 
-    /// An accepted request (or a permanent rejection: the API is up).
-    pub fn on_success(&mut self) -> Option<Transition> {
+    fn is_current_probe(&self, probe: Option<u64>) -> Option<Hold> {
+        match (self.state, probe) {
+            (BreakerState::HalfOpen { hold, probe: p }, Some(q)) if p == q => Some(hold),
+            _ => None,
+        }
+    }
+
+    /// The API answered and the answer was not a retryable failure (2xx, permanent rejection,
+    /// 429): the API is up. Closes the breaker if this was the probe.
+    pub fn on_success(&mut self, probe: Option<u64>) -> Option<Transition> {
+        if self.state == BreakerState::Closed {
+            self.consecutive_failures = 0;
+            return None;
+        }
+        let was = self.is_current_probe(probe)?;
         self.consecutive_failures = 0;
-        if self.state != BreakerState::Closed {
-            self.state = BreakerState::Closed;
-            return Some(Transition::Closed);
-        }
-        None
+        self.state = BreakerState::Closed;
+        Some(Transition::Closed { was })
     }
 
-    /// A retryable failure (5xx, timeout, connect error, 429).
-    pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
-        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        let open = match self.state {
-            BreakerState::HalfOpen => true,
-            BreakerState::Closed => self.consecutive_failures >= self.threshold,
-            BreakerState::Open { .. } => false,
+    /// A retryable failure (5xx, timeout, connect error, token endpoint down).
+    pub fn on_failure(&mut self, now: Instant, probe: Option<u64>) -> Option<Transition> {
+        match self.state {
+            BreakerState::Closed => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                if self.consecutive_failures >= self.threshold {
+                    self.state = BreakerState::Open {
+                        until: now + self.cooldown,
+                        hold: Hold::Failures,
+                    };
+                    return Some(Transition::Opened {
+                        failures: self.consecutive_failures,
+                    });
+                }
+                None
+            }
+            _ => {
+                let was = self.is_current_probe(probe)?;
+                self.state = BreakerState::Open {
+                    until: now + self.cooldown,
+                    hold: Hold::Failures,
+                };
+                Some(Transition::Reopened { was })
+            }
+        }
+    }
+
+    /// A configuration fault: hold everything for `d` (the server's `Retry-After` or the
+    /// cool-down), then probe. Any answer may pause, late or not: sending more cannot help.
+    pub fn pause(&mut self, now: Instant, d: Duration) {
+        let until = now + d;
+        let until = match self.state {
+            BreakerState::Open {
+                until: u,
+                hold: Hold::Paused,
+            } if u > until => u,
+            _ => until,
         };
-        if open {
-            self.state = BreakerState::Open {
-                until: now + self.cooldown,
-            };
-            return Some(Transition::Opened);
-        }
-        None
+        self.state = BreakerState::Open {
+            until,
+            hold: Hold::Paused,
+        };
     }
 
-    /// Open for a given time regardless of the count (configuration fault / long Retry-After).
-    pub fn hold(&mut self, now: Instant, d: Duration) {
-        self.state = BreakerState::Open { until: now + d };
+    /// Probe at once instead of at the end of the cool-down (e.g. after SIGHUP: the operator
+    /// says the configuration was fixed). No effect unless open.
+    pub fn probe_now(&mut self, now: Instant) {
+        if let BreakerState::Open { hold, .. } = self.state {
+            self.state = BreakerState::Open { until: now, hold };
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     #[test]
     fn bucket_allows_burst_then_paces_at_rate() {
@@ -221,12 +366,19 @@ mod tests {
             assert!(l.try_acquire(t0).is_ok());
         }
         let wait = l.try_acquire(t0).unwrap_err();
-        assert!(
-            wait <= Duration::from_millis(100) && wait >= Duration::from_millis(99),
-            "{wait:?}"
-        );
-        assert!(l.try_acquire(t0 + Duration::from_millis(100)).is_ok());
-        assert!(l.try_acquire(t0 + Duration::from_millis(100)).is_err());
+        assert!(wait <= ms(100) && wait >= ms(99), "{wait:?}");
+        assert!(l.try_acquire(t0 + ms(100)).is_ok());
+        assert!(l.try_acquire(t0 + ms(100)).is_err());
+    }
+
+    #[test]
+    fn wait_takes_nothing() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(10.0, 1, t0);
+        assert_eq!(l.wait(t0), None);
+        assert_eq!(l.wait(t0), None, "asking twice spends nothing");
+        l.take(t0);
+        assert!(l.wait(t0).is_some());
     }
 
     #[test]
@@ -234,70 +386,141 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Limiter::new(100.0, 100, t0);
         l.retry_after(t0, Duration::from_secs(2));
-        let wait = l.try_acquire(t0 + Duration::from_millis(500)).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(1500));
+        let wait = l.try_acquire(t0 + ms(500)).unwrap_err();
+        assert_eq!(wait, ms(1500));
         // after the pause the bucket starts empty: no burst
         assert!(l.try_acquire(t0 + Duration::from_secs(2)).is_err());
-        assert!(l.try_acquire(t0 + Duration::from_millis(2010)).is_ok());
+        assert!(l.try_acquire(t0 + ms(2010)).is_ok());
         assert_eq!(l.paused_until(t0 + Duration::from_secs(3)), None);
     }
 
     #[test]
+    fn a_shorter_retry_after_never_shortens_a_longer_one() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(100.0, 100, t0);
+        l.retry_after(t0, Duration::from_secs(5));
+        l.retry_after(t0 + ms(100), Duration::from_secs(1));
+        assert_eq!(l.paused_until(t0), Some(t0 + Duration::from_secs(5)));
+        // and the bucket does not fill during the longer pause
+        assert!(l.try_acquire(t0 + Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
     fn aimd_halves_on_429_and_recovers_gradually() {
-        let mut l = Limiter::new(20.0, 1, Instant::now());
-        l.on_throttled();
+        let t0 = Instant::now();
+        let mut l = Limiter::new(20.0, 1, t0);
+        assert!(l.on_throttled(t0, t0));
         assert_eq!(l.rate(), 10.0);
-        l.on_throttled();
+        assert!(l.on_throttled(t0 + ms(10), t0 + ms(20)));
         assert_eq!(l.rate(), 5.0);
         for _ in 0..10 {
-            l.on_success();
+            assert!(!l.on_success());
         }
         assert!(l.rate() > 5.0 && l.rate() < 20.0, "{}", l.rate());
-        for _ in 0..10_000 {
-            l.on_success();
-        }
+        let back = (0..10_000).filter(|_| l.on_success()).count();
+        assert_eq!(back, 1, "reaching the configured rate is reported once");
         assert_eq!(l.rate(), 20.0);
-        for _ in 0..100 {
-            l.on_throttled();
+        for i in 0..100 {
+            let t = t0 + Duration::from_secs(1 + i);
+            l.on_throttled(t, t);
         }
         assert_eq!(l.rate(), 1.0, "floor at 5 % of the configured rate");
+    }
+
+    #[test]
+    fn one_429_episode_halves_the_rate_once() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(40.0, 8, t0);
+        // eight requests sent together, all answered 429
+        assert!(l.on_throttled(t0, t0 + ms(50)));
+        for _ in 0..7 {
+            assert!(!l.on_throttled(t0, t0 + ms(60)));
+        }
+        assert_eq!(l.rate(), 20.0);
+        // a request sent after the decrease that is still throttled lowers it again
+        assert!(l.on_throttled(t0 + ms(100), t0 + ms(150)));
+        assert_eq!(l.rate(), 10.0);
     }
 
     #[test]
     fn breaker_opens_after_threshold_probes_once_and_closes() {
         let t0 = Instant::now();
         let mut b = Breaker::new(3, Duration::from_secs(10));
-        assert_eq!(b.on_failure(t0), None);
-        assert_eq!(b.on_failure(t0), None);
-        assert_eq!(b.on_failure(t0), Some(Transition::Opened));
+        assert_eq!(b.on_failure(t0, None), None);
+        assert_eq!(b.on_failure(t0, None), None);
         assert_eq!(
-            b.permit(t0 + Duration::from_secs(4)),
-            Permit::Wait(Duration::from_secs(6))
+            b.on_failure(t0, None),
+            Some(Transition::Opened { failures: 3 })
         );
-        assert_eq!(b.permit(t0 + Duration::from_secs(10)), Permit::Probe);
-        assert!(
-            matches!(b.permit(t0 + Duration::from_secs(10)), Permit::Wait(_)),
-            "only one probe"
+        assert_eq!(
+            b.wait(t0 + Duration::from_secs(4)),
+            Some(Duration::from_secs(6))
         );
-        assert_eq!(b.on_success(), Some(Transition::Closed));
-        assert_eq!(b.permit(t0 + Duration::from_secs(11)), Permit::Send);
+        let due = t0 + Duration::from_secs(10);
+        assert_eq!(b.wait(due), None);
+        let (probe, t) = b
+            .begin(due)
+            .expect("the first request after the cool-down probes");
+        assert_eq!(
+            t,
+            Transition::HalfOpen {
+                was: Hold::Failures
+            }
+        );
+        assert!(b.wait(due).is_some(), "only one probe");
+        assert_eq!(b.begin(due), None);
+        assert_eq!(
+            b.on_success(Some(probe)),
+            Some(Transition::Closed {
+                was: Hold::Failures
+            })
+        );
+        assert_eq!(b.wait(t0 + Duration::from_secs(11)), None);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]
     fn failed_probe_reopens() {
         let t0 = Instant::now();
         let mut b = Breaker::new(1, Duration::from_secs(5));
-        b.on_failure(t0);
-        assert_eq!(b.permit(t0 + Duration::from_secs(5)), Permit::Probe);
+        b.on_failure(t0, None);
+        let (probe, _) = b.begin(t0 + Duration::from_secs(5)).expect("probe");
         assert_eq!(
-            b.on_failure(t0 + Duration::from_secs(6)),
-            Some(Transition::Opened)
+            b.on_failure(t0 + Duration::from_secs(6), Some(probe)),
+            Some(Transition::Reopened {
+                was: Hold::Failures
+            })
         );
         assert_eq!(
             b.state(),
             BreakerState::Open {
-                until: t0 + Duration::from_secs(11)
+                until: t0 + Duration::from_secs(11),
+                hold: Hold::Failures
             }
+        );
+    }
+
+    #[test]
+    fn late_answers_of_requests_sent_before_opening_decide_nothing() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(2, Duration::from_secs(5));
+        b.on_failure(t0, None);
+        b.on_failure(t0, None);
+        // in flight when it opened: a late success does not close it, a late failure does not
+        // extend it
+        assert_eq!(b.on_success(None), None);
+        assert_eq!(b.on_failure(t0 + Duration::from_secs(1), None), None);
+        let due = t0 + Duration::from_secs(5);
+        let (probe, _) = b.begin(due).expect("probe");
+        // late answers while the probe is out decide nothing either
+        assert_eq!(b.on_failure(due, None), None);
+        assert_eq!(b.on_success(Some(probe - 1)), None);
+        assert!(matches!(b.state(), BreakerState::HalfOpen { .. }));
+        assert_eq!(
+            b.on_success(Some(probe)),
+            Some(Transition::Closed {
+                was: Hold::Failures
+            })
         );
     }
 
@@ -305,11 +528,74 @@ mod tests {
     fn success_resets_the_count() {
         let t0 = Instant::now();
         let mut b = Breaker::new(3, Duration::from_secs(1));
-        b.on_failure(t0);
-        b.on_failure(t0);
-        b.on_success();
-        b.on_failure(t0);
-        b.on_failure(t0);
+        b.on_failure(t0, None);
+        b.on_failure(t0, None);
+        b.on_success(None);
+        b.on_failure(t0, None);
+        b.on_failure(t0, None);
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn pause_holds_then_probes_and_a_success_resumes() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(5, Duration::from_secs(30));
+        b.pause(t0, Duration::from_secs(2));
+        assert_eq!(
+            b.wait(t0 + Duration::from_secs(1)),
+            Some(Duration::from_secs(1))
+        );
+        let due = t0 + Duration::from_secs(2);
+        let (probe, t) = b.begin(due).expect("probe");
+        assert_eq!(t, Transition::HalfOpen { was: Hold::Paused });
+        // still a configuration fault: paused again
+        b.pause(due, Duration::from_secs(2));
+        assert!(matches!(
+            b.state(),
+            BreakerState::Open {
+                hold: Hold::Paused,
+                ..
+            }
+        ));
+        assert_eq!(
+            b.on_success(Some(probe)),
+            None,
+            "an old probe number decides nothing"
+        );
+        let due = due + Duration::from_secs(2);
+        let (probe, _) = b.begin(due).expect("second probe");
+        assert_eq!(
+            b.on_success(Some(probe)),
+            Some(Transition::Closed { was: Hold::Paused })
+        );
+    }
+
+    #[test]
+    fn a_pause_probe_that_meets_an_outage_turns_into_an_open_breaker() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(5, Duration::from_secs(3));
+        b.pause(t0, Duration::from_secs(1));
+        let (probe, _) = b.begin(t0 + Duration::from_secs(1)).expect("probe");
+        assert_eq!(
+            b.on_failure(t0 + Duration::from_secs(1), Some(probe)),
+            Some(Transition::Reopened { was: Hold::Paused })
+        );
+        assert!(matches!(
+            b.state(),
+            BreakerState::Open {
+                hold: Hold::Failures,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn probe_now_ends_the_cool_down() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(1, Duration::from_secs(30));
+        b.pause(t0, Duration::from_secs(30));
+        b.probe_now(t0 + ms(10));
+        assert_eq!(b.wait(t0 + ms(10)), None);
+        assert!(b.begin(t0 + ms(10)).is_some());
     }
 }

@@ -3,7 +3,7 @@
 //! table-driven test.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use alertbridge_wal::{Key, PRIORITY_CRITICAL};
@@ -58,23 +58,34 @@ pub fn expired(received_at_ms: u64, now_ms: u64, ttl: Option<Duration>) -> bool 
 }
 
 /// The drain's in-memory picture of pending keys: which are ready, which wait for their next
-/// attempt time. The log is the truth; this is rebuilt from it at start.
+/// attempt time. The log is the truth; this is rebuilt from it at start. Keys being delivered
+/// are not in it (the drain puts them back when the answer is settled).
 ///
 /// Order: critical lane first, then arrival (`seq`). Fairness: after `normal_every` critical
 /// picks in a row while a normal alert is ready, one normal alert goes — critical alerts come
 /// first during a backlog, but the others are never starved forever.
 #[derive(Debug)]
 pub struct Queue {
+    /// Every queued key with the time it may go (0 = ready). The waiting heap may hold stale
+    /// entries (a key removed or re-timed since); an entry counts only if it matches this map.
+    members: BTreeMap<Key, u64>,
     ready: BTreeSet<Key>,
     waiting: BinaryHeap<Reverse<(u64, Key)>>,
     normal_every: u32,
     critical_streak: u32,
 }
 
+/// The first key of the lanes after the critical one.
+const FIRST_NORMAL: Key = Key {
+    priority: PRIORITY_CRITICAL + 1,
+    seq: 0,
+};
+
 impl Queue {
     /// Empty queue with the given fairness ratio.
     pub fn new(normal_every: u32) -> Queue {
         Queue {
+            members: BTreeMap::new(),
             ready: BTreeSet::new(),
             waiting: BinaryHeap::new(),
             normal_every: normal_every.max(1),
@@ -82,13 +93,23 @@ impl Queue {
         }
     }
 
-    /// Add a key that may be tried at `not_before_ms` (0 = now).
+    /// Add a key that may be tried at `not_before_ms` (0 = now). A key already queued is
+    /// re-timed.
     pub fn insert(&mut self, key: Key, not_before_ms: u64, now_ms: u64) {
         if not_before_ms <= now_ms {
+            self.members.insert(key, 0);
             self.ready.insert(key);
         } else {
+            self.ready.remove(&key);
+            self.members.insert(key, not_before_ms);
             self.waiting.push(Reverse((not_before_ms, key)));
         }
+    }
+
+    /// Take a key out (it was dead-lettered while queued). Returns whether it was queued.
+    pub fn remove(&mut self, key: Key) -> bool {
+        self.ready.remove(&key);
+        self.members.remove(&key).is_some()
     }
 
     /// Move every key whose time has come into the ready set.
@@ -97,31 +118,57 @@ impl Queue {
             if *at > now_ms {
                 break;
             }
-            if let Some(Reverse((_, key))) = self.waiting.pop() {
-                self.ready.insert(key);
+            if let Some(Reverse((at, key))) = self.waiting.pop() {
+                if let Some(t) = self.members.get_mut(&key) {
+                    if *t == at {
+                        *t = 0;
+                        self.ready.insert(key);
+                    }
+                }
             }
         }
     }
 
+    /// Make every waiting key ready now (the breaker closed after an outage: the backoff the
+    /// alerts collected while the API was down says nothing any more, and the limiter paces
+    /// them). `Retry-After` stays in force through the limiter.
+    pub fn promote_all(&mut self) {
+        self.waiting.clear();
+        for (key, at) in self.members.iter_mut() {
+            *at = 0;
+            self.ready.insert(*key);
+        }
+    }
+
     /// Earliest time a waiting key becomes ready.
-    pub fn next_wakeup_ms(&self) -> Option<u64> {
-        self.waiting.peek().map(|Reverse((at, _))| *at)
+    pub fn next_wakeup_ms(&mut self) -> Option<u64> {
+        // drop stale entries so a removed key does not cause useless wake-ups
+        while let Some(Reverse((at, key))) = self.waiting.peek() {
+            if self.members.get(key) == Some(at) {
+                return Some(*at);
+            }
+            self.waiting.pop();
+        }
+        None
+    }
+
+    /// The first queued key (ready or waiting) of the critical lane (`critical = true`) or of
+    /// the other lanes: the oldest arrival, since `seq` grows with arrival (with more than one
+    /// non-critical lane: the oldest of the highest of them).
+    pub fn oldest(&self, critical: bool) -> Option<Key> {
+        let mut lane = if critical {
+            self.members.range(..FIRST_NORMAL)
+        } else {
+            self.members.range(FIRST_NORMAL..)
+        };
+        lane.next().map(|(k, _)| *k)
     }
 
     /// Take the next key to send, honouring lane order and fairness.
     pub fn pick(&mut self) -> Option<Key> {
         let first = *self.ready.iter().next()?;
         let key = if first.priority == PRIORITY_CRITICAL {
-            let normal = self
-                .ready
-                .range(
-                    Key {
-                        priority: PRIORITY_CRITICAL + 1,
-                        seq: 0,
-                    }..,
-                )
-                .next()
-                .copied();
+            let normal = self.ready.range(FIRST_NORMAL..).next().copied();
             match normal {
                 Some(n) if self.critical_streak >= self.normal_every => {
                     self.critical_streak = 0;
@@ -141,6 +188,7 @@ impl Queue {
             first
         };
         self.ready.remove(&key);
+        self.members.remove(&key);
         Some(key)
     }
 
@@ -151,7 +199,17 @@ impl Queue {
 
     /// Keys waiting for a retry time.
     pub fn waiting_len(&self) -> usize {
-        self.waiting.len()
+        self.members.len() - self.ready.len()
+    }
+
+    /// Keys queued (ready or waiting).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Nothing queued.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
     }
 }
 
@@ -235,6 +293,74 @@ mod tests {
         q.insert(key(PRIORITY_NORMAL, 100), 0, 0);
         let picks: Vec<Key> = (0..5).filter_map(|_| q.pick()).collect();
         assert_eq!(picks[3], key(PRIORITY_NORMAL, 100), "{picks:?}");
+    }
+
+    #[test]
+    fn removed_and_re_timed_keys_leave_no_stale_entries() {
+        let mut q = Queue::new(10);
+        q.insert(key(PRIORITY_NORMAL, 1), 5_000, 1_000);
+        q.insert(key(PRIORITY_NORMAL, 2), 6_000, 1_000);
+        assert!(q.remove(key(PRIORITY_NORMAL, 1)));
+        assert!(!q.remove(key(PRIORITY_NORMAL, 1)));
+        assert_eq!(
+            q.next_wakeup_ms(),
+            Some(6_000),
+            "the removed key wakes nobody"
+        );
+        // re-timed later: the earlier heap entry is stale
+        q.insert(key(PRIORITY_NORMAL, 2), 9_000, 1_000);
+        q.promote(6_000);
+        assert_eq!(q.pick(), None);
+        assert_eq!((q.len(), q.waiting_len()), (1, 1));
+        q.promote(9_000);
+        assert_eq!(q.pick(), Some(key(PRIORITY_NORMAL, 2)));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn promote_all_makes_every_waiting_key_ready_in_lane_order() {
+        let mut q = Queue::new(10);
+        q.insert(key(PRIORITY_NORMAL, 1), 0, 0);
+        q.insert(key(PRIORITY_CRITICAL, 2), 300_000, 0);
+        q.insert(key(PRIORITY_NORMAL, 3), 100_000, 0);
+        q.promote_all();
+        assert_eq!(q.next_wakeup_ms(), None);
+        let order: Vec<u64> = std::iter::from_fn(|| q.pick()).map(|k| k.seq).collect();
+        assert_eq!(order, vec![2, 1, 3]);
+    }
+
+    #[test]
+    fn oldest_per_lane_sees_ready_and_waiting_keys() {
+        let mut q = Queue::new(10);
+        assert_eq!(q.oldest(true), None);
+        q.insert(key(PRIORITY_NORMAL, 7), 50_000, 0);
+        q.insert(key(PRIORITY_NORMAL, 9), 0, 0);
+        q.insert(key(PRIORITY_CRITICAL, 8), 0, 0);
+        assert_eq!(q.oldest(false), Some(key(PRIORITY_NORMAL, 7)));
+        assert_eq!(q.oldest(true), Some(key(PRIORITY_CRITICAL, 8)));
+        q.remove(key(PRIORITY_NORMAL, 7));
+        assert_eq!(q.oldest(false), Some(key(PRIORITY_NORMAL, 9)));
+    }
+
+    #[test]
+    fn fairness_pattern_is_exactly_normal_every_critical_then_one_normal() {
+        let mut q = Queue::new(3);
+        for s in 0..9 {
+            q.insert(key(PRIORITY_CRITICAL, s), 0, 0);
+        }
+        for s in 100..105 {
+            q.insert(key(PRIORITY_NORMAL, s), 0, 0);
+        }
+        let lanes: String = std::iter::from_fn(|| q.pick())
+            .map(|k| {
+                if k.priority == PRIORITY_CRITICAL {
+                    'C'
+                } else {
+                    'N'
+                }
+            })
+            .collect();
+        assert_eq!(lanes, "CCCNCCCNCCCNNN");
     }
 
     #[test]
