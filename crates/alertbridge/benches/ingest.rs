@@ -215,8 +215,13 @@ async fn agent(mode: &str, n: usize) -> (f64, u64) {
         )
     };
     let wait_acked = |c: Arc<Counters>, target: u64| async move {
+        let mut last = Instant::now();
         while c.acked.load(Ordering::Relaxed) < target {
             tokio::time::sleep(Duration::from_millis(1)).await;
+            if std::env::var_os("BENCH_DEBUG").is_some() && last.elapsed() > Duration::from_secs(1) {
+                last = Instant::now();
+                eprintln!("{:?}", c.snapshot());
+            }
         }
     };
     let wait_connected = |c: Arc<Counters>| async move {

@@ -19,6 +19,7 @@
 //!   connection error; stale acks are skipped and the broker redelivers (the duplicate window
 //!   recognises the alert).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -301,14 +302,26 @@ async fn connection(
         .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
         .collect();
     let mut pub_tx = Some(pub_tx);
+    // Acks released by the batcher that rumqttc's request channel could not take yet.
+    let mut ack_backlog: VecDeque<Stamped> = VecDeque::new();
+    let mut acks_open = true;
     loop {
+        if !ack_backlog.is_empty() {
+            queue_acks(&client, epoch, &mut ack_backlog, &counters);
+        }
+        if !acks_open && ack_backlog.is_empty() {
+            // batcher gone and every ack queued: say goodbye and stop
+            break;
+        }
         tokio::select! {
             biased;
-            acks = ack_rx.recv() => {
+            acks = ack_rx.recv(), if acks_open => {
                 match acks {
-                    Some(acks) => queue_acks(&client, epoch, acks, &counters),
-                    // batcher gone and every ack queued: say goodbye and stop
-                    None => break,
+                    Some(acks) => {
+                        ack_backlog.extend(acks);
+                        queue_acks(&client, epoch, &mut ack_backlog, &counters);
+                    }
+                    None => acks_open = false,
                 }
             }
             _ = batcher_done.cancelled(), if pub_tx.is_some() => {
@@ -376,9 +389,11 @@ async fn connection(
                     delay = (delay * 2).min(cfg.reconnect_max);
                     if batcher_done.is_cancelled() && pub_tx.is_none() {
                         // no broker and shutting down: nothing can be acked anyway
+                        let mut dropped = ack_backlog.len() as u64;
                         while let Ok(acks) = ack_rx.try_recv() {
-                            counters.stale_acks_skipped.fetch_add(acks.len() as u64, Ordering::Relaxed);
+                            dropped += acks.len() as u64;
                         }
+                        counters.stale_acks_skipped.fetch_add(dropped, Ordering::Relaxed);
                         return Ok(());
                     }
                 }
@@ -402,22 +417,31 @@ async fn connection(
     Ok(())
 }
 
-/// Queue PUBACKs for publishes of the current epoch only (I2).
-fn queue_acks(client: &AsyncClient, epoch: u64, acks: Vec<Stamped>, counters: &Counters) {
+/// Queue PUBACKs for publishes of the current epoch only (I2), as many as rumqttc's request
+/// channel takes now; the rest wait in `backlog` for the next turn (after the event loop has
+/// written some). An ack that was not sent would hold one of the broker's in-flight slots until
+/// the next reconnect, so none is given up while its connection lives; acks of an older epoch
+/// are dropped (the broker redelivers those publishes).
+fn queue_acks(client: &AsyncClient, epoch: u64, backlog: &mut VecDeque<Stamped>, counters: &Counters) {
     let (mut acked, mut stale) = (0, 0);
-    for (e, p) in acks {
-        if e != epoch {
+    while let Some((e, p)) = backlog.front() {
+        if *e != epoch {
             stale += 1;
+            backlog.pop_front();
             continue;
         }
-        match client.try_ack(&p) {
-            Ok(()) => acked += 1,
-            // request channel full or closed: not acked → the broker redelivers; the duplicate
-            // window recognises the alert
-            Err(_) => stale += 1,
+        match client.try_ack(p) {
+            Ok(()) => {
+                acked += 1;
+                backlog.pop_front();
+            }
+            // channel full: try again after the next poll
+            Err(_) => break,
         }
     }
-    Acked { acked, stale }.emit(counters);
+    if acked > 0 || stale > 0 {
+        Acked { acked, stale }.emit(counters);
+    }
 }
 
 /// The batcher: group commit.
