@@ -133,7 +133,15 @@ pub struct WalStats {
     /// Smallest `received_at_ms` among the head records of each lane (exact unless replayed
     /// records, which keep their original receive time, sit behind newer ones).
     pub oldest_pending_received_ms: Option<u64>,
-    /// Bytes used by the sled files.
+    /// Live data bytes: the framed (encoded) value lengths of every pending record plus every
+    /// dead letter, i.e. the data an operator must keep. This is what a disk budget should
+    /// compare against: sled reuses freed space but never shrinks its files, so
+    /// [`WalStats::size_on_disk`] does not fall when records leave. Excluded: keys, sled's own
+    /// overhead, and receipts and dedup entries (bounded by count: `delivered_keep`,
+    /// `dedup_window`). Same as [`Wal::data_bytes`].
+    pub data_bytes: u64,
+    /// Bytes used by the sled files. Never shrinks (sled reuses freed space internally); budget
+    /// with [`WalStats::data_bytes`] instead.
     pub size_on_disk: u64,
 }
 
@@ -211,6 +219,8 @@ struct State {
     pending: u64,
     pending_critical: u64,
     dead: u64,
+    /// Sum of the stored value lengths in `pending` and `dead` ([`WalStats::data_bytes`]).
+    data_bytes: u64,
     /// Oldest live position of `dedup_order`.
     dedup_head: u64,
     /// Next position of `dedup_order`.
@@ -234,6 +244,16 @@ impl State {
         if key.priority == PRIORITY_CRITICAL {
             self.pending_critical = self.pending_critical.saturating_sub(1);
         }
+    }
+
+    /// A value of `len` bytes was stored in `pending` or `dead`.
+    fn add_bytes(&mut self, len: usize) {
+        self.data_bytes = self.data_bytes.saturating_add(len as u64);
+    }
+
+    /// A value of `len` bytes left `pending` or `dead`.
+    fn sub_bytes(&mut self, len: usize) {
+        self.data_bytes = self.data_bytes.saturating_sub(len as u64);
     }
 }
 
@@ -298,6 +318,7 @@ impl Wal {
             pending = state.pending,
             pending_critical = state.pending_critical,
             dead_letters = state.dead,
+            data_bytes = state.data_bytes,
             next_seq = state.next_seq,
             recovered = db.was_recovered(),
             "WAL opened"
@@ -360,6 +381,7 @@ impl Wal {
                             };
                             st.next_seq += 1;
                             let value = encode_record(record).or_else(encode_abort)?;
+                            st.add_bytes(value.len());
                             tx.pending.insert(&key.to_bytes()[..], value)?;
                             st.add_pending(key);
                             out.push(Appended::Pending(key));
@@ -376,6 +398,7 @@ impl Wal {
                                 dead_at_ms: record.received_at_ms,
                             };
                             let value = encode_dead_letter(&dead).or_else(encode_abort)?;
+                            st.add_bytes(value.len());
                             tx.dead.insert(&id.to_be_bytes()[..], value)?;
                             st.dead += 1;
                             out.push(Appended::DeadLettered(id));
@@ -444,13 +467,20 @@ impl Wal {
         self.check_poison()?;
         let value = IVec::from(encode_record(record).map_err(|error| WalError::Encode { error })?);
         let k = key.to_bytes();
-        self.transact(|tx| {
-            if tx.pending.get(k)?.is_none() {
+        // Under the state mutex like every write that changes a counter (here `data_bytes`).
+        let mut state = self.lock_state();
+        let next = self.transact(|tx| {
+            let mut st = state.clone();
+            let Some(old) = tx.pending.get(k)? else {
                 return abort(WalError::NotPending { key });
-            }
+            };
             tx.pending.insert(&k[..], value.clone())?;
-            Ok(())
-        })
+            st.sub_bytes(old.len());
+            st.add_bytes(value.len());
+            Ok(st)
+        })?;
+        *state = next;
+        Ok(())
     }
 
     /// Delivered (invariant I3): atomically removes `key` from pending and keeps the receipt
@@ -467,10 +497,11 @@ impl Wal {
         let mut state = self.lock_state();
         let next = self.transact(|tx| {
             let mut st = state.clone();
-            if tx.pending.remove(&k[..])?.is_none() {
+            let Some(old) = tx.pending.remove(&k[..])? else {
                 return abort(WalError::NotPending { key });
-            }
+            };
             st.sub_pending(key);
+            st.sub_bytes(old.len());
             if keep > 0 {
                 tx.delivered
                     .insert(&st.delivered_tail.to_be_bytes()[..], value.clone())?;
@@ -499,6 +530,7 @@ impl Wal {
                 return abort(WalError::NotPending { key });
             };
             st.sub_pending(key);
+            st.sub_bytes(raw.len());
             let (record, raw, reason) = match decode_record(&raw) {
                 Ok(record) => (Some(record), None, reason.clone()),
                 Err(error) => (None, Some(raw.to_vec()), corrupt_reason(&reason, &error)),
@@ -514,6 +546,7 @@ impl Wal {
                 dead_at_ms: now_ms,
             };
             let value = encode_dead_letter(&dead).or_else(encode_abort)?;
+            st.add_bytes(value.len());
             tx.dead.insert(&id.to_be_bytes()[..], value)?;
             st.dead += 1;
             write_counters(tx.meta, &st)?;
@@ -582,6 +615,8 @@ impl Wal {
             };
             st.next_seq += 1;
             let value = encode_record(&record).or_else(encode_abort)?;
+            st.sub_bytes(raw.len());
+            st.add_bytes(value.len());
             tx.pending.insert(&key.to_bytes()[..], value)?;
             tx.dead.remove(&id_bytes[..])?;
             st.add_pending(key);
@@ -617,12 +652,22 @@ impl Wal {
             pending_critical: st.pending_critical,
             dead_letters: st.dead,
             delivered_kept: st.delivered_len,
+            data_bytes: st.data_bytes,
             oldest_pending_received_ms: self.oldest_pending_received_ms()?,
             size_on_disk: self.size_on_disk()?,
         })
     }
 
-    /// Bytes used by the sled files (data file and blobs).
+    /// Live data bytes in pending and dead letters ([`WalStats::data_bytes`]): the figure to
+    /// compare a disk budget against, since it falls when records leave while
+    /// [`Wal::size_on_disk`] never does. Kept in memory: no I/O, one uncontended mutex lock.
+    pub fn data_bytes(&self) -> u64 {
+        self.lock_state().data_bytes
+    }
+
+    /// Bytes used by the sled files (data file and blobs). sled reuses freed space but never
+    /// shrinks its files, so this does not fall when records are removed; budget with
+    /// [`Wal::data_bytes`].
     pub fn size_on_disk(&self) -> Result<u64, WalError> {
         Ok(self.inner.db.size_on_disk()?)
     }
@@ -734,9 +779,11 @@ impl Wal {
         let next = self
             .transact(|tx| {
                 let mut st = state.clone();
-                if tx.pending.insert(&k[..], raw)?.is_none() {
-                    st.add_pending(key);
+                match tx.pending.insert(&k[..], raw)? {
+                    Some(old) => st.sub_bytes(old.len()),
+                    None => st.add_pending(key),
                 }
+                st.add_bytes(raw.len());
                 st.next_seq = st.next_seq.max(key.seq + 1);
                 write_counters(tx.meta, &st)?;
                 Ok(st)
@@ -750,9 +797,11 @@ impl Wal {
         let next = self
             .transact(|tx| {
                 let mut st = state.clone();
-                if tx.dead.insert(&id.to_be_bytes()[..], raw)?.is_none() {
-                    st.dead += 1;
+                match tx.dead.insert(&id.to_be_bytes()[..], raw)? {
+                    Some(old) => st.sub_bytes(old.len()),
+                    None => st.dead += 1,
                 }
+                st.add_bytes(raw.len());
                 st.next_dead_id = st.next_dead_id.max(id + 1);
                 write_counters(tx.meta, &st)?;
                 Ok(st)
@@ -770,6 +819,7 @@ impl Wal {
                 st.pending,
                 st.pending_critical,
                 st.dead,
+                st.data_bytes,
                 st.dedup_len,
                 st.delivered_len
             ),
@@ -777,6 +827,7 @@ impl Wal {
                 recounted.pending,
                 recounted.pending_critical,
                 recounted.dead,
+                recounted.data_bytes,
                 recounted.dedup_len,
                 recounted.delivered_len
             ),
@@ -921,13 +972,17 @@ fn fifo_bounds(tree: &Tree, name: &'static str) -> Result<(u64, u64, u64), WalEr
     Ok((head, tail, len))
 }
 
-/// Rebuilds counters and positions from the trees (one scan of the keys at open).
+/// Rebuilds counters and positions from the trees (one scan of pending and dead with values,
+/// one of the FIFO trees' keys, at open).
 fn recover_state(trees: &Trees) -> Result<State, WalError> {
     let mut pending = 0u64;
     let mut pending_critical = 0u64;
+    let mut data_bytes = 0u64;
     let mut max_seq: Option<Seq> = None;
-    for k in trees.pending.iter().keys() {
-        let k = k?;
+    for item in trees.pending.iter() {
+        let (k, v) = item?;
+        // Counted even under a malformed key: the bytes are on disk all the same.
+        data_bytes += v.len() as u64;
         let Some(key) = Key::from_bytes(&k) else {
             warn!(raw_key = ?&k[..], "malformed key in the pending tree");
             continue;
@@ -939,6 +994,9 @@ fn recover_state(trees: &Trees) -> Result<State, WalError> {
         max_seq = Some(max_seq.map_or(key.seq, |m| m.max(key.seq)));
     }
     let (_, dead_tail, dead) = fifo_bounds(&trees.dead, TREE_DEAD)?;
+    for v in trees.dead.iter().values() {
+        data_bytes += v?.len() as u64;
+    }
     let (dedup_head, dedup_tail, dedup_len) = fifo_bounds(&trees.dedup_order, TREE_DEDUP_ORDER)?;
     let (delivered_head, delivered_tail, delivered_len) =
         fifo_bounds(&trees.delivered, TREE_DELIVERED)?;
@@ -951,7 +1009,7 @@ fn recover_state(trees: &Trees) -> Result<State, WalError> {
         .max(1);
     debug!(
         next_seq,
-        next_dead_id, dedup_len, delivered_len, "WAL state recovered"
+        next_dead_id, data_bytes, dedup_len, delivered_len, "WAL state recovered"
     );
     Ok(State {
         next_seq,
@@ -959,6 +1017,7 @@ fn recover_state(trees: &Trees) -> Result<State, WalError> {
         pending,
         pending_critical,
         dead,
+        data_bytes,
         dedup_head,
         dedup_tail,
         dedup_len,

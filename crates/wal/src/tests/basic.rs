@@ -3,9 +3,12 @@
 
 use tempfile::TempDir;
 
-use super::support::{append, append_one, config, open, pending_ids, reason, receipt, record};
+use super::support::{
+    append, append_one, config, encoded_data_bytes, open, pending_ids, reason, receipt, record,
+};
 use crate::{
-    Appended, DeadKind, Entry, Key, Wal, WalConfig, WalError, PRIORITY_CRITICAL, PRIORITY_NORMAL,
+    encode_dead_letter, encode_record, Appended, DeadKind, Entry, Key, Wal, WalConfig, WalError,
+    PRIORITY_CRITICAL, PRIORITY_NORMAL,
 };
 
 fn open_with(dir: &TempDir, f: impl FnOnce(&mut WalConfig)) -> Wal {
@@ -398,12 +401,90 @@ fn stats_count_lanes_dead_letters_receipts_and_the_oldest_pending() {
 }
 
 #[test]
+fn data_bytes_follow_appends_updates_removes_dead_letters_and_replays() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(dir.path());
+    assert_eq!(wal.data_bytes(), 0);
+
+    let a = record("a", PRIORITY_NORMAL);
+    let b = record("b", PRIORITY_CRITICAL);
+    let out = append(
+        &wal,
+        vec![
+            Entry::Pending(a.clone()),
+            Entry::Pending(b.clone()),
+            Entry::DeadLetter(record("bad", PRIORITY_NORMAL), reason(DeadKind::Malformed)),
+        ],
+    );
+    let (Appended::Pending(key_a), Appended::Pending(key_b)) = (&out[0], &out[1]) else {
+        panic!("unexpected {out:?}")
+    };
+    let (key_a, key_b) = (*key_a, *key_b);
+    let len_a = encode_record(&a).unwrap().len() as u64;
+    let len_b = encode_record(&b).unwrap().len() as u64;
+    let after_append = wal.data_bytes();
+    assert!(after_append > len_a + len_b, "the dead letter counts too");
+    assert_eq!(after_append, encoded_data_bytes(&wal));
+    assert_eq!(wal.stats().unwrap().data_bytes, after_append);
+
+    let mut updated = a.clone();
+    updated.last_error = Some("a much longer error message than before".to_owned());
+    wal.update(key_a, &updated).unwrap();
+    let len_updated = encode_record(&updated).unwrap().len() as u64;
+    assert_eq!(wal.data_bytes(), after_append - len_a + len_updated);
+    assert_eq!(wal.data_bytes(), encoded_data_bytes(&wal));
+
+    let before_remove = wal.data_bytes();
+    wal.remove(key_b, receipt(&b, key_b)).unwrap();
+    assert_eq!(
+        wal.data_bytes(),
+        before_remove - len_b,
+        "receipts are not counted"
+    );
+
+    let before_dead = wal.data_bytes();
+    let dead_id = wal
+        .dead_letter(key_a, reason(DeadKind::Exhausted), 9)
+        .unwrap();
+    let dead = wal.get_dead_letter(dead_id).unwrap().unwrap();
+    let len_dead = encode_dead_letter(&dead).unwrap().len() as u64;
+    assert_eq!(wal.data_bytes(), before_dead - len_updated + len_dead);
+    assert_eq!(wal.data_bytes(), encoded_data_bytes(&wal));
+
+    let before_replay = wal.data_bytes();
+    let replayed = wal.replay(dead_id).unwrap();
+    let len_replayed = encode_record(&wal.get(replayed).unwrap().unwrap())
+        .unwrap()
+        .len() as u64;
+    assert_eq!(wal.data_bytes(), before_replay - len_dead + len_replayed);
+    assert_eq!(wal.data_bytes(), encoded_data_bytes(&wal));
+    wal.assert_counters_consistent();
+
+    // A failed update or remove changes nothing.
+    let before_failures = wal.data_bytes();
+    assert!(wal.update(key_b, &b).is_err());
+    assert!(wal.remove(key_b, receipt(&b, key_b)).is_err());
+    assert_eq!(wal.data_bytes(), before_failures);
+
+    // Everything delivered or replayed-and-delivered: back to the dead "bad" letter only.
+    wal.remove(replayed, receipt(&a, replayed)).unwrap();
+    assert_eq!(wal.data_bytes(), encoded_data_bytes(&wal));
+    let only_dead: u64 = wal
+        .dead_letters()
+        .map(|d| encode_dead_letter(&d.unwrap()).unwrap().len() as u64)
+        .sum();
+    assert_eq!(wal.data_bytes(), only_dead);
+    wal.assert_counters_consistent();
+}
+
+#[test]
 fn stats_of_an_empty_wal_have_no_oldest_pending() {
     let dir = TempDir::new().unwrap();
     let wal = open(dir.path());
     let stats = wal.stats().unwrap();
     assert_eq!(stats.pending, 0);
     assert_eq!(stats.oldest_pending_received_ms, None);
+    assert_eq!(stats.data_bytes, 0);
 }
 
 #[test]

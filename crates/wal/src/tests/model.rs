@@ -10,8 +10,8 @@ use tempfile::TempDir;
 
 use super::support::{config, reason, receipt, record, ScriptedSync};
 use crate::{
-    Appended, DeadKind, DeadLetter, DeadReason, Entry, Key, Receipt, Record, Wal, WalConfig,
-    PRIORITY_CRITICAL, PRIORITY_NORMAL,
+    encode_dead_letter, encode_record, Appended, DeadKind, DeadLetter, DeadReason, Entry, Key,
+    Receipt, Record, Wal, WalConfig, PRIORITY_CRITICAL, PRIORITY_NORMAL,
 };
 
 const DEDUP_WINDOW: usize = 4;
@@ -260,6 +260,18 @@ fn check(wal: &Wal, model: &Model) {
     );
     assert_eq!(stats.dead_letters, model.dead.len() as u64);
     assert_eq!(stats.delivered_kept, model.delivered.len() as u64);
+    let data_bytes: usize = model
+        .pending
+        .values()
+        .map(|r| encode_record(r).expect("encodes").len())
+        .sum::<usize>()
+        + model
+            .dead
+            .values()
+            .map(|d| encode_dead_letter(d).expect("encodes").len())
+            .sum::<usize>();
+    assert_eq!(stats.data_bytes, data_bytes as u64, "data_bytes differ");
+    assert_eq!(wal.data_bytes(), stats.data_bytes);
     wal.assert_counters_consistent();
 }
 

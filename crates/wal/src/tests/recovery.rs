@@ -2,7 +2,9 @@
 
 use tempfile::TempDir;
 
-use super::support::{append, append_one, config, open, pending_ids, reason, receipt, record};
+use super::support::{
+    append, append_one, config, encoded_data_bytes, open, pending_ids, reason, receipt, record,
+};
 use crate::{
     Appended, DataFileSync, DeadKind, Entry, Wal, WalError, PRIORITY_CRITICAL, PRIORITY_NORMAL,
     STORE_FORMAT,
@@ -41,6 +43,38 @@ fn reopen_after_drop_keeps_pending_dead_letters_and_receipts() {
         (stats.pending, stats.dead_letters, stats.delivered_kept),
         (2, 1, 1)
     );
+    wal.assert_counters_consistent();
+}
+
+#[test]
+fn data_bytes_are_recomputed_at_open() {
+    let dir = TempDir::new().unwrap();
+    let before = {
+        let wal = open(dir.path());
+        let keys: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| append_one(&wal, record(id, PRIORITY_CRITICAL)))
+            .collect();
+        append(
+            &wal,
+            vec![Entry::DeadLetter(
+                record("bad", PRIORITY_NORMAL),
+                reason(DeadKind::Malformed),
+            )],
+        );
+        wal.remove(keys[0], receipt(&record("a", PRIORITY_CRITICAL), keys[0]))
+            .unwrap();
+        wal.dead_letter(keys[1], reason(DeadKind::Rejected), 7)
+            .unwrap();
+        wal.flush().unwrap();
+        let bytes = wal.data_bytes();
+        assert!(bytes > 0);
+        bytes
+    };
+    let wal = open(dir.path());
+    assert_eq!(wal.data_bytes(), before);
+    assert_eq!(wal.stats().unwrap().data_bytes, before);
+    assert_eq!(wal.data_bytes(), encoded_data_bytes(&wal));
     wal.assert_counters_consistent();
 }
 

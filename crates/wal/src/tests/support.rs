@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::{
-    Appended, DeadKind, DeadReason, Entry, Key, Priority, Receipt, Record, SyncTarget, Wal,
-    WalConfig,
+    encode_dead_letter, encode_record, Appended, DeadKind, DeadReason, Entry, Key, Priority,
+    Receipt, Record, SyncTarget, Wal, WalConfig,
 };
 
 /// Config for tests: small cache, no background flusher (tests decide when to flush).
@@ -115,4 +115,17 @@ impl SyncTarget for ScriptedSync {
             Err(io::Error::other("injected fsync failure (EIO)"))
         }
     }
+}
+
+/// The encoded lengths of everything in pending and dead letters, read back from the trees.
+pub(crate) fn encoded_data_bytes(wal: &Wal) -> u64 {
+    let pending: usize = wal
+        .pending()
+        .map(|item| encode_record(&item.expect("decodable").1).unwrap().len())
+        .sum();
+    let dead: usize = wal
+        .dead_letters()
+        .map(|item| encode_dead_letter(&item.expect("decodable")).unwrap().len())
+        .sum();
+    (pending + dead) as u64
 }
