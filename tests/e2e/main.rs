@@ -5,6 +5,7 @@
 mod support;
 
 mod broker_restart;
+mod budget;
 mod config;
 mod crash;
 mod pressure;

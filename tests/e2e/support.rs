@@ -184,6 +184,8 @@ pub(crate) struct AgentOptions {
     pub(crate) backoff_max_ms: u64,
     pub(crate) breaker_failures: u32,
     pub(crate) breaker_cooldown_ms: u64,
+    /// More `[store]` keys, one per line (e.g. `"max_bytes = 1048576"`).
+    pub(crate) store_extra: String,
     /// More `[delivery]` keys, one per line (e.g. `"normal_every = 3\nttl_normal_secs = 2"`).
     pub(crate) delivery_extra: String,
     /// Serve the status endpoint on a free loopback port, so `status --json` shows live
@@ -202,6 +204,7 @@ impl Default for AgentOptions {
             backoff_max_ms: 1000,
             breaker_failures: 1000,
             breaker_cooldown_ms: 200,
+            store_extra: String::new(),
             delivery_extra: String::new(),
             admin: false,
             extra: String::new(),
@@ -239,6 +242,7 @@ reconnect_max_ms = 1000
 
 [store]
 dir = "{store}"
+{store_extra}
 
 [genesys]
 login_url = "{url}"
@@ -280,6 +284,7 @@ level = "info"
             bf = opts.breaker_failures,
             bc = opts.breaker_cooldown_ms,
             delivery_extra = opts.delivery_extra,
+            store_extra = opts.store_extra,
             admin = admin.clone().unwrap_or_default(),
             extra = opts.extra,
         );

@@ -32,6 +32,9 @@ pub struct Status {
     pub delivered_kept: u64,
     /// Log size on disk.
     pub store_bytes: u64,
+    /// Data held in the log (pending + dead letters, as stored): what `store.max_bytes` bounds.
+    #[serde(default)]
+    pub data_bytes: u64,
     /// Live counters (absent when the agent is stopped).
     pub counters: Option<Snapshot>,
 }
@@ -59,6 +62,7 @@ pub fn status_of(
         dead_letters: s.dead_letters,
         delivered_kept: s.delivered_kept,
         store_bytes: s.size_on_disk,
+        data_bytes: s.data_bytes,
         counters: counters.map(Counters::snapshot),
     })
 }

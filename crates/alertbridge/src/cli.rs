@@ -290,6 +290,8 @@ fn check(path: &Path) -> ExitCode {
 }
 
 async fn fetch_status(cfg: &Config) -> anyhow::Result<Status> {
+    // reqwest is built without a TLS provider; building a client without one panics
+    crate::install_crypto_provider();
     if let Some(addr) = cfg.admin_listen {
         let url = format!("http://{addr}/status");
         let client = reqwest::Client::builder()
@@ -328,7 +330,10 @@ fn print_status(s: &Status) {
     }
     println!("  dead letters:   {}", s.dead_letters);
     println!("  receipts kept:  {}", s.delivered_kept);
-    println!("  store size:     {} bytes", s.store_bytes);
+    println!(
+        "  log data:       {} bytes (files on disk {} bytes)",
+        s.data_bytes, s.store_bytes
+    );
     if let Some(c) = &s.counters {
         println!(
             "  since start:    received {} persisted {} duplicates {} acked {} delivered {} retried {} dead-lettered {}",

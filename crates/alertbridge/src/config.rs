@@ -520,11 +520,11 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
 
 fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
     let max_bytes = raw.max_bytes.unwrap_or(1 << 30);
-    if max_bytes < 16 << 20 {
+    if max_bytes < 64 << 10 {
         return Err(invalid(
             "store.max_bytes",
-            format!("{max_bytes} is below 16 MiB"),
-            "give the log at least 16777216 bytes (default 1 GiB)",
+            format!("{max_bytes} is below 64 KiB"),
+            "give the log at least 65536 bytes (default 1 GiB)",
         ));
     }
     let batch_max = raw.batch_max.unwrap_or(512);

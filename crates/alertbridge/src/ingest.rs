@@ -422,7 +422,12 @@ async fn connection(
 /// written some). An ack that was not sent would hold one of the broker's in-flight slots until
 /// the next reconnect, so none is given up while its connection lives; acks of an older epoch
 /// are dropped (the broker redelivers those publishes).
-fn queue_acks(client: &AsyncClient, epoch: u64, backlog: &mut VecDeque<Stamped>, counters: &Counters) {
+fn queue_acks(
+    client: &AsyncClient,
+    epoch: u64,
+    backlog: &mut VecDeque<Stamped>,
+    counters: &Counters,
+) {
     let (mut acked, mut stale) = (0, 0);
     while let Some((e, p)) = backlog.front() {
         if *e != epoch {
@@ -520,7 +525,7 @@ pub(crate) fn over_budget(
 ) -> Option<String> {
     if size >= max_bytes {
         return Some(format!(
-            "log size {size} B reached store.max_bytes {max_bytes} B"
+            "log data {size} B reached store.max_bytes {max_bytes} B"
         ));
     }
     match free {
@@ -547,7 +552,9 @@ async fn wait_for_budget(
     cancel: &CancellationToken,
 ) -> Result<bool, IngestError> {
     loop {
-        let size = wal.size_on_disk()?;
+        // The live data (pending + dead letters), not sled's file size: sled reuses freed space
+        // but never shrinks its files, so a file-size budget once reached would hold forever.
+        let size = wal.data_bytes();
         let reason = over_budget(
             size,
             store.max_bytes,

@@ -116,7 +116,11 @@ pub fn genesys_client(config: &Config) -> Result<GenesysClient, RunError> {
 /// SIGHUP: forget the cached token, so the next request fetches a new one with the secret read
 /// afresh from its file (rotation without restart; the file is also re-read at every token
 /// fetch and once more when the token endpoint answers `invalid_client`).
-async fn reload_on_sighup(client: GenesysClient, cancel: CancellationToken) {
+async fn reload_on_sighup(
+    client: GenesysClient,
+    reprobe: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -128,13 +132,18 @@ async fn reload_on_sighup(client: GenesysClient, cancel: CancellationToken) {
                 _ = cancel.cancelled() => return,
                 _ = hup.recv() => {
                     client.drop_token();
+                    // a paused drain or open breaker probes now instead of after its cool-down
+                    reprobe.notify_one();
                     tracing::info!("SIGHUP: token dropped; the client secret is read again at the next token fetch");
                 }
             }
         }
     }
     #[cfg(not(unix))]
-    cancel.cancelled().await;
+    {
+        let _ = (client, reprobe);
+        cancel.cancelled().await;
+    }
 }
 
 /// Run the agent until `shutdown` resolves (SIGTERM/SIGINT in the binary, a oneshot in tests).
@@ -157,6 +166,7 @@ pub async fn run_with(
     let mapper =
         Arc::new(Mapper::new(&config.mapping).map_err(|e| RunError::Mapping(e.to_string()))?);
     let client = genesys_client(&config)?;
+    let client_for_reload = client.clone();
     tracing::info!(
         store = %config.store.dir.display(),
         broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
@@ -169,28 +179,32 @@ pub async fn run_with(
     let drain_cancel = CancellationToken::new();
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
 
-    let reload = tokio::spawn(reload_on_sighup(client.clone(), root.child_token()));
     let admin = match config.admin_listen {
         Some(addr) => admin::spawn(addr, wal.clone(), counters.clone(), root.child_token()).await,
         None => None,
     };
 
-    let mut ingest = tokio::spawn(ingest::run(
-        config.mqtt.clone(),
-        config.store.clone(),
-        wal.clone(),
-        mapper.clone(),
-        counters.clone(),
-        feed_tx,
-        ingest_cancel.clone(),
-    ));
     let drain = drain::Drain::new(
         config.delivery.clone(),
         wal.clone(),
         client,
-        mapper,
+        mapper.clone(),
         counters.clone(),
     );
+    let reload = tokio::spawn(reload_on_sighup(
+        client_for_reload,
+        drain.reprobe_handle(),
+        root.child_token(),
+    ));
+    let mut ingest = tokio::spawn(ingest::run(
+        config.mqtt.clone(),
+        config.store.clone(),
+        wal.clone(),
+        mapper,
+        counters.clone(),
+        feed_tx,
+        ingest_cancel.clone(),
+    ));
     let mut drain = tokio::spawn(drain.run(feed_rx, drain_cancel.clone()));
 
     // Wait for the signal or for a stage to fail.
