@@ -218,7 +218,8 @@ async fn agent(mode: &str, n: usize) -> (f64, u64) {
         let mut last = Instant::now();
         while c.acked.load(Ordering::Relaxed) < target {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            if std::env::var_os("BENCH_DEBUG").is_some() && last.elapsed() > Duration::from_secs(1) {
+            if std::env::var_os("BENCH_DEBUG").is_some() && last.elapsed() > Duration::from_secs(1)
+            {
                 last = Instant::now();
                 eprintln!("{:?}", c.snapshot());
             }
