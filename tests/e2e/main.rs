@@ -6,6 +6,7 @@ mod support;
 
 mod broker_restart;
 mod budget;
+mod coalesce;
 mod config;
 mod crash;
 mod pressure;

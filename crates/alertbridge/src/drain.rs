@@ -25,20 +25,31 @@
 //!
 //! Every dead letter carries the attempts made and the first/last attempt times (the record is
 //! updated before the move).
+//!
+//! # Storm coalescing (`[mapping.coalesce]`, off by default)
+//! When enabled, an alert about to be sent for the first time is offered to the storm state
+//! (`coalesce.rs`); an absorbed alert is not sent and stays pending in the log, held in memory
+//! as a member of its site's window. When the window ends, one summary request goes for all of
+//! them (same breaker, limiter and in-flight cap). Settling it settles every member: 2xx →
+//! each removed with a receipt carrying the summary's execution id (I3 holds per member);
+//! permanent rejection → each a dead letter naming the summary; retryable or pause → the
+//! summary is kept and retried, the members stay pending. A crash leaves the members pending
+//! with no attempt made: the next run offers them again. With coalescing off nothing of this
+//! runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alertbridge_genesys::{Disposition, GenesysClient, MAX_RATE_LIMIT_WAIT};
-use alertbridge_payload::Mapper;
+use alertbridge_payload::{Mapped, Mapper};
 use alertbridge_wal::{
     DeadKind, DeadReason, Key, Receipt, Record, Wal, WalError, PRIORITY_CRITICAL,
 };
-use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::coalesce::{Batch, Storm};
 use crate::config::DeliveryConfig;
 use crate::events::{
     self, AlertDeadLettered, AlertDelivered, BreakerOpened, BreakerProbing, BreakerReopened,
@@ -47,6 +58,10 @@ use crate::events::{
 use crate::ingest::now_ms;
 use crate::limiter::{Breaker, Hold, Limiter, Transition};
 use crate::schedule::{self, Queue};
+
+// The drain's storm state lives in its own file; it is the drain's alone (lib.rs stays as is).
+#[path = "coalesce.rs"]
+mod coalesce;
 
 /// How often queued alerts are checked against their lane's TTL (only when a TTL is set).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
@@ -63,13 +78,25 @@ pub enum DrainError {
     Wal(#[from] WalError),
 }
 
-/// A record that passed its checks and the request data mapped from it.
-type Prepared = (Record, Map<String, Value>);
+/// A record that passed its checks and what the mapper made of it.
+type Prepared = (Record, Mapped);
+
+/// What one request was for.
+enum Job {
+    /// One alert.
+    Alert {
+        /// Its pending key.
+        key: Key,
+        /// Its record, with this attempt counted.
+        record: Record,
+    },
+    /// A storm summary and every alert it covers.
+    Summary(Batch),
+}
 
 /// What a finished delivery task hands back.
 struct Done {
-    key: Key,
-    record: Record,
+    job: Job,
     disposition: Disposition,
     /// The breaker's probe number if this request was the probe.
     probe: Option<u64>,
@@ -122,6 +149,9 @@ pub(crate) struct Drain {
     /// Notified to probe at once during a pause or an open breaker (SIGHUP after a fix).
     reprobe: Arc<Notify>,
     next_sweep: Instant,
+    /// Storm coalescing state; `None` when `[mapping.coalesce]` is off (the default). Holds the
+    /// absorbed alerts' keys and built summaries only: dropping it leaves them pending in the log.
+    storm: Option<Storm>,
 }
 
 impl Drain {
@@ -142,6 +172,7 @@ impl Drain {
             not_before: NotBefore::default(),
             reprobe: Arc::new(Notify::new()),
             next_sweep: now,
+            storm: mapper.coalesce().map(Storm::new),
             cfg,
             wal,
             client,
@@ -217,7 +248,7 @@ impl Drain {
             }
         }
         match self.mapper.map(&record.topic, &record.payload) {
-            Ok(m) => Ok(Some((record, m.data))),
+            Ok(m) => Ok(Some((record, m))),
             Err(rej) => {
                 self.dead_letter(key, &record, DeadKind::Malformed, rej.reason, None, None)?;
                 Ok(None)
@@ -232,7 +263,10 @@ impl Drain {
             let now_i = Instant::now();
             let now = now_ms();
             self.queue.promote(now);
-            if self.tasks.len() >= self.cfg.max_in_flight || self.queue.ready_len() == 0 {
+            let summary_ready = self.storm.as_ref().is_some_and(|s| s.has_ready(now));
+            if self.tasks.len() >= self.cfg.max_in_flight
+                || (self.queue.ready_len() == 0 && !summary_ready)
+            {
                 // woken by a finished task, a new key or the next retry time
                 return Ok(None);
             }
@@ -242,11 +276,33 @@ impl Drain {
             if let Some(d) = self.limiter.wait(now_i) {
                 return Ok(Some(d));
             }
-            let Some(key) = self.queue.pick() else {
-                return Ok(None);
-            };
-            let Some((mut record, data)) = self.prepare(key, now)? else {
-                continue;
+            // A due storm summary goes first: it stands for many alerts that already waited a
+            // whole window.
+            let (job, alert_id, data) = match self.storm.as_mut().and_then(|s| s.take_ready(now)) {
+                Some(mut batch) => {
+                    batch.attempts += 1;
+                    let (id, data) = (batch.summary_id.clone(), batch.data.clone());
+                    (Job::Summary(batch), id, data)
+                }
+                None => {
+                    let Some(key) = self.queue.pick() else {
+                        return Ok(None);
+                    };
+                    let Some((mut record, mapped)) = self.prepare(key, now)? else {
+                        continue;
+                    };
+                    if let Some(storm) = self.storm.as_mut() {
+                        if storm.offer(now, key, &record, &mapped) {
+                            // held for its window's summary; still pending in the log
+                            continue;
+                        }
+                    }
+                    record.attempts += 1;
+                    record.first_attempt_ms.get_or_insert(now);
+                    record.last_attempt_ms = Some(now);
+                    let id = record.alert_id.clone();
+                    (Job::Alert { key, record }, id, mapped.data)
+                }
             };
             // Only now, with a request that really goes, may the breaker hand out its probe:
             // a probe that is never sent would leave it half-open for good.
@@ -261,18 +317,14 @@ impl Drain {
                 _ => None,
             };
             self.limiter.take(now_i);
-            record.attempts += 1;
-            record.first_attempt_ms.get_or_insert(now);
-            record.last_attempt_ms = Some(now);
             let client = self.client.clone();
             let gate = self.not_before.clone();
             self.tasks.spawn(async move {
                 gate.wait().await;
                 let sent_at = Instant::now();
-                let disposition = client.deliver(&record.alert_id, &data).await;
+                let disposition = client.deliver(&alert_id, &data).await;
                 Done {
-                    key,
-                    record,
+                    job,
                     disposition,
                     probe,
                     sent_at,
@@ -402,12 +454,15 @@ impl Drain {
     /// Apply one delivery outcome to the log and to the pacing state.
     fn settle(&mut self, done: Done) -> Result<(), DrainError> {
         let Done {
-            key,
-            mut record,
+            job,
             disposition,
             probe,
             sent_at,
         } = done;
+        let (key, mut record) = match job {
+            Job::Alert { key, record } => (key, record),
+            Job::Summary(batch) => return self.settle_summary(batch, disposition, probe, sent_at),
+        };
         let now_i = Instant::now();
         let now = now_ms();
         match disposition {
@@ -442,25 +497,7 @@ impl Drain {
                 reason,
                 status,
             } => {
-                let throttled = status == Some(429);
-                if let Some(a) = after.filter(|_| matches!(status, Some(429 | 503))) {
-                    let hold = a.min(MAX_CLIENT_WIDE_WAIT);
-                    self.limiter.retry_after(now_i, hold);
-                    self.not_before.extend(now_i + hold);
-                    if !throttled {
-                        events::unavailable_for(hold);
-                    }
-                }
-                if throttled {
-                    let lowered = self.limiter.on_throttled(sent_at, now_i);
-                    Throttled {
-                        reason: &reason,
-                        retry_after: after,
-                        lowered,
-                        rate_per_sec: self.limiter.rate(),
-                    }
-                    .emit(&self.counters);
-                }
+                let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
                 let next = schedule::next_attempt_ms(
                     &self.cfg.backoff,
                     record.attempts,
@@ -481,13 +518,7 @@ impl Drain {
                     }
                     .emit(&self.counters);
                 }
-                if throttled {
-                    // a 429 is an answer: the API is up; the limiter deals with the rate
-                    self.api_answered(probe);
-                } else {
-                    let t = self.breaker.on_failure(now_i, probe);
-                    self.breaker_moved(t, &reason);
-                }
+                self.retry_breaker(throttled, probe, &reason, now_i);
             }
             Disposition::DeadLetter {
                 status,
@@ -518,17 +549,213 @@ impl Drain {
                 if still_pending(self.wal.update(key, &record))? {
                     self.queue.insert(key, 0, now);
                 }
-                let wait = after.unwrap_or(self.cfg.breaker_cooldown);
-                self.breaker.pause(now_i, wait);
-                DeliveryPaused {
-                    reason: &reason,
-                    status,
-                    retry_in: wait,
-                }
-                .emit(&self.counters);
+                self.pause(&reason, status, after, now_i);
             }
         }
         Ok(())
+    }
+
+    /// Pacing after a retryable answer: a `Retry-After` of a 429/503 holds the whole client, a
+    /// 429 lowers the rate. Returns whether it was a 429.
+    fn pace_retry(
+        &mut self,
+        after: Option<Duration>,
+        status: Option<u16>,
+        reason: &str,
+        sent_at: Instant,
+        now_i: Instant,
+    ) -> bool {
+        let throttled = status == Some(429);
+        if let Some(a) = after.filter(|_| matches!(status, Some(429 | 503))) {
+            let hold = a.min(MAX_CLIENT_WIDE_WAIT);
+            self.limiter.retry_after(now_i, hold);
+            self.not_before.extend(now_i + hold);
+            if !throttled {
+                events::unavailable_for(hold);
+            }
+        }
+        if throttled {
+            let lowered = self.limiter.on_throttled(sent_at, now_i);
+            Throttled {
+                reason,
+                retry_after: after,
+                lowered,
+                rate_per_sec: self.limiter.rate(),
+            }
+            .emit(&self.counters);
+        }
+        throttled
+    }
+
+    /// The breaker after a retryable answer: a 429 is an answer (the API is up; the limiter
+    /// deals with the rate), anything else counts as a failure.
+    fn retry_breaker(&mut self, throttled: bool, probe: Option<u64>, reason: &str, now_i: Instant) {
+        if throttled {
+            self.api_answered(probe);
+        } else {
+            let t = self.breaker.on_failure(now_i, probe);
+            self.breaker_moved(t, reason);
+        }
+    }
+
+    /// Hold delivery after a configuration fault.
+    fn pause(
+        &mut self,
+        reason: &str,
+        status: Option<u16>,
+        after: Option<Duration>,
+        now_i: Instant,
+    ) {
+        let wait = after.unwrap_or(self.cfg.breaker_cooldown);
+        self.breaker.pause(now_i, wait);
+        DeliveryPaused {
+            reason,
+            status,
+            retry_in: wait,
+        }
+        .emit(&self.counters);
+    }
+
+    /// Apply a storm summary's outcome to every alert it covers (I3 per member): accepted →
+    /// each removed with a receipt of the summary's execution; permanently rejected → each a
+    /// dead letter naming the summary; retryable or paused → the summary is kept for its next
+    /// attempt and the members stay pending, untouched.
+    fn settle_summary(
+        &mut self,
+        mut batch: Batch,
+        disposition: Disposition,
+        probe: Option<u64>,
+        sent_at: Instant,
+    ) -> Result<(), DrainError> {
+        let now_i = Instant::now();
+        let now = now_ms();
+        match disposition {
+            Disposition::Delivered(r) => {
+                // The receipt has no field for "covered by summary X": its correlation id says
+                // so, followed by the request's own correlation id.
+                let correlation = match &r.correlation_id {
+                    Some(c) => format!("summary:{} correlation:{c}", batch.summary_id),
+                    None => format!("summary:{}", batch.summary_id),
+                };
+                let mut removed = 0usize;
+                for m in &batch.members {
+                    let receipt = Receipt {
+                        alert_id: m.alert_id.clone(),
+                        seq: m.key.seq,
+                        delivered_at_ms: now,
+                        status: r.status,
+                        execution_id: r.execution_id.clone(),
+                        correlation_id: Some(correlation.clone()),
+                        attempts: batch.attempts,
+                        received_at_ms: m.received_at_ms,
+                    };
+                    if still_pending(self.wal.remove(m.key, receipt))? {
+                        removed += 1;
+                        AlertDelivered {
+                            alert_id: &m.alert_id,
+                            seq: m.key.seq,
+                            status: r.status,
+                            execution_id: r.execution_id.as_deref(),
+                            latency: Duration::from_millis(now.saturating_sub(m.received_at_ms)),
+                            attempts: batch.attempts,
+                        }
+                        .emit(&self.counters);
+                    }
+                }
+                tracing::info!(
+                    summary_id = %batch.summary_id,
+                    site = %batch.site,
+                    alerts = removed,
+                    status = r.status,
+                    execution_id = r.execution_id.as_deref().unwrap_or(""),
+                    correlation_id = r.correlation_id.as_deref().unwrap_or(""),
+                    attempts = batch.attempts,
+                    "storm summary delivered; its alerts are removed with its receipt"
+                );
+                let restored = self.limiter.on_success();
+                events::rate_changed(&self.counters, self.limiter.rate(), restored);
+                self.api_answered(probe);
+            }
+            Disposition::Retry {
+                after,
+                reason,
+                status,
+            } => {
+                let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
+                let next = schedule::next_attempt_ms(
+                    &self.cfg.backoff,
+                    batch.attempts,
+                    after,
+                    now,
+                    fastrand::f64(),
+                );
+                batch.next_attempt_ms = next;
+                DeliveryRetried {
+                    alert_id: &batch.summary_id,
+                    reason: &reason,
+                    status,
+                    attempts: batch.attempts,
+                    after: Duration::from_millis(next.saturating_sub(now)),
+                }
+                .emit(&self.counters);
+                self.keep_summary(batch);
+                self.retry_breaker(throttled, probe, &reason, now_i);
+            }
+            Disposition::DeadLetter {
+                status,
+                reason,
+                api_message,
+            } => {
+                let message = format!(
+                    "coalesced into storm summary {} (site {}, {} alerts), which Genesys rejected: {reason}",
+                    batch.summary_id,
+                    batch.site,
+                    batch.members.len()
+                );
+                for m in &batch.members {
+                    let dead = DeadReason {
+                        kind: DeadKind::Rejected,
+                        message: message.clone(),
+                        status: Some(status),
+                        api_message: api_message.clone(),
+                    };
+                    if still_pending(self.wal.dead_letter(m.key, dead, now).map(|_| ()))? {
+                        AlertDeadLettered {
+                            alert_id: &m.alert_id,
+                            kind: DeadKind::Rejected,
+                            reason: &message,
+                            status: Some(status),
+                            attempts: batch.attempts,
+                        }
+                        .emit(&self.counters);
+                    }
+                }
+                self.api_answered(probe);
+            }
+            Disposition::Pause {
+                reason,
+                status,
+                after,
+            } => {
+                // not the summary's fault: not an attempt, ready when the pause ends
+                batch.attempts = batch.attempts.saturating_sub(1);
+                batch.next_attempt_ms = 0;
+                self.keep_summary(batch);
+                self.pause(&reason, status, after, now_i);
+            }
+        }
+        Ok(())
+    }
+
+    fn keep_summary(&mut self, batch: Batch) {
+        match self.storm.as_mut() {
+            Some(storm) => storm.keep(batch),
+            // Cannot happen (summaries exist only with a storm state); the members are still
+            // pending in the log and go out after a restart.
+            None => {
+                tracing::error!(summary_id = %batch.summary_id, "storm summary without storm state; its alerts stay pending")
+            }
+        }
     }
 
     /// The API answered something other than a retryable failure.
@@ -565,6 +792,9 @@ impl Drain {
                 // The API works again: the backoff the alerts collected while it did not says
                 // nothing any more; the limiter paces the backlog (critical first).
                 self.queue.promote_all();
+                if let Some(storm) = self.storm.as_mut() {
+                    storm.promote_all();
+                }
             }
             Some(Transition::HalfOpen { .. }) | None => {}
         }
@@ -589,6 +819,9 @@ impl Drain {
                 self.sweep_expired()?;
                 self.next_sweep = Instant::now() + EXPIRY_SWEEP;
             }
+            if let Some(storm) = self.storm.as_mut() {
+                storm.flush_due(now_ms(), &self.mapper);
+            }
             let held = self.dispatch()?;
             let now = now_ms();
             let sweep_in =
@@ -599,6 +832,10 @@ impl Drain {
                     .next_wakeup_ms()
                     .map(|at| Duration::from_millis(at.saturating_sub(now))),
                 sweep_in,
+                self.storm
+                    .as_ref()
+                    .and_then(|s| s.next_wakeup_ms(now))
+                    .map(|at| Duration::from_millis(at.saturating_sub(now))),
             ]
             .into_iter()
             .flatten()

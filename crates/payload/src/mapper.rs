@@ -11,7 +11,9 @@ use thiserror::Error;
 
 use crate::blob;
 use crate::coalesce::Summary;
-use crate::config::{BlobPolicy, FieldType, KeyCase, MappingConfig, MappingConfigError};
+use crate::config::{
+    BlobPolicy, CoalesceConfig, FieldType, KeyCase, MappingConfig, MappingConfigError,
+};
 use crate::json::{self, ParseError};
 use crate::key::{normalize_key, normalize_key_cow};
 use crate::path::{Path, Source, TopicPattern};
@@ -258,6 +260,8 @@ pub struct Mapper {
     site: Option<Source>,
     /// Set only when coalescing is enabled.
     device: Option<Source>,
+    /// `[mapping.coalesce]` as checked here; set only when coalescing is enabled.
+    coalesce: Option<CoalesceConfig>,
 }
 
 fn out_of_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), MappingConfigError> {
@@ -487,7 +491,14 @@ impl Mapper {
             blob_policy: cfg.blob_policy,
             site,
             device,
+            coalesce: cfg.coalesce.enabled.then(|| cfg.coalesce.clone()),
         })
+    }
+
+    /// The checked `[mapping.coalesce]` section when storm coalescing is enabled, `None` when it
+    /// is off: the agent builds its [`crate::Coalescer`] from it.
+    pub fn coalesce(&self) -> Option<&CoalesceConfig> {
+        self.coalesce.as_ref()
     }
 
     /// The output keys of an explicit mapping in the order they are sent (alert id key, fields,
