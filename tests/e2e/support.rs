@@ -82,6 +82,13 @@ impl Mosquitto {
     /// Start on a free port with persistence in its own directory.
     pub(crate) fn start() -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
+        // mosquitto started as root drops to user `mosquitto`: without this it cannot write its
+        // persistence file, and a broker restart silently loses every queued message.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod data dir");
         let mut m = Mosquitto {
             port: free_port(),
             dir,

@@ -45,6 +45,13 @@ fn free_port() -> u16 {
 
 fn broker() -> Broker {
     let dir = tempfile::tempdir().expect("tempdir");
+    // mosquitto started as root drops to user `mosquitto`: without this it cannot write its
+    // persistence file, and a broker restart silently loses every queued message.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod data dir");
     let port = free_port();
     let conf = dir.path().join("m.conf");
     std::fs::write(

@@ -30,10 +30,22 @@ impl Plant {
         client_id: &str,
         cancel: CancellationToken,
     ) -> (Plant, tokio::task::JoinHandle<()>) {
+        Plant::connect_with(port, client_id, false, cancel)
+    }
+
+    /// [`Plant::connect`] choosing the session kind. With `clean_session = true` rumqttc never
+    /// resends an old publish after a reconnect, so with [`Plant::publish_confirmed`] the
+    /// PUBACK bookkeeping stays exact across broker restarts.
+    pub fn connect_with(
+        port: u16,
+        client_id: &str,
+        clean_session: bool,
+        cancel: CancellationToken,
+    ) -> (Plant, tokio::task::JoinHandle<()>) {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30))
             .set_inflight(200)
-            .set_clean_session(false);
+            .set_clean_session(clean_session);
         let (client, mut el) = AsyncClient::new(o, 20_000);
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let order: SendOrder = Arc::default();
@@ -44,6 +56,10 @@ impl Plant {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     ev = el.poll() => match ev {
+                        Ok(Event::Incoming(Packet::ConnAck(c))) if !c.session_present => {
+                            // rumqttc dropped every unacked publish: their pkids mean nothing now
+                            by_pkid.clear();
+                        }
                         Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                             // a resend after reconnect reuses its pkid: keep the first mapping
                             if let std::collections::hash_map::Entry::Vacant(e) = by_pkid.entry(pkid) {
@@ -87,6 +103,39 @@ impl Plant {
             .await?;
         self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Publish one alert and wait (up to `timeout`) until the broker acked it; true if it did.
+    ///
+    /// With one publish outstanding at a time the PUBACK attribution stays exact even when the
+    /// broker restarts: rumqttc silently discards queued publishes when the broker answers with a
+    /// fresh session, which would shift the send-order bookkeeping of [`Plant::publish`].
+    pub async fn publish_confirmed(
+        &self,
+        topic: String,
+        body: String,
+        alert_id: String,
+        timeout: Duration,
+    ) -> Result<bool, rumqttc::ClientError> {
+        if let Ok(mut q) = self.order.lock() {
+            // a previous publish that never went out must not take this one's pkid
+            q.clear();
+        }
+        self.send(topic, body.into_bytes(), alert_id.clone())
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .acked
+                .lock()
+                .map(|a| a.contains(&alert_id))
+                .unwrap_or(false)
+            {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(false)
     }
 
     /// Publish one alert (QoS 1) identified by `alert_id`.
