@@ -148,6 +148,12 @@ pub(crate) struct Drain {
     not_before: NotBefore,
     /// Notified to probe at once during a pause or an open breaker (SIGHUP after a fix).
     reprobe: Arc<Notify>,
+    /// Keys `load()` queued, and the highest seq among them, until the feed has moved past it.
+    /// Ingest runs while `load()` scans: a batch committed (visible to the scan) but not yet
+    /// fsynced is fed *after* the scan saw it; without this the key could be dispatched twice
+    /// at once (found in review). The feed is in seq order, so once it passes the highest
+    /// loaded seq no later key can be a loaded one and the set is dropped.
+    loaded: Option<(std::collections::HashSet<Key>, u64)>,
     next_sweep: Instant,
     /// Storm coalescing state; `None` when `[mapping.coalesce]` is off (the default). Holds the
     /// absorbed alerts' keys and built summaries only: dropping it leaves them pending in the log.
@@ -171,6 +177,7 @@ impl Drain {
             tasks: JoinSet::new(),
             not_before: NotBefore::default(),
             reprobe: Arc::new(Notify::new()),
+            loaded: None,
             next_sweep: now,
             storm: mapper.coalesce().map(Storm::new),
             cfg,
@@ -183,9 +190,21 @@ impl Drain {
 
     /// A handle that makes a paused drain (or an open breaker) probe at once instead of at the
     /// end of its cool-down: notify it after the operator fixed something (e.g. on SIGHUP).
-    #[allow(dead_code)] // wired by the binary's signal handling
     pub(crate) fn reprobe_handle(&self) -> Arc<Notify> {
         self.reprobe.clone()
+    }
+
+    /// A key from ingest's feed: queue it unless `load()` already did.
+    fn accept_fed(&mut self, key: Key) {
+        if let Some((set, max_seq)) = &self.loaded {
+            if set.contains(&key) {
+                return;
+            }
+            if key.seq > *max_seq {
+                self.loaded = None;
+            }
+        }
+        self.queue.insert(key, 0, now_ms());
     }
 
     /// Rebuild the queue from the log (the truth), each alert at its persisted next attempt
@@ -196,10 +215,14 @@ impl Drain {
         let now = now_ms();
         let mut corrupt = Vec::new();
         let (mut n, mut later) = (0u64, 0u64);
+        let mut loaded = std::collections::HashSet::new();
+        let mut max_seq = 0;
         for item in self.wal.pending() {
             match item {
                 Ok((key, rec)) => {
                     self.queue.insert(key, rec.next_attempt_ms, now);
+                    loaded.insert(key);
+                    max_seq = max_seq.max(key.seq);
                     n += 1;
                     if rec.next_attempt_ms > now {
                         later += 1;
@@ -210,6 +233,9 @@ impl Drain {
         }
         for c in corrupt {
             self.dead_letter_corrupt(c.key, &c.error.to_string(), now)?;
+        }
+        if !loaded.is_empty() {
+            self.loaded = Some((loaded, max_seq));
         }
         if n > 0 {
             tracing::info!(
@@ -813,7 +839,7 @@ impl Drain {
         let mut feed_open = true;
         loop {
             while let Ok(k) = feed.try_recv() {
-                self.queue.insert(k, 0, now_ms());
+                self.accept_fed(k);
             }
             if sweeping && Instant::now() >= self.next_sweep {
                 self.sweep_expired()?;
@@ -852,7 +878,7 @@ impl Drain {
                     }
                 }
                 k = feed.recv(), if feed_open => match k {
-                    Some(k) => self.queue.insert(k, 0, now_ms()),
+                    Some(k) => self.accept_fed(k),
                     // ingest stopped; keep draining what is pending
                     None => feed_open = false,
                 },
@@ -929,5 +955,85 @@ mod tests {
         gate.extend(t0 + Duration::from_millis(10)); // shorter: no effect
         gate.wait().await;
         assert!(t0.elapsed() >= Duration::from_millis(80));
+    }
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::*;
+
+    /// Regression (review F4): ingest commits a batch that `load()` sees before the batch's
+    /// fsync returns and its keys are fed; the fed key must not be queued a second time (it
+    /// could be in flight already), but keys the scan did not see must be.
+    #[tokio::test]
+    async fn a_key_seen_by_load_is_not_queued_again_from_the_feed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
+        let rec = |id: &str| Record {
+            alert_id: id.into(),
+            topic: "t".into(),
+            payload: br#"{"a":1}"#.to_vec(),
+            priority: alertbridge_wal::PRIORITY_NORMAL,
+            received_at_ms: 0,
+            attempts: 0,
+            first_attempt_ms: None,
+            last_attempt_ms: None,
+            next_attempt_ms: 0,
+            last_error: None,
+        };
+        let keys: Vec<Key> = wal
+            .append_batch(vec![
+                alertbridge_wal::Entry::Pending(rec("a")),
+                alertbridge_wal::Entry::Pending(rec("b")),
+            ])
+            .expect("append")
+            .into_inner()
+            .into_iter()
+            .filter_map(|a| match a {
+                alertbridge_wal::Appended::Pending(k) => Some(k),
+                _ => None,
+            })
+            .collect();
+        crate::install_crypto_provider();
+        let cfg = crate::config::Config::parse(
+            "[genesys]\nlogin_url = \"http://127.0.0.1:9\"\napi_url = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nclient_secret_file = \"/dev/null\"\nflow_id = \"f\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("config");
+        let client = crate::genesys_client(&cfg).expect("client");
+        let mapper = Arc::new(Mapper::new(&cfg.mapping).expect("mapper"));
+        let mut drain = Drain::new(
+            cfg.delivery.clone(),
+            wal.clone(),
+            client,
+            mapper,
+            Arc::default(),
+        );
+        drain.load().expect("load");
+        assert_eq!(drain.queue.ready_len(), 2);
+        // dispatching takes them out of the queue, as a delivery in flight would
+        assert!(drain.queue.pick().is_some() && drain.queue.pick().is_some());
+        for k in &keys {
+            drain.accept_fed(*k);
+        }
+        assert_eq!(
+            drain.queue.ready_len(),
+            0,
+            "keys seen by load() were queued again"
+        );
+        let newer = Key {
+            priority: keys[0].priority,
+            seq: keys[1].seq + 1,
+        };
+        drain.accept_fed(newer);
+        assert_eq!(
+            drain.queue.ready_len(),
+            1,
+            "a key the scan did not see is queued"
+        );
+        assert!(
+            drain.loaded.is_none(),
+            "the guard is dropped once the feed passed it"
+        );
     }
 }
