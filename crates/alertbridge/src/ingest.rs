@@ -112,18 +112,7 @@ pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u6
         Err(_) => {
             tracing::error!(topic, "payload mapper panicked; payload dead-lettered");
             Entry::DeadLetter(
-                Record {
-                    alert_id: digest_id(topic, payload),
-                    topic: topic.to_string(),
-                    payload: payload.to_vec(),
-                    priority: PRIORITY_NORMAL,
-                    received_at_ms: now_ms,
-                    attempts: 0,
-                    first_attempt_ms: None,
-                    last_attempt_ms: None,
-                    next_attempt_ms: 0,
-                    last_error: None,
-                },
+                new_record(digest_id(topic, payload), topic, payload, PRIORITY_NORMAL, now_ms),
                 DeadReason {
                     kind: DeadKind::Malformed,
                     message: "the payload mapper failed on this payload (a bug: please report it with this dead letter)".into(),
@@ -145,20 +134,25 @@ fn digest_id(topic: &str, payload: &[u8]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn entry_for_unguarded(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
-    let ident = mapper.identify(topic, payload);
-    let record = Record {
-        alert_id: ident.alert_id,
+/// A record as ingest stores it: never tried, due now.
+fn new_record(alert_id: String, topic: &str, payload: &[u8], priority: u8, now_ms: u64) -> Record {
+    Record {
+        alert_id,
         topic: topic.to_string(),
         payload: payload.to_vec(),
-        priority: lane(ident.priority),
+        priority,
         received_at_ms: now_ms,
         attempts: 0,
         first_attempt_ms: None,
         last_attempt_ms: None,
         next_attempt_ms: 0,
         last_error: None,
-    };
+    }
+}
+
+fn entry_for_unguarded(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
+    let ident = mapper.identify(topic, payload);
+    let record = new_record(ident.alert_id, topic, payload, lane(ident.priority), now_ms);
     match mapper.map(topic, payload) {
         Ok(_) => Entry::Pending(record),
         Err(rej) => {
