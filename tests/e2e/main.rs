@@ -9,6 +9,7 @@ mod budget;
 mod coalesce;
 mod config;
 mod crash;
+mod enospc;
 mod pressure;
 mod spine;
 mod storm;

@@ -232,7 +232,29 @@ pub(crate) struct Agent {
 impl Agent {
     /// Write the config (broker, simulator, store in its own dir) and start the binary.
     pub(crate) fn start(broker_port: u16, sim: &Sim, opts: &AgentOptions) -> Agent {
+        Agent::start_inner(broker_port, sim, opts, None)
+    }
+
+    /// [`Agent::start`] with the log in `store` (e.g. on a small filesystem of the test's own).
+    pub(crate) fn start_with_store(
+        broker_port: u16,
+        sim: &Sim,
+        opts: &AgentOptions,
+        store: &Path,
+    ) -> Agent {
+        Agent::start_inner(broker_port, sim, opts, Some(store))
+    }
+
+    fn start_inner(
+        broker_port: u16,
+        sim: &Sim,
+        opts: &AgentOptions,
+        store: Option<&Path>,
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
+        let store = store
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("wal"));
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "e2e-secret\n").expect("write secret");
         let config = dir.path().join("alertbridge.toml");
@@ -280,7 +302,7 @@ listen = "{admin}"
 level = "info"
 {extra}
 "#,
-            store = dir.path().join("wal").display(),
+            store = store.display(),
             url = sim.base_url(),
             secret = secret.display(),
             rate = opts.rate_per_sec,
