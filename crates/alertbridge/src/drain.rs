@@ -348,7 +348,20 @@ impl Drain {
             self.tasks.spawn(async move {
                 gate.wait().await;
                 let sent_at = Instant::now();
-                let disposition = client.deliver(&alert_id, &data).await;
+                // The request runs in a task of its own so that a panic in it (a bug in a
+                // dependency, say) still comes back as a `Done`: otherwise the job would vanish
+                // from memory (stuck until restart) and, if it was the breaker's probe, the
+                // breaker would stay half-open for good (found in review).
+                let disposition =
+                    match tokio::spawn(async move { client.deliver(&alert_id, &data).await }).await
+                    {
+                        Ok(d) => d,
+                        Err(e) => Disposition::Retry {
+                            after: None,
+                            reason: format!("delivery task failed: {e}"),
+                            status: None,
+                        },
+                    };
                 Done {
                     job,
                     disposition,
@@ -848,8 +861,10 @@ impl Drain {
             if let Some(storm) = self.storm.as_mut() {
                 storm.flush_due(now_ms(), &self.mapper);
             }
-            let held = self.dispatch()?;
+            // One `now` for dispatch and the wake-up: a retry time falling between two reads of
+            // the clock would be neither ready in dispatch nor counted as a wake-up (review F2).
             let now = now_ms();
+            let held = self.dispatch()?;
             let sweep_in =
                 sweeping.then(|| self.next_sweep.saturating_duration_since(Instant::now()));
             let wake = [
