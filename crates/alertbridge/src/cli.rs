@@ -220,7 +220,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Demo { burst, store } => {
-            init_logging("error,rumqttd=off", false);
+            init_logging("error,rumqttd=off,alertbridge::events=off", false);
             let rt = runtime()?;
             let report =
                 rt.block_on(crate::demo::run(crate::demo::DemoOptions { burst, store }))?;

@@ -157,7 +157,7 @@ impl Progress {
         self.last = Instant::now();
         let s = c.snapshot();
         let line = format!(
-            "[{phase:<22}] published {:>6}  persisted {:>6}  delivered {:>6}  retrying {:>5}  dead-lettered {:>3}  breaker {}",
+            "[{phase:<22}] published {:>6}  persisted {:>6}  delivered {:>6}  retries {:>5}  dead-lettered {:>3}  breaker {}",
             plant.sent(),
             s.persisted,
             s.delivered,
