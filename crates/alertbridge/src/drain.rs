@@ -274,7 +274,14 @@ impl Drain {
             }
         }
         match self.mapper.map(&record.topic, &record.payload) {
-            Ok(m) => Ok(Some((record, m))),
+            Ok(m) => {
+                if !m.notes.is_empty() {
+                    // what the mapping changed on the way (stripped blob, truncated catch-all,
+                    // coerced type...): the original payload stays in the log
+                    tracing::info!(alert_id = %record.alert_id, seq = key.seq, notes = ?m.notes, "payload adjusted by the mapping");
+                }
+                Ok(Some((record, m)))
+            }
             Err(rej) => {
                 self.dead_letter(key, &record, DeadKind::Malformed, rej.reason, None, None)?;
                 Ok(None)
