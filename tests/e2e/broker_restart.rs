@@ -53,16 +53,8 @@ async fn broker_restart_mid_stream_loses_nothing() {
         "agent never resumed its session\n{}",
         agent.logs()
     );
-    let done = wait_until(Duration::from_secs(40), || missing(&acked, &sim).is_empty()).await;
-    let lost = missing(&acked, &sim);
-    assert!(
-        done,
-        "LOST {} acked alerts, e.g. {:?}\n{}",
-        lost.len(),
-        &lost[..lost.len().min(10)],
-        agent.logs()
-    );
-    assert_eq!(agent.stop(), Some(0), "{}", agent.logs());
+    assert_all_delivered(&acked, &sim, &agent, Duration::from_secs(40)).await;
+    assert_clean_exit(&mut agent);
     cancel.cancel();
     let _ = task.await;
 }

@@ -9,7 +9,6 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_budget_holds_alerts_at_the_broker_and_loses_nothing_when_space_frees() {
     const N: usize = 4000;
-    let broker = Mosquitto::start();
     let sim = sim(Duration::from_secs(3600)).await;
     // Genesys is down: nothing drains, so the log only grows.
     sim.outage_for(Duration::from_secs(3600));
@@ -21,18 +20,13 @@ async fn disk_budget_holds_alerts_at_the_broker_and_loses_nothing_when_space_fre
         admin: true,
         ..AgentOptions::default()
     };
-    let mut agent = Agent::start(broker.port, &sim, &opts);
-    let cancel = CancellationToken::new();
-    let (plant, task) = Plant::connect(broker.port, "plant-budget", cancel.clone());
+    let s = Scenario::start("plant-budget", sim, &opts);
+    let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_alerts(&plant, 0, N, 20).await;
+    publish_alerts(plant, 0, N, 20).await;
 
     // The broker accepted every publish from the plant (it queues for our session) ...
-    assert!(
-        wait_until(Duration::from_secs(20), || plant.acked_count() == N).await,
-        "plant acked {}",
-        plant.acked_count()
-    );
+    assert_all_acked(plant, N, Duration::from_secs(20)).await;
     // ... but the agent holds back at its budget: it reports it, and has stored only part.
     let held = wait_until(Duration::from_secs(20), || {
         agent
@@ -60,15 +54,7 @@ async fn disk_budget_holds_alerts_at_the_broker_and_loses_nothing_when_space_fre
     // Genesys comes back: deliveries free space, ingest resumes by itself, nothing is lost.
     sim.set_faults(Faults::default());
     let acked = plant.acked_ids();
-    let done = wait_until(Duration::from_secs(60), || missing(&acked, &sim).is_empty()).await;
-    let lost = missing(&acked, &sim);
-    assert!(
-        done,
-        "LOST {}: {:?}\n{}",
-        lost.len(),
-        &lost[..lost.len().min(10)],
-        agent.logs()
-    );
+    assert_all_delivered(&acked, sim, agent, Duration::from_secs(60)).await;
     assert!(
         wait_until(Duration::from_secs(10), || agent
             .status()
@@ -76,7 +62,5 @@ async fn disk_budget_holds_alerts_at_the_broker_and_loses_nothing_when_space_fre
         .await,
         "backpressure cleared"
     );
-    assert_eq!(agent.stop(), Some(0));
-    cancel.cancel();
-    let _ = task.await;
+    s.finish().await;
 }

@@ -80,36 +80,23 @@ async fn publish(plant: &Plant, alerts: &[Sent]) {
     }
 }
 
-async fn start(
-    sim: &Sim,
-    name: &str,
-) -> (
-    Mosquitto,
-    Agent,
-    Plant,
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-) {
-    let broker = Mosquitto::start();
-    let agent = Agent::start(
-        broker.port,
-        sim,
-        &AgentOptions {
-            extra: COALESCE.into(),
-            ..AgentOptions::default()
-        },
-    );
+/// Everything of one test, coalescing on, the agent subscribed before the plant connects.
+async fn start(sim: Sim, name: &str) -> Scenario {
+    let opts = AgentOptions {
+        extra: COALESCE.into(),
+        ..AgentOptions::default()
+    };
+    Scenario::start_subscribed(name, sim, &opts).await
+}
+
+/// Wait (up to 30 s) until the accepted launches cover all `n` alerts ([`covered`]).
+async fn assert_covered(sim: &Sim, agent: &Agent, n: usize) {
     assert!(
-        wait_until(Duration::from_secs(15), || agent
-            .logs()
-            .contains("subscribed"))
-        .await,
-        "the agent did not subscribe\n{}",
+        wait_until(Duration::from_secs(30), || covered(sim) >= n as u64).await,
+        "Genesys covered {} of {n}\n{}",
+        covered(sim),
         agent.logs()
     );
-    let cancel = CancellationToken::new();
-    let (plant, task) = Plant::connect(broker.port, name, cancel.clone());
-    (broker, agent, plant, cancel, task)
 }
 
 /// `inputData` of every accepted launch.
@@ -246,83 +233,57 @@ fn assert_accounted(sim: &Sim, agent: &Agent, sent: &[Sent]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_of_one_site_becomes_one_summary_and_every_alert_keeps_a_receipt() {
     let sim = sim(Duration::from_secs(3600)).await;
-    let (_broker, mut agent, plant, cancel, task) = start(&sim, "plant-coalesce").await;
+    let mut rig = start(sim, "plant-coalesce").await;
     let sent = burst("co");
-    publish(&plant, &sent).await;
-    assert!(
-        wait_until(Duration::from_secs(20), || plant.acked_count()
-            == sent.len())
-        .await,
-        "acked {} of {}",
-        plant.acked_count(),
-        sent.len()
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || covered(&sim)
-            >= sent.len() as u64)
-        .await,
-        "Genesys covered {} of {}\n{}",
-        covered(&sim),
-        sent.len(),
-        agent.logs()
-    );
-    assert_eq!(
-        tokio::task::block_in_place(|| agent.stop()),
-        Some(0),
-        "{}",
-        agent.logs()
-    );
-    let launches = sim.accepted().len();
+    publish(&rig.plant, &sent).await;
+    assert_all_acked(&rig.plant, sent.len(), Duration::from_secs(20)).await;
+    assert_covered(&rig.sim, &rig.agent, sent.len()).await;
+    rig.stop().await;
+    let launches = rig.sim.accepted().len();
     assert!(
         launches < sent.len() / 2,
         "{launches} requests for {} alerts: the burst was not coalesced",
         sent.len()
     );
-    assert!(assert_accounted(&sim, &agent, &sent) >= 1, "no summary");
-    cancel.cancel();
-    let _ = task.await;
+    assert!(
+        assert_accounted(&rig.sim, &rig.agent, &sent) >= 1,
+        "no summary"
+    );
+    rig.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_the_summary_is_accepted_loses_no_absorbed_alert() {
-    let sim = sim(Duration::from_secs(3600)).await;
     // Genesys fails every launch: the summary is built, sent and retried, never accepted.
-    sim.set_faults(Faults {
-        force_status: Some(503),
-        ..Faults::default()
-    });
-    let (_broker, mut agent, plant, cancel, task) = start(&sim, "plant-coalesce-crash").await;
+    let sim = failing_sim(503).await;
+    let mut rig = start(sim, "plant-coalesce-crash").await;
     let sent = burst("cr");
-    publish(&plant, &sent).await;
+    publish(&rig.plant, &sent).await;
+    assert_all_acked(&rig.plant, sent.len(), Duration::from_secs(20)).await;
     assert!(
-        wait_until(Duration::from_secs(20), || plant.acked_count()
-            == sent.len())
-        .await,
-        "acked {} of {}",
-        plant.acked_count(),
-        sent.len()
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || agent
+        wait_until(Duration::from_secs(20), || rig
+            .agent
             .logs()
             .contains("storm summary ready"))
         .await,
         "no summary was built\n{}",
-        agent.logs()
+        rig.agent.logs()
     );
     // let the summary's first request fail at least once
-    let failed = launches(&sim).len();
+    let failed = launches(&rig.sim).len();
     assert!(
-        wait_until(Duration::from_secs(10), || launches(&sim).len() > failed).await,
+        wait_until(Duration::from_secs(10), || launches(&rig.sim).len()
+            > failed)
+        .await,
         "no request after the summary was built"
     );
-    tokio::task::block_in_place(|| agent.kill9());
+    tokio::task::block_in_place(|| rig.agent.kill9());
     assert!(
-        sim.accepted().is_empty(),
+        rig.sim.accepted().is_empty(),
         "nothing was accepted before the crash"
     );
     // every absorbed alert is still pending in the log
-    let pending: HashSet<String> = tokio::task::block_in_place(|| agent.pending_records())
+    let pending: HashSet<String> = tokio::task::block_in_place(|| rig.agent.pending_records())
         .into_iter()
         .map(|(_, r)| r.alert_id)
         .collect();
@@ -332,53 +293,32 @@ async fn crash_before_the_summary_is_accepted_loses_no_absorbed_alert() {
         "every alert stays pending until Genesys accepts it"
     );
 
-    sim.set_faults(Faults::default());
-    agent.restart();
-    assert!(
-        wait_until(Duration::from_secs(30), || covered(&sim)
-            >= sent.len() as u64)
-        .await,
-        "Genesys covered {} of {} after the restart\n{}",
-        covered(&sim),
-        sent.len(),
-        agent.logs()
-    );
-    assert_eq!(
-        tokio::task::block_in_place(|| agent.stop()),
-        Some(0),
-        "{}",
-        agent.logs()
-    );
-    assert_accounted(&sim, &agent, &sent);
-    cancel.cancel();
-    let _ = task.await;
+    rig.sim.set_faults(Faults::default());
+    rig.agent.restart();
+    assert_covered(&rig.sim, &rig.agent, sent.len()).await;
+    rig.stop().await;
+    assert_accounted(&rig.sim, &rig.agent, &sent);
+    rig.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_summary_dead_letters_each_of_its_alerts_with_the_reason() {
-    let sim = sim(Duration::from_secs(3600)).await;
-    sim.set_faults(Faults {
-        force_status: Some(400),
-        ..Faults::default()
-    });
-    let (_broker, mut agent, plant, cancel, task) = start(&sim, "plant-coalesce-400").await;
+    let sim = failing_sim(400).await;
+    let mut rig = start(sim, "plant-coalesce-400").await;
     let sent = burst("rj");
-    publish(&plant, &sent).await;
+    publish(&rig.plant, &sent).await;
     let logs_dead = |a: &Agent| a.logs().matches("alert moved to dead letters").count();
     assert!(
-        wait_until(Duration::from_secs(30), || logs_dead(&agent) >= sent.len()).await,
+        wait_until(Duration::from_secs(30), || logs_dead(&rig.agent)
+            >= sent.len())
+        .await,
         "{} of {} dead-lettered\n{}",
-        logs_dead(&agent),
+        logs_dead(&rig.agent),
         sent.len(),
-        agent.logs()
+        rig.agent.logs()
     );
-    assert_eq!(
-        tokio::task::block_in_place(|| agent.stop()),
-        Some(0),
-        "{}",
-        agent.logs()
-    );
-    let dead = agent.dead_letters();
+    rig.stop().await;
+    let dead = rig.agent.dead_letters();
     let ids: HashSet<String> = dead
         .iter()
         .filter_map(|d| d["alert_id"].as_str().map(str::to_owned))
@@ -398,7 +338,6 @@ async fn rejected_summary_dead_letters_each_of_its_alerts_with_the_reason() {
     for d in &dead {
         assert_eq!(d["status"].as_u64(), Some(400), "{d}");
     }
-    assert!(agent.pending_records().is_empty());
-    cancel.cancel();
-    let _ = task.await;
+    assert!(rig.agent.pending_records().is_empty());
+    rig.finish().await;
 }

@@ -37,21 +37,9 @@ async fn kill9_during_burst_loses_no_acked_alert() {
         agent.restart(); // SIGKILL, then start on the same store
     }
     let plant = publisher.await.expect("publisher");
-    assert!(
-        wait_until(Duration::from_secs(30), || plant.acked_count() == N).await,
-        "broker acked {} of {N}",
-        plant.acked_count()
-    );
+    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
     let acked = plant.acked_ids();
-    let done = wait_until(Duration::from_secs(60), || missing(&acked, &sim).is_empty()).await;
-    let lost = missing(&acked, &sim);
-    assert!(
-        done && lost.is_empty(),
-        "LOST {} acked alerts, e.g. {:?}\n{}",
-        lost.len(),
-        &lost[..lost.len().min(10)],
-        agent.logs()
-    );
+    assert_all_delivered(&acked, &sim, &agent, Duration::from_secs(60)).await;
 
     let counts = accepted_counts(&sim);
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
@@ -61,7 +49,7 @@ async fn kill9_during_burst_loses_no_acked_alert() {
         duplicates <= bound,
         "{duplicates} duplicates exceed the bound {bound}"
     );
-    assert_eq!(agent.stop(), Some(0));
+    assert_clean_exit(&mut agent);
     cancel.cancel();
     let _ = task.await;
 }

@@ -45,16 +45,14 @@ async fn full_filesystem_holds_alerts_at_the_broker_and_loses_nothing_when_space
     };
     let store = fs.0.path().join("wal");
     let filler = fs.0.path().join("filler");
-    let broker = Mosquitto::start();
     let sim = sim(Duration::from_secs(3600)).await;
     let opts = AgentOptions {
         store_extra: format!("min_free_bytes = {}", 16 << 20),
         admin: true,
         ..AgentOptions::default()
     };
-    let mut agent = Agent::start_with_store(broker.port, &sim, &opts, &store);
-    let cancel = CancellationToken::new();
-    let (plant, task) = Plant::connect(broker.port, "plant-enospc", cancel.clone());
+    let s = Scenario::start_with_store("plant-enospc", sim, &opts, &store);
+    let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
     assert!(
         wait_until(Duration::from_secs(10), || agent.status().is_some()).await,
         "agent up\n{}",
@@ -65,11 +63,9 @@ async fn full_filesystem_holds_alerts_at_the_broker_and_loses_nothing_when_space
     let free = rustix_free(fs.0.path());
     std::fs::write(&filler, vec![0u8; (free.saturating_sub(4 << 20)) as usize])
         .expect("fill the filesystem");
-    publish_alerts(&plant, 0, 300, 10).await;
-    assert!(
-        wait_until(Duration::from_secs(20), || plant.acked_count() == 300).await,
-        "the broker takes them"
-    );
+    publish_alerts(plant, 0, 300, 10).await;
+    // the broker takes them
+    assert_all_acked(plant, 300, Duration::from_secs(20)).await;
     let held = wait_until(Duration::from_secs(15), || {
         agent
             .status()
@@ -90,20 +86,9 @@ async fn full_filesystem_holds_alerts_at_the_broker_and_loses_nothing_when_space
     // Space comes back: ingest resumes by itself, everything is delivered.
     std::fs::remove_file(&filler).expect("free the space");
     let acked = plant.acked_ids();
-    let done = wait_until(Duration::from_secs(30), || missing(&acked, &sim).is_empty()).await;
-    assert!(
-        done,
-        "LOST {:?}\n{}",
-        missing(&acked, &sim).len(),
-        agent.logs()
-    );
-    assert_eq!(
-        agent.stop(),
-        Some(0),
-        "the log is intact and closes cleanly"
-    );
-    cancel.cancel();
-    let _ = task.await;
+    assert_all_delivered(&acked, sim, agent, Duration::from_secs(30)).await;
+    // the log is intact and closes cleanly
+    s.finish().await;
 }
 
 fn rustix_free(path: &std::path::Path) -> u64 {

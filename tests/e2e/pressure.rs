@@ -7,125 +7,21 @@
 //! arrive *before* a wait the agent must honour), with margins; none asserts speed.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
 use crate::support::*;
 
-/// Broker, simulator, agent and plant of one test.
-struct Rig {
-    _broker: Mosquitto,
-    sim: Sim,
-    agent: Agent,
-    plant: Plant,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Rig {
-    /// Start everything and wait until the agent's subscription is acknowledged (its log says
-    /// `subscribed`), so nothing published afterwards misses the persistent session.
-    async fn start(name: &str, sim: Sim, opts: AgentOptions) -> Rig {
-        let broker = Mosquitto::start();
-        let agent = Agent::start(broker.port, &sim, &opts);
-        assert!(
-            wait_until(Duration::from_secs(15), || agent
-                .logs()
-                .contains("subscribed"))
-            .await,
-            "the agent did not subscribe\n{}",
-            agent.logs()
-        );
-        let cancel = CancellationToken::new();
-        let (plant, task) = Plant::connect(broker.port, name, cancel.clone());
-        Rig {
-            _broker: broker,
-            sim,
-            agent,
-            plant,
-            cancel,
-            task,
-        }
-    }
-
-    /// Publish `n` alerts `<prefix>-<i>` of one level; returns their ids.
-    async fn publish(
-        &self,
-        prefix: &str,
-        range: std::ops::Range<usize>,
-        level: &str,
-    ) -> Vec<String> {
-        let mut ids = Vec::new();
-        for i in range {
-            ids.push(publish_leveled(&self.plant, prefix, i, level).await);
-        }
-        ids
-    }
-
-    async fn wait_acked(&self, n: usize, timeout: Duration) {
-        assert!(
-            wait_until(timeout, || self.plant.acked_count() >= n).await,
-            "the broker acked {} of {n}\n{}",
-            self.plant.acked_count(),
-            self.agent.logs()
-        );
-    }
-
-    async fn wait_accepted(&self, n: usize, timeout: Duration) {
-        assert!(
-            wait_until(timeout, || accepted_counts(&self.sim).len() >= n).await,
-            "Genesys accepted {} of {n} alerts\n{}",
-            accepted_counts(&self.sim).len(),
-            self.agent.logs()
-        );
-    }
-
-    /// Wait until Genesys answered `n` launches with `status`.
-    async fn wait_answers(&self, status: u16, n: usize, timeout: Duration) {
-        let sim = &self.sim;
-        assert!(
-            wait_until(timeout, || with_status(&launches(sim), status).len() >= n).await,
-            "no {n} answers {status}: {:?}\n{}",
-            sim.stats(),
-            self.agent.logs()
-        );
-    }
-
-    /// Poll `status --json` until `cond` holds.
-    async fn status_until(&self, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            let st = tokio::task::block_in_place(|| self.agent.status());
-            if let Some(st) = st {
-                if cond(&st) {
-                    return st;
-                }
-                last = Some(st);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "status never matched; last: {last:#?}\n{}",
-                self.agent.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Stop the agent cleanly (exit 0) and the plant.
-    async fn stop(&mut self) {
-        let code = tokio::task::block_in_place(|| self.agent.stop());
-        assert_eq!(code, Some(0), "agent exit\n{}", self.agent.logs());
-        self.cancel.cancel();
-    }
-
-    async fn finish(mut self) {
-        if !self.cancel.is_cancelled() {
-            self.stop().await;
-        }
-        let _ = (&mut self.task).await;
-    }
+/// Wait until Genesys answered `n` launches with `status`.
+async fn wait_answers(rig: &Scenario, status: u16, n: usize, timeout: Duration) {
+    let sim = &rig.sim;
+    assert!(
+        wait_until(timeout, || with_status(&launches(sim), status).len() >= n).await,
+        "no {n} answers {status}: {:?}\n{}",
+        sim.stats(),
+        rig.agent.logs()
+    );
 }
 
 fn counters(st: &Value) -> &Value {
@@ -162,6 +58,33 @@ fn since(a: SystemTime, b: SystemTime) -> Duration {
     b.duration_since(a).unwrap_or_default()
 }
 
+/// Arrivals of the launches Genesys saw while it was failing: more than 300 ms after `from`
+/// (answers already on their way by then) and before `cleared`.
+fn probes(sim: &Sim, from: SystemTime, cleared: SystemTime) -> Vec<SystemTime> {
+    launches(sim)
+        .iter()
+        .map(|r| r.at)
+        .filter(|t| *t < cleared && since(from, *t) > Duration::from_millis(300))
+        .collect()
+}
+
+/// Probes were sent, and no two of them less than `min` apart (`while_` names the agent's state).
+fn assert_probes_spaced(probes: &[SystemTime], min: Duration, while_: &str) {
+    assert!(!probes.is_empty(), "probes were sent");
+    for w in probes.windows(2) {
+        let gap = since(w[0], w[1]);
+        assert!(gap >= min, "two requests {gap:?} apart {while_}");
+    }
+}
+
+/// Delivery paused loudly and resumed by itself, and no alert became a dead letter meanwhile.
+fn assert_paused_and_resumed_without_dead_letters(agent: &Agent) {
+    assert!(agent.dead_letters().is_empty());
+    let logs = agent.logs();
+    assert!(logs.contains("DELIVERY PAUSED"), "{logs}");
+    assert!(logs.contains("delivery resumed"), "{logs}");
+}
+
 /// Point 1: the token bucket and the concurrency cap bound what Genesys sees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_and_concurrency_cap_bound_what_genesys_sees() {
@@ -169,10 +92,10 @@ async fn bucket_and_concurrency_cap_bound_what_genesys_sees() {
     const RATE: f64 = 20.0;
     const BURST: usize = 5;
     let sim = sim_with(|c| c.faults.latency_ms = 50).await;
-    let rig = Rig::start(
+    let rig = Scenario::start_subscribed(
         "plant-bucket",
         sim,
-        AgentOptions {
+        &AgentOptions {
             rate_per_sec: RATE,
             burst: BURST as u32,
             max_in_flight: 3,
@@ -204,10 +127,10 @@ async fn bucket_and_concurrency_cap_bound_what_genesys_sees() {
 async fn retry_after_of_a_429_silences_the_whole_client_and_the_rate_recovers_gradually() {
     const RATE: f64 = 50.0;
     let sim = sim(Duration::from_secs(3600)).await;
-    let rig = Rig::start(
+    let rig = Scenario::start_subscribed(
         "plant-429",
         sim,
-        AgentOptions {
+        &AgentOptions {
             rate_per_sec: RATE,
             burst: 10,
             max_in_flight: 4,
@@ -283,15 +206,11 @@ async fn retry_after_of_a_429_silences_the_whole_client_and_the_rate_recovers_gr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisted_next_attempt_survives_a_kill_so_a_restart_is_no_retry_stampede() {
     const N: usize = 20;
-    let sim = sim(Duration::from_secs(3600)).await;
-    sim.set_faults(Faults {
-        force_status: Some(503),
-        ..Faults::default()
-    });
-    let mut rig = Rig::start(
+    let sim = failing_sim(503).await;
+    let mut rig = Scenario::start_subscribed(
         "plant-backoff",
         sim,
-        AgentOptions {
+        &AgentOptions {
             max_in_flight: 20,
             backoff_initial_ms: 8_000,
             backoff_max_ms: 8_000,
@@ -354,15 +273,11 @@ async fn persisted_next_attempt_survives_a_kill_so_a_restart_is_no_retry_stamped
 /// cool-down and nothing else; ingest goes on; the first good probe closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_after_n_failures_and_genesys_sees_only_probes_until_one_succeeds() {
-    let sim = sim(Duration::from_secs(3600)).await;
-    sim.set_faults(Faults {
-        force_status: Some(503),
-        ..Faults::default()
-    });
-    let mut rig = Rig::start(
+    let sim = failing_sim(503).await;
+    let mut rig = Scenario::start_subscribed(
         "plant-breaker",
         sim,
-        AgentOptions {
+        &AgentOptions {
             rate_per_sec: 200.0,
             burst: 20,
             max_in_flight: 4,
@@ -403,24 +318,16 @@ async fn breaker_opens_after_n_failures_and_genesys_sees_only_probes_until_one_s
     rig.wait_accepted(30, Duration::from_secs(15)).await;
     rig.stop().await;
 
-    let reqs = launches(&rig.sim);
-    let probes: Vec<SystemTime> = reqs
-        .iter()
-        .map(|r| r.at)
-        .filter(|t| *t < cleared && since(opened_at, *t) > Duration::from_millis(300))
-        .collect();
-    assert!(!probes.is_empty(), "probes were sent");
+    let probes = probes(&rig.sim, opened_at, cleared);
+    assert_probes_spaced(
+        &probes,
+        Duration::from_millis(950),
+        "while the breaker was open",
+    );
     assert!(
         since(opened_at, probes[0]) >= Duration::from_millis(950),
         "first probe only after the cool-down"
     );
-    for w in probes.windows(2) {
-        let gap = since(w[0], w[1]);
-        assert!(
-            gap >= Duration::from_millis(950),
-            "two requests {gap:?} apart while the breaker was open"
-        );
-    }
     let logs = rig.agent.logs();
     for line in [
         "circuit breaker OPEN",
@@ -438,10 +345,10 @@ async fn breaker_opens_after_n_failures_and_genesys_sees_only_probes_until_one_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_secret_file_is_picked_up_without_restart_and_no_alert_is_lost() {
     let sim = sim(Duration::from_secs(3600)).await;
-    let mut rig = Rig::start(
+    let mut rig = Scenario::start_subscribed(
         "plant-rotate",
         sim,
-        AgentOptions {
+        &AgentOptions {
             breaker_cooldown_ms: 500,
             admin: true,
             ..AgentOptions::default()
@@ -491,10 +398,7 @@ async fn rotated_secret_file_is_picked_up_without_restart_and_no_alert_is_lost()
         counts.values().all(|n| *n == 1),
         "a 401 launches nothing: {counts:?}"
     );
-    assert!(rig.agent.dead_letters().is_empty());
-    let logs = rig.agent.logs();
-    assert!(logs.contains("DELIVERY PAUSED"), "{logs}");
-    assert!(logs.contains("delivery resumed"), "{logs}");
+    assert_paused_and_resumed_without_dead_letters(&rig.agent);
     rig.finish().await;
 }
 
@@ -503,7 +407,8 @@ async fn rotated_secret_file_is_picked_up_without_restart_and_no_alert_is_lost()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_rotated_in_the_file_before_genesys_needs_no_pause() {
     let sim = sim(Duration::from_secs(3600)).await;
-    let mut rig = Rig::start("plant-rotate-first", sim, AgentOptions::default()).await;
+    let mut rig =
+        Scenario::start_subscribed("plant-rotate-first", sim, &AgentOptions::default()).await;
     rig.publish("before", 0..10, "major").await;
     rig.wait_accepted(10, Duration::from_secs(15)).await;
     let tmp = rig.agent.dir.path().join("secret.new");
@@ -528,7 +433,7 @@ async fn secret_rotated_in_the_file_before_genesys_needs_no_pause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_and_malformed_alerts_become_dead_letters_with_status_message_and_attempts() {
     let sim = sim_with(|c| c.max_body_bytes = 2048).await;
-    let mut rig = Rig::start("plant-reject", sim, AgentOptions::default()).await;
+    let mut rig = Scenario::start_subscribed("plant-reject", sim, &AgentOptions::default()).await;
     let ok = rig.publish("ok", 0..10, "major").await;
     let mut big = Vec::new();
     for i in 0..2 {
@@ -541,10 +446,10 @@ async fn rejected_and_malformed_alerts_become_dead_letters_with_status_message_a
         .await
         .expect("publish");
     rig.wait_accepted(10, Duration::from_secs(15)).await;
-    rig.wait_answers(413, 2, Duration::from_secs(10)).await;
+    wait_answers(&rig, 413, 2, Duration::from_secs(10)).await;
     rig.sim.update_faults(|f| f.force_status = Some(422));
     let unprocessable = rig.publish("unprocessable", 0..2, "major").await;
-    rig.wait_answers(422, 2, Duration::from_secs(10)).await;
+    wait_answers(&rig, 422, 2, Duration::from_secs(10)).await;
     rig.sim.update_faults(|f| f.force_status = None);
     rig.wait_acked(15, Duration::from_secs(10)).await;
     rig.stop().await;
@@ -599,15 +504,11 @@ async fn rejected_and_malformed_alerts_become_dead_letters_with_status_message_a
 /// log, Genesys sees one probe per interval, and delivery resumes by itself once it is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_fault_pauses_delivery_keeps_the_alerts_and_resumes_when_fixed() {
-    let sim = sim(Duration::from_secs(3600)).await;
-    sim.set_faults(Faults {
-        force_status: Some(404),
-        ..Faults::default()
-    });
-    let mut rig = Rig::start(
+    let sim = failing_sim(404).await;
+    let mut rig = Scenario::start_subscribed(
         "plant-pause",
         sim,
-        AgentOptions {
+        &AgentOptions {
             breaker_cooldown_ms: 700,
             admin: true,
             ..AgentOptions::default()
@@ -647,23 +548,9 @@ async fn configuration_fault_pauses_delivery_keeps_the_alerts_and_resumes_when_f
     rig.wait_accepted(15, Duration::from_secs(15)).await;
     rig.stop().await;
 
-    let probes: Vec<SystemTime> = launches(&rig.sim)
-        .iter()
-        .map(|r| r.at)
-        .filter(|t| *t < cleared && since(first, *t) > Duration::from_millis(300))
-        .collect();
-    assert!(!probes.is_empty());
-    for w in probes.windows(2) {
-        let gap = since(w[0], w[1]);
-        assert!(
-            gap >= Duration::from_millis(650),
-            "requests {gap:?} apart while paused"
-        );
-    }
-    assert!(rig.agent.dead_letters().is_empty());
-    let logs = rig.agent.logs();
-    assert!(logs.contains("DELIVERY PAUSED"), "{logs}");
-    assert!(logs.contains("delivery resumed"), "{logs}");
+    let probes = probes(&rig.sim, first, cleared);
+    assert_probes_spaced(&probes, Duration::from_millis(650), "while paused");
+    assert_paused_and_resumed_without_dead_letters(&rig.agent);
     rig.finish().await;
 }
 
@@ -672,15 +559,11 @@ async fn configuration_fault_pauses_delivery_keeps_the_alerts_and_resumes_when_f
 /// delivered after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_alerts_become_visible_dead_letters_and_critical_ones_never_expire() {
-    let sim = sim(Duration::from_secs(3600)).await;
-    sim.set_faults(Faults {
-        force_status: Some(503),
-        ..Faults::default()
-    });
-    let mut rig = Rig::start(
+    let sim = failing_sim(503).await;
+    let mut rig = Scenario::start_subscribed(
         "plant-ttl",
         sim,
-        AgentOptions {
+        &AgentOptions {
             backoff_initial_ms: 100,
             backoff_max_ms: 500,
             breaker_failures: 2,
@@ -741,15 +624,11 @@ async fn expired_alerts_become_visible_dead_letters_and_critical_ones_never_expi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn critical_alerts_go_first_through_a_backlog_and_normal_ones_are_not_starved() {
     const EACH: usize = 24;
-    let sim = sim(Duration::from_secs(3600)).await;
-    sim.set_faults(Faults {
-        force_status: Some(503),
-        ..Faults::default()
-    });
-    let rig = Rig::start(
+    let sim = failing_sim(503).await;
+    let rig = Scenario::start_subscribed(
         "plant-lanes",
         sim,
-        AgentOptions {
+        &AgentOptions {
             rate_per_sec: 500.0,
             burst: 50,
             max_in_flight: 1,
@@ -809,10 +688,10 @@ async fn long_outage_is_ingested_in_full_then_drained_at_the_configured_rate_cri
     const BURST: usize = 10;
     let sim = sim(Duration::from_secs(3600)).await;
     sim.outage_for(Duration::from_secs(7));
-    let mut rig = Rig::start(
+    let mut rig = Scenario::start_subscribed(
         "plant-outage",
         sim,
-        AgentOptions {
+        &AgentOptions {
             rate_per_sec: RATE,
             burst: BURST as u32,
             max_in_flight: 8,

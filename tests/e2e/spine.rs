@@ -7,43 +7,37 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_reaches_genesys_exactly_once() {
-    let broker = Mosquitto::start();
     let sim = sim(Duration::from_secs(3600)).await;
-    let mut agent = Agent::start(broker.port, &sim, &AgentOptions::default());
-    let cancel = CancellationToken::new();
-    let (mut plant, task) = Plant::connect(broker.port, "plant-spine", cancel.clone());
+    let mut s = Scenario::start("plant-spine", sim, &AgentOptions::default());
 
     // give the agent its subscription first (its session then queues what it misses anyway)
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_alerts(&plant, 0, 300, 10).await;
-    plant
+    publish_alerts(&s.plant, 0, 300, 10).await;
+    s.plant
         .publish_malformed(b"TEMP=85;ALARM")
         .await
         .expect("publish");
-    plant.publish_malformed(b"[1,2,3]").await.expect("publish");
+    s.plant
+        .publish_malformed(b"[1,2,3]")
+        .await
+        .expect("publish");
 
-    let all_acked = wait_until(Duration::from_secs(20), || plant.acked_count() == 302).await;
-    assert!(all_acked, "broker acked {} of 302", plant.acked_count());
-    let acked: std::collections::HashSet<String> = plant
+    assert_all_acked(&s.plant, 302, Duration::from_secs(20)).await;
+    let acked: std::collections::HashSet<String> = s
+        .plant
         .acked_ids()
         .into_iter()
         .filter(|id| !id.starts_with("malformed-"))
         .collect();
-    let delivered = wait_until(Duration::from_secs(30), || missing(&acked, &sim).is_empty()).await;
-    assert!(
-        delivered,
-        "missing: {:?}\n{}",
-        missing(&acked, &sim),
-        agent.logs()
-    );
+    assert_all_delivered(&acked, &s.sim, &s.agent, Duration::from_secs(30)).await;
 
-    let counts = accepted_counts(&sim);
+    let counts = accepted_counts(&s.sim);
     let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "duplicates in the normal case: {dups:?}");
     assert_eq!(counts.len(), 300);
 
     // the real request shape: flowId + inputData with the alert id and the device fields
-    let a = sim.accepted().into_iter().next().expect("one accepted");
+    let a = s.sim.accepted().into_iter().next().expect("one accepted");
     assert_eq!(a.body["flowId"], FLOW);
     let input = &a.body["inputData"];
     assert!(input.is_object(), "{}", a.body);
@@ -52,13 +46,9 @@ async fn every_alert_reaches_genesys_exactly_once() {
         "device id mapped: {input}"
     );
 
-    assert_eq!(
-        agent.stop(),
-        Some(0),
-        "clean exit on SIGTERM\n{}",
-        agent.logs()
-    );
-    let out = agent.cli(&["dead-letters", "--json"]);
+    // clean exit on SIGTERM
+    s.stop().await;
+    let out = s.agent.cli(&["dead-letters", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -77,10 +67,9 @@ async fn every_alert_reaches_genesys_exactly_once() {
         assert_eq!(l["kind"], "Malformed");
         assert!(!l["reason"].as_str().unwrap_or("").is_empty());
     }
-    let status = agent.cli(&["status", "--json"]);
-    let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
-    assert_eq!(s["pending"], 0);
-    assert_eq!(s["dead_letters"], 2);
-    cancel.cancel();
-    let _ = task.await;
+    let status = s.agent.cli(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(st["pending"], 0);
+    assert_eq!(st["dead_letters"], 2);
+    s.finish().await;
 }

@@ -576,3 +576,190 @@ pub(crate) async fn publish_alerts(plant: &Plant, start: usize, n: usize, pause_
         }
     }
 }
+
+/// A simulator that answers every workflow launch with `status` until the test clears its
+/// faults (`sim.set_faults(Faults::default())`).
+pub(crate) async fn failing_sim(status: u16) -> Sim {
+    let sim = sim(Duration::from_secs(3600)).await;
+    sim.set_faults(Faults {
+        force_status: Some(status),
+        ..Faults::default()
+    });
+    sim
+}
+
+/// Wait (up to 15 s) until the agent's subscription is acknowledged (its log says
+/// `subscribed`), so nothing published afterwards misses the persistent session.
+pub(crate) async fn wait_subscribed(agent: &Agent) {
+    assert!(
+        wait_until(Duration::from_secs(15), || agent
+            .logs()
+            .contains("subscribed"))
+        .await,
+        "the agent did not subscribe\n{}",
+        agent.logs()
+    );
+}
+
+/// The broker acked exactly `n` publishes of the plant within `timeout`.
+pub(crate) async fn assert_all_acked(plant: &Plant, n: usize, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || plant.acked_count() == n).await,
+        "broker acked {} of {n}",
+        plant.acked_count()
+    );
+}
+
+/// Every id in `acked` reaches Genesys within `timeout`: lost = acked − accepted = ∅.
+pub(crate) async fn assert_all_delivered(
+    acked: &HashSet<String>,
+    sim: &Sim,
+    agent: &Agent,
+    timeout: Duration,
+) {
+    let done = wait_until(timeout, || missing(acked, sim).is_empty()).await;
+    let lost = missing(acked, sim);
+    assert!(
+        done && lost.is_empty(),
+        "LOST {} acked alerts, e.g. {:?}\n{}",
+        lost.len(),
+        &lost[..lost.len().min(10)],
+        agent.logs()
+    );
+}
+
+/// SIGTERM the agent and assert a clean exit (code 0).
+pub(crate) fn assert_clean_exit(agent: &mut Agent) {
+    let code = tokio::task::block_in_place(|| agent.stop());
+    assert_eq!(code, Some(0), "agent exit\n{}", agent.logs());
+}
+
+/// Broker, simulator, agent and plant of one test. Dropping it kills what still runs;
+/// [`Scenario::finish`] ends it cleanly.
+pub(crate) struct Scenario {
+    /// The test's own mosquitto; killed on drop.
+    pub(crate) broker: Mosquitto,
+    pub(crate) sim: Sim,
+    pub(crate) agent: Agent,
+    pub(crate) plant: Plant,
+    /// Cancels the plant's event loop.
+    pub(crate) cancel: CancellationToken,
+    /// The plant's event loop.
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl Scenario {
+    /// Start a broker and the agent and connect the plant `name`, without waiting for anything.
+    pub(crate) fn start(name: &str, sim: Sim, opts: &AgentOptions) -> Scenario {
+        let broker = Mosquitto::start();
+        let agent = Agent::start(broker.port, &sim, opts);
+        Scenario::connect(name, broker, sim, agent)
+    }
+
+    /// [`Scenario::start`] with the agent's log in `store`.
+    pub(crate) fn start_with_store(
+        name: &str,
+        sim: Sim,
+        opts: &AgentOptions,
+        store: &Path,
+    ) -> Scenario {
+        let broker = Mosquitto::start();
+        let agent = Agent::start_with_store(broker.port, &sim, opts, store);
+        Scenario::connect(name, broker, sim, agent)
+    }
+
+    /// Start a broker and the agent, wait until the agent subscribed ([`wait_subscribed`]),
+    /// then connect the plant `name`.
+    pub(crate) async fn start_subscribed(name: &str, sim: Sim, opts: &AgentOptions) -> Scenario {
+        let broker = Mosquitto::start();
+        let agent = Agent::start(broker.port, &sim, opts);
+        wait_subscribed(&agent).await;
+        Scenario::connect(name, broker, sim, agent)
+    }
+
+    fn connect(name: &str, broker: Mosquitto, sim: Sim, agent: Agent) -> Scenario {
+        let cancel = CancellationToken::new();
+        let (plant, task) = Plant::connect(broker.port, name, cancel.clone());
+        Scenario {
+            broker,
+            sim,
+            agent,
+            plant,
+            cancel,
+            task,
+        }
+    }
+
+    /// Publish alerts `<prefix>-<i>` for `i` in `range`, all of one level; returns their ids.
+    pub(crate) async fn publish(
+        &self,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        level: &str,
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in range {
+            ids.push(publish_leveled(&self.plant, prefix, i, level).await);
+        }
+        ids
+    }
+
+    /// Wait until the broker acked at least `n` publishes of the plant.
+    pub(crate) async fn wait_acked(&self, n: usize, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || self.plant.acked_count() >= n).await,
+            "the broker acked {} of {n}\n{}",
+            self.plant.acked_count(),
+            self.agent.logs()
+        );
+    }
+
+    /// Wait until Genesys accepted at least `n` distinct alerts.
+    pub(crate) async fn wait_accepted(&self, n: usize, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || accepted_counts(&self.sim).len() >= n).await,
+            "Genesys accepted {} of {n} alerts\n{}",
+            accepted_counts(&self.sim).len(),
+            self.agent.logs()
+        );
+    }
+
+    /// Poll `status --json` until `cond` holds.
+    pub(crate) async fn status_until(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let st = tokio::task::block_in_place(|| self.agent.status());
+            if let Some(st) = st {
+                if cond(&st) {
+                    return st;
+                }
+                last = Some(st);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never matched; last: {last:#?}\n{}",
+                self.agent.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stop the agent cleanly (exit 0) and the plant.
+    pub(crate) async fn stop(&mut self) {
+        assert_clean_exit(&mut self.agent);
+        self.cancel.cancel();
+    }
+
+    /// [`Scenario::stop`] unless stopped already, then wait for the plant's event loop.
+    pub(crate) async fn finish(mut self) {
+        if !self.cancel.is_cancelled() {
+            self.stop().await;
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -7,25 +7,22 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_cause_no_failed_delivery_and_no_gap() {
-    let broker = Mosquitto::start();
-    let sim = sim(Duration::from_secs(3)).await;
-    let mut agent = Agent::start(broker.port, &sim, &AgentOptions::default());
-    let cancel = CancellationToken::new();
-    let (plant, task) = Plant::connect(broker.port, "plant-tokens", cancel.clone());
+    let s = Scenario::start(
+        "plant-tokens",
+        sim(Duration::from_secs(3)).await,
+        &AgentOptions::default(),
+    );
+    let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // a steady trickle across several token lifetimes
     for i in 0..40 {
-        publish_alerts(&plant, i * 10, 10, 0).await;
+        publish_alerts(plant, i * 10, 10, 0).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(wait_until(Duration::from_secs(20), || plant.acked_count() == 400).await);
+    assert_all_acked(plant, 400, Duration::from_secs(20)).await;
     let acked = plant.acked_ids();
-    assert!(
-        wait_until(Duration::from_secs(30), || missing(&acked, &sim).is_empty()).await,
-        "{}",
-        agent.logs()
-    );
+    assert_all_delivered(&acked, sim, agent, Duration::from_secs(30)).await;
     let stats = sim.stats();
     assert_eq!(
         stats.by_status.get(&401).copied().unwrap_or(0),
@@ -33,43 +30,34 @@ async fn short_lived_tokens_cause_no_failed_delivery_and_no_gap() {
         "a token expired in use: {stats:?}"
     );
     assert!(stats.tokens_issued >= 3, "tokens were refreshed: {stats:?}");
-    let dups: usize = accepted_counts(&sim).values().map(|n| n - 1).sum();
+    let dups: usize = accepted_counts(sim).values().map(|n| n - 1).sum();
     assert_eq!(dups, 0);
-    assert_eq!(agent.stop(), Some(0));
-    cancel.cancel();
-    let _ = task.await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_replaced_and_the_alert_delivered() {
-    let broker = Mosquitto::start();
-    let sim = sim(Duration::from_secs(3600)).await;
-    let mut agent = Agent::start(broker.port, &sim, &AgentOptions::default());
-    let cancel = CancellationToken::new();
-    let (plant, task) = Plant::connect(broker.port, "plant-revoke", cancel.clone());
+    let s = Scenario::start(
+        "plant-revoke",
+        sim(Duration::from_secs(3600)).await,
+        &AgentOptions::default(),
+    );
+    let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    publish_alerts(&plant, 0, 20, 0).await;
+    publish_alerts(plant, 0, 20, 0).await;
     assert!(
-        wait_until(Duration::from_secs(20), || accepted_counts(&sim).len()
-            == 20)
-        .await,
+        wait_until(Duration::from_secs(20), || accepted_counts(sim).len() == 20).await,
         "{}",
         agent.logs()
     );
     sim.revoke_tokens();
-    publish_alerts(&plant, 20, 20, 0).await;
-    assert!(wait_until(Duration::from_secs(20), || plant.acked_count() == 40).await);
+    publish_alerts(plant, 20, 20, 0).await;
+    assert_all_acked(plant, 40, Duration::from_secs(20)).await;
     let acked = plant.acked_ids();
-    assert!(
-        wait_until(Duration::from_secs(20), || missing(&acked, &sim).is_empty()).await,
-        "{}",
-        agent.logs()
-    );
+    assert_all_delivered(&acked, sim, agent, Duration::from_secs(20)).await;
     assert!(
         sim.stats().by_status.get(&401).copied().unwrap_or(0) >= 1,
         "the revocation was seen"
     );
-    assert_eq!(agent.stop(), Some(0));
-    cancel.cancel();
-    let _ = task.await;
+    s.finish().await;
 }
