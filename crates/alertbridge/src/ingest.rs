@@ -151,17 +151,24 @@ fn new_record(alert_id: String, topic: &str, payload: &[u8], priority: u8, now_m
 }
 
 fn entry_for_unguarded(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
-    let ident = mapper.identify(topic, payload);
-    let record = new_record(ident.alert_id, topic, payload, lane(ident.priority), now_ms);
+    // One pass for a valid payload: `map` yields the same id and lane as `identify` (a property
+    // the payload crate tests); only a rejected payload needs `identify` for its identity.
     match mapper.map(topic, payload) {
-        Ok(_) => Entry::Pending(record),
+        Ok(m) => Entry::Pending(new_record(
+            m.alert_id,
+            topic,
+            payload,
+            lane(m.priority),
+            now_ms,
+        )),
         Err(rej) => {
+            let ident = mapper.identify(topic, payload);
             let kind = match rej.kind {
                 RejectionKind::TooLarge => DeadKind::Oversize,
                 _ => DeadKind::Malformed,
             };
             Entry::DeadLetter(
-                record,
+                new_record(ident.alert_id, topic, payload, lane(ident.priority), now_ms),
                 DeadReason {
                     kind,
                     message: rej.reason,
@@ -586,6 +593,14 @@ mod tests {
         );
         match e {
             Entry::Pending(r) => {
+                let ident = m.identify(
+                    "plant/a/alerts/d1",
+                    br#"{"device_id":"d1","alert_level":"critical"}"#,
+                );
+                assert_eq!(
+                    r.alert_id, ident.alert_id,
+                    "stored id is the dedup identity"
+                );
                 assert_eq!(r.priority, PRIORITY_CRITICAL);
                 assert_eq!(r.received_at_ms, 5);
                 assert!(!r.alert_id.is_empty());
