@@ -534,9 +534,7 @@ impl Drain {
                     }
                     .emit(&self.counters);
                 }
-                let restored = self.limiter.on_success();
-                events::rate_changed(&self.counters, self.limiter.rate(), restored);
-                self.api_answered(probe);
+                self.accepted(probe);
             }
             Disposition::Retry {
                 after,
@@ -544,13 +542,7 @@ impl Drain {
                 status,
             } => {
                 let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
-                let next = schedule::next_attempt_ms(
-                    &self.cfg.backoff,
-                    record.attempts,
-                    after,
-                    now,
-                    fastrand::f64(),
-                );
+                let next = self.next_retry_ms(record.attempts, after, now);
                 record.next_attempt_ms = next;
                 record.last_error = Some(reason.clone());
                 if still_pending(self.wal.update(key, &record))? {
@@ -718,9 +710,7 @@ impl Drain {
                     attempts = batch.attempts,
                     "storm summary delivered; its alerts are removed with its receipt"
                 );
-                let restored = self.limiter.on_success();
-                events::rate_changed(&self.counters, self.limiter.rate(), restored);
-                self.api_answered(probe);
+                self.accepted(probe);
             }
             Disposition::Retry {
                 after,
@@ -728,13 +718,7 @@ impl Drain {
                 status,
             } => {
                 let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
-                let next = schedule::next_attempt_ms(
-                    &self.cfg.backoff,
-                    batch.attempts,
-                    after,
-                    now,
-                    fastrand::f64(),
-                );
+                let next = self.next_retry_ms(batch.attempts, after, now);
                 batch.next_attempt_ms = next;
                 DeliveryRetried {
                     alert_id: &batch.summary_id,
@@ -805,6 +789,18 @@ impl Drain {
     }
 
     /// The API answered something other than a retryable failure.
+    /// An accepted request: the rate may creep back up, the API is up.
+    fn accepted(&mut self, probe: Option<u64>) {
+        let restored = self.limiter.on_success();
+        events::rate_changed(&self.counters, self.limiter.rate(), restored);
+        self.api_answered(probe);
+    }
+
+    /// When a job (alert or storm summary) that failed `attempts` times may go again.
+    fn next_retry_ms(&self, attempts: u32, after: Option<Duration>, now: u64) -> u64 {
+        schedule::next_attempt_ms(&self.cfg.backoff, attempts, after, now, fastrand::f64())
+    }
+
     fn api_answered(&mut self, probe: Option<u64>) {
         let t = self.breaker.on_success(probe);
         self.breaker_moved(t, "");
