@@ -117,10 +117,15 @@ pub struct RawStore {
     pub dir: Option<PathBuf>,
     /// Disk budget of the log.
     pub max_bytes: Option<u64>,
-    /// sled page cache.
+    /// Ignored since store format 2 (it sized sled's page cache); accepted with a warning so an
+    /// old config still starts.
     pub cache_capacity_bytes: Option<u64>,
+    /// Size at which a segment file of the log is sealed.
+    pub segment_bytes: Option<u64>,
     /// How many alert ids the duplicate window remembers.
     pub dedup_window: Option<usize>,
+    /// How long an alert id stays in the duplicate window.
+    pub dedup_window_secs: Option<u64>,
     /// How many delivery receipts are kept.
     pub delivered_keep: Option<usize>,
     /// Most publishes in one group commit.
@@ -266,10 +271,14 @@ pub struct StoreConfig {
     pub dir: PathBuf,
     /// Disk budget: at or above it ingest stops acking (the broker keeps the alerts).
     pub max_bytes: u64,
-    /// sled cache.
-    pub cache_capacity_bytes: u64,
-    /// Duplicate window (alert ids).
+    /// Segment size of the log: disk space returns a whole segment at a time.
+    pub segment_bytes: u64,
+    /// The config still sets the obsolete `cache_capacity_bytes` (a warning in `check`).
+    pub cache_capacity_ignored: bool,
+    /// Duplicate window (alert ids, at most).
     pub dedup_window: usize,
+    /// Duplicate window (how long an id is remembered).
+    pub dedup_window_time: Duration,
     /// Receipts kept.
     pub delivered_keep: usize,
     /// Largest group commit.
@@ -393,6 +402,13 @@ impl Config {
     /// invocation URL).
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if self.store.cache_capacity_ignored {
+            w.push(
+                "store.cache_capacity_bytes is ignored since store format 2 (the log no longer has a \
+                 page cache to size): remove it"
+                    .into(),
+            );
+        }
         if let Target::Events { events_url, .. } = &self.genesys.target {
             let real = self.genesys.api_url.contains("pure.cloud")
                 || self.genesys.api_url.contains("mypurecloud");
@@ -527,6 +543,14 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
             "give the log at least 65536 bytes (default 1 GiB)",
         ));
     }
+    let segment_bytes = raw.segment_bytes.unwrap_or(8 << 20);
+    if !(64 << 10..=1 << 30).contains(&segment_bytes) || segment_bytes > max_bytes / 4 {
+        return Err(invalid(
+            "store.segment_bytes",
+            format!("{segment_bytes} is outside 64 KiB ..= min(1 GiB, store.max_bytes / 4)"),
+            "use the default 8388608 (8 MiB), or a smaller value for a small store.max_bytes",
+        ));
+    }
     let batch_max = raw.batch_max.unwrap_or(512);
     if batch_max == 0 {
         return Err(invalid(
@@ -540,8 +564,10 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
             .dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/alertbridge")),
         max_bytes,
-        cache_capacity_bytes: raw.cache_capacity_bytes.unwrap_or(16 << 20),
+        segment_bytes,
+        cache_capacity_ignored: raw.cache_capacity_bytes.is_some(),
         dedup_window: raw.dedup_window.unwrap_or(100_000),
+        dedup_window_time: Duration::from_secs(raw.dedup_window_secs.unwrap_or(600)),
         delivered_keep: raw.delivered_keep.unwrap_or(10_000),
         batch_max,
         min_free_bytes: raw.min_free_bytes.unwrap_or(64 << 20),

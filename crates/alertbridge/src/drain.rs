@@ -37,13 +37,15 @@
 //! with no attempt made: the next run offers them again. With coalescing off nothing of this
 //! runs.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alertbridge_genesys::{Disposition, GenesysClient, MAX_RATE_LIMIT_WAIT};
 use alertbridge_payload::{Mapped, Mapper};
 use alertbridge_wal::{
-    DeadKind, DeadReason, Key, Receipt, Record, Wal, WalError, PRIORITY_CRITICAL,
+    CorruptPending, Cursor, DeadKind, DeadReason, Key, Priority, Receipt, Record, Wal, WalError,
+    PRIORITY_CRITICAL,
 };
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
@@ -65,6 +67,23 @@ mod coalesce;
 
 /// How often queued alerts are checked against their lane's TTL (only when a TTL is set).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// At most this many records per lane are held in memory (queued, waiting for a retry, in
+/// flight or in a storm window); the rest of the backlog stays in the log and is read in order
+/// as these leave. Memory is O(window), not O(backlog): a 1 000 000-alert outage costs the same
+/// RAM as a 1 000-alert one.
+const WINDOW_RECORDS: usize = 1024;
+
+/// And at most this many payload bytes held in all lanes together (large payloads).
+const WINDOW_BYTES: usize = 8 << 20;
+
+/// Expired alerts dead-lettered per sweep at most, so one sweep of a long outage's backlog does
+/// not hold up everything else; the next sweep continues.
+const SWEEP_MAX: usize = 1000;
+
+/// How often removals are made durable while delivering: bounds what a power cut can undo (a
+/// delivered alert delivered again, never a loss).
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// Longest client-wide hold a `Retry-After` imposes. A 429 asking for more is turned into a
 /// pause by the client already; a 503 asking for more still floors that alert's next attempt.
@@ -140,6 +159,21 @@ pub(crate) struct Drain {
     mapper: Arc<Mapper>,
     counters: Arc<Counters>,
     queue: Queue,
+    /// The record of every key the drain holds: queued (ready or waiting for its retry time),
+    /// in flight, or absorbed by a storm window. A key is held from the moment a cursor read
+    /// it until it is settled in the log; a cursor that meets a held key again (a retry
+    /// re-appended under its new key) skips it, so no alert is ever dispatched twice at once.
+    held: HashMap<Key, Record>,
+    /// Held keys per lane, and payload bytes held, for the window bounds.
+    held_per_lane: BTreeMap<Priority, usize>,
+    held_bytes: usize,
+    /// One reader per lane over the log, in seq order.
+    cursors: BTreeMap<Priority, Cursor>,
+    /// Lanes whose cursor reached the end of the log; read again when ingest appends.
+    caught_up: BTreeMap<Priority, bool>,
+    /// Something was removed since the last flush.
+    unflushed: bool,
+    next_flush: Instant,
     limiter: Limiter,
     breaker: Breaker,
     /// Delivery tasks; at most `max_in_flight`. Aborted at the end of the shutdown grace: their
@@ -148,12 +182,6 @@ pub(crate) struct Drain {
     not_before: NotBefore,
     /// Notified to probe at once during a pause or an open breaker (SIGHUP after a fix).
     reprobe: Arc<Notify>,
-    /// Keys `load()` queued, and the highest seq among them, until the feed has moved past it.
-    /// Ingest runs while `load()` scans: a batch committed (visible to the scan) but not yet
-    /// fsynced is fed *after* the scan saw it; without this the key could be dispatched twice
-    /// at once (found in review). The feed is in seq order, so once it passes the highest
-    /// loaded seq no later key can be a loaded one and the set is dropped.
-    loaded: Option<(std::collections::HashSet<Key>, u64)>,
     next_sweep: Instant,
     /// Storm coalescing state; `None` when `[mapping.coalesce]` is off (the default). Holds the
     /// absorbed alerts' keys and built summaries only: dropping it leaves them pending in the log.
@@ -172,12 +200,18 @@ impl Drain {
         events::rate_changed(&counters, cfg.rate_per_sec, false);
         Drain {
             queue: Queue::new(cfg.normal_every),
+            held: HashMap::new(),
+            held_per_lane: BTreeMap::new(),
+            held_bytes: 0,
+            cursors: BTreeMap::new(),
+            caught_up: BTreeMap::new(),
+            unflushed: false,
+            next_flush: now,
             limiter: Limiter::new(cfg.rate_per_sec, cfg.burst, now),
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             tasks: JoinSet::new(),
             not_before: NotBefore::default(),
             reprobe: Arc::new(Notify::new()),
-            loaded: None,
             next_sweep: now,
             storm: mapper.coalesce().map(Storm::new),
             cfg,
@@ -194,57 +228,70 @@ impl Drain {
         self.reprobe.clone()
     }
 
-    /// A key from ingest's feed: queue it unless `load()` already did.
-    fn accept_fed(&mut self, key: Key) {
-        if let Some((set, max_seq)) = &self.loaded {
-            if set.contains(&key) {
-                return;
-            }
-            if key.seq > *max_seq {
-                self.loaded = None;
-            }
+    /// Takes `record` under `key` into the window.
+    fn hold(&mut self, key: Key, record: Record) {
+        self.held_bytes += record.payload.len();
+        if let Some(old) = self.held.insert(key, record) {
+            self.held_bytes -= old.payload.len();
+        } else {
+            *self.held_per_lane.entry(key.priority).or_default() += 1;
         }
-        self.queue.insert(key, 0, now_ms());
     }
 
-    /// Rebuild the queue from the log (the truth), each alert at its persisted next attempt
-    /// time, so a restart does not turn a backlog in backoff into a retry stampede.
+    /// Lets go of `key` (settled in the log, or re-keyed by an update).
+    fn release(&mut self, key: Key) -> Option<Record> {
+        let record = self.held.remove(&key)?;
+        self.held_bytes -= record.payload.len();
+        if let Some(n) = self.held_per_lane.get_mut(&key.priority) {
+            *n = n.saturating_sub(1);
+        }
+        Some(record)
+    }
+
+    /// Ingest appended: every lane's cursor may find more.
+    fn appended(&mut self) {
+        self.caught_up.values_mut().for_each(|c| *c = false);
+    }
+
+    /// Tops up each lane's window from the log, in seq order, each alert at its persisted next
+    /// attempt time (so a restart does not turn a backlog in backoff into a retry stampede).
     /// Undecodable records become dead letters of kind `Corrupt` (I4): counted and visible,
-    /// never a panic, never a stuck queue.
-    fn load(&mut self) -> Result<(), DrainError> {
+    /// never a panic, never a stuck cursor. Returns how many records were taken in.
+    fn refill(&mut self) -> Result<usize, DrainError> {
         let now = now_ms();
-        let mut corrupt = Vec::new();
-        let (mut n, mut later) = (0u64, 0u64);
-        let mut loaded = std::collections::HashSet::new();
-        let mut max_seq = 0;
-        for item in self.wal.pending() {
-            match item {
-                Ok((key, rec)) => {
-                    self.queue.insert(key, rec.next_attempt_ms, now);
-                    loaded.insert(key);
-                    max_seq = max_seq.max(key.seq);
-                    n += 1;
-                    if rec.next_attempt_ms > now {
-                        later += 1;
+        let mut taken = 0;
+        for lane in self.wal.lanes() {
+            if self.caught_up.get(&lane).copied().unwrap_or(false) {
+                continue;
+            }
+            let held = self.held_per_lane.get(&lane).copied().unwrap_or(0);
+            if held >= WINDOW_RECORDS / 2 || self.held_bytes >= WINDOW_BYTES {
+                continue;
+            }
+            let want = WINDOW_RECORDS - held;
+            let mut cursor = self
+                .cursors
+                .remove(&lane)
+                .unwrap_or_else(|| self.wal.cursor(lane));
+            let page = self.wal.read(&mut cursor, want);
+            self.cursors.insert(lane, cursor);
+            let page = page?;
+            self.caught_up.insert(lane, page.len() < want);
+            for item in page {
+                match item {
+                    Ok((key, record)) => {
+                        if self.held.contains_key(&key) {
+                            continue;
+                        }
+                        self.queue.insert(key, record.next_attempt_ms, now);
+                        self.hold(key, record);
+                        taken += 1;
                     }
+                    Err(corrupt) => self.dead_letter_corrupt(&corrupt, now)?,
                 }
-                Err(c) => corrupt.push(c),
             }
         }
-        for c in corrupt {
-            self.dead_letter_corrupt(c.key, &c.error.to_string(), now)?;
-        }
-        if !loaded.is_empty() {
-            self.loaded = Some((loaded, max_seq));
-        }
-        if n > 0 {
-            tracing::info!(
-                pending = n,
-                waiting_for_retry_time = later,
-                "resuming delivery of alerts already in the log"
-            );
-        }
-        Ok(())
+        Ok(taken)
     }
 
     fn ttl(&self, key: Key) -> Option<Duration> {
@@ -255,17 +302,11 @@ impl Drain {
         }
     }
 
-    /// Read a queued key's record and check it before sending: `None` when it was settled here
+    /// Check a queued key's record before sending: `None` when it was settled here
     /// (dead-lettered as corrupt, expired or malformed) or is no longer pending.
     fn prepare(&mut self, key: Key, now: u64) -> Result<Option<Prepared>, DrainError> {
-        let record = match self.wal.get(key) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(None),
-            Err(WalError::CorruptRecord { error, .. }) => {
-                self.dead_letter_corrupt(key, &error.to_string(), now)?;
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
+        let Some(record) = self.held.get(&key).cloned() else {
+            return Ok(None);
         };
         if let Some(ttl) = self.ttl(key) {
             if schedule::expired(record.received_at_ms, now, Some(ttl)) {
@@ -389,21 +430,20 @@ impl Drain {
         status: Option<u16>,
         api_message: Option<String>,
     ) -> Result<(), DrainError> {
-        // persist the attempt history first, so the dead letter shows it
-        if !still_pending(self.wal.update(key, record))? {
-            return Ok(());
-        }
         let reason = DeadReason {
             kind,
             message,
             status,
             api_message,
         };
-        if !still_pending(
-            self.wal
-                .dead_letter(key, reason.clone(), now_ms())
-                .map(|_| ()),
-        )? {
+        // The record carries the attempt history, so the dead letter shows it.
+        let moved = self
+            .wal
+            .dead_letter_record(key, record, reason.clone(), now_ms())
+            .map(|_| ());
+        self.release(key);
+        self.queue.remove(key);
+        if !still_pending(moved)? {
             return Ok(());
         }
         AlertDeadLettered {
@@ -417,14 +457,19 @@ impl Drain {
         Ok(())
     }
 
-    fn dead_letter_corrupt(&mut self, key: Key, error: &str, now: u64) -> Result<(), DrainError> {
+    fn dead_letter_corrupt(
+        &mut self,
+        corrupt: &CorruptPending,
+        now: u64,
+    ) -> Result<(), DrainError> {
         let reason = DeadReason {
             kind: DeadKind::Corrupt,
-            message: format!("record could not be decoded: {error}"),
+            message: format!("record could not be decoded: {}", corrupt.error),
             status: None,
             api_message: None,
         };
-        if still_pending(self.wal.dead_letter(key, reason.clone(), now).map(|_| ()))? {
+        let moved = self.wal.dead_letter_corrupt(corrupt, reason.clone(), now);
+        if still_pending(moved.map(|_| ()))? {
             AlertDeadLettered {
                 alert_id: "",
                 kind: DeadKind::Corrupt,
@@ -476,21 +521,24 @@ impl Drain {
                 self.cfg.ttl_normal
             };
             let Some(ttl) = ttl else { continue };
-            while let Some(key) = self.queue.oldest(critical) {
-                match self.wal.get(key) {
-                    Ok(Some(rec)) if schedule::expired(rec.received_at_ms, now, Some(ttl)) => {
-                        self.queue.remove(key);
+            let mut swept = 0;
+            while swept < SWEEP_MAX {
+                let Some(key) = self.queue.oldest(critical) else {
+                    // The window of this lane is empty: the log may hold more behind it.
+                    if self.refill()? == 0 {
+                        break;
+                    }
+                    continue;
+                };
+                match self.held.get(&key).cloned() {
+                    Some(rec) if schedule::expired(rec.received_at_ms, now, Some(ttl)) => {
                         self.expire(key, &rec, ttl, now)?;
+                        swept += 1;
                     }
-                    Ok(Some(_)) => break,
-                    Ok(None) => {
+                    Some(_) => break,
+                    None => {
                         self.queue.remove(key);
                     }
-                    Err(WalError::CorruptRecord { error, .. }) => {
-                        self.queue.remove(key);
-                        self.dead_letter_corrupt(key, &error.to_string(), now)?;
-                    }
-                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -523,7 +571,10 @@ impl Drain {
                     attempts: record.attempts,
                     received_at_ms: record.received_at_ms,
                 };
-                if still_pending(self.wal.remove(key, receipt))? {
+                let removed = self.wal.remove(key, receipt);
+                self.release(key);
+                self.unflushed = true;
+                if still_pending(removed)? {
                     AlertDelivered {
                         alert_id: &record.alert_id,
                         seq: key.seq,
@@ -545,7 +596,7 @@ impl Drain {
                 let next = self.next_retry_ms(record.attempts, after, now);
                 record.next_attempt_ms = next;
                 record.last_error = Some(reason.clone());
-                if still_pending(self.wal.update(key, &record))? {
+                if let Some(key) = self.rekey(key, record.clone())? {
                     self.queue.insert(key, next, now);
                     DeliveryRetried {
                         alert_id: &record.alert_id,
@@ -584,13 +635,30 @@ impl Drain {
                 record.attempts = record.attempts.saturating_sub(1);
                 record.last_error = Some(reason.clone());
                 record.next_attempt_ms = 0;
-                if still_pending(self.wal.update(key, &record))? {
+                if let Some(key) = self.rekey(key, record)? {
                     self.queue.insert(key, 0, now);
                 }
                 self.pause(&reason, status, after, now_i);
             }
         }
         Ok(())
+    }
+
+    /// Persists a record's new attempt fields: the log re-appends it under a new key, which
+    /// replaces the old one here too. `None` if it was no longer pending.
+    fn rekey(&mut self, key: Key, record: Record) -> Result<Option<Key>, DrainError> {
+        let updated = self.wal.update(key, &record);
+        self.release(key);
+        match updated {
+            Ok(new) => {
+                self.hold(new, record);
+                Ok(Some(new))
+            }
+            Err(e) => {
+                still_pending(Err(e))?;
+                Ok(None)
+            }
+        }
     }
 
     /// Pacing after a retryable answer: a `Retry-After` of a 429/503 holds the whole client, a
@@ -687,7 +755,10 @@ impl Drain {
                         attempts: batch.attempts,
                         received_at_ms: m.received_at_ms,
                     };
-                    if still_pending(self.wal.remove(m.key, receipt))? {
+                    let gone = self.wal.remove(m.key, receipt);
+                    self.release(m.key);
+                    self.unflushed = true;
+                    if still_pending(gone)? {
                         removed += 1;
                         AlertDelivered {
                             alert_id: &m.alert_id,
@@ -749,7 +820,11 @@ impl Drain {
                         status: Some(status),
                         api_message: api_message.clone(),
                     };
-                    if still_pending(self.wal.dead_letter(m.key, dead, now).map(|_| ()))? {
+                    let moved = match self.release(m.key) {
+                        Some(record) => self.wal.dead_letter_record(m.key, &record, dead, now),
+                        None => self.wal.dead_letter(m.key, dead, now),
+                    };
+                    if still_pending(moved.map(|_| ()))? {
                         AlertDeadLettered {
                             alert_id: &m.alert_id,
                             kind: DeadKind::Rejected,
@@ -849,13 +924,27 @@ impl Drain {
         mut feed: mpsc::UnboundedReceiver<Key>,
         cancel: CancellationToken,
     ) -> Result<(), DrainError> {
-        self.load()?;
+        let pending = self.wal.stats()?.pending;
+        if pending > 0 {
+            tracing::info!(
+                pending,
+                window = WINDOW_RECORDS,
+                "resuming delivery of alerts already in the log"
+            );
+        }
         let sweeping = self.cfg.ttl_critical.is_some() || self.cfg.ttl_normal.is_some();
         let reprobe = self.reprobe.clone();
         let mut feed_open = true;
         loop {
-            while let Ok(k) = feed.try_recv() {
-                self.accept_fed(k);
+            // The feed only says "ingest appended": the cursors read the records themselves.
+            while feed.try_recv().is_ok() {
+                self.appended();
+            }
+            self.refill()?;
+            if self.unflushed && Instant::now() >= self.next_flush {
+                self.wal.flush()?;
+                self.unflushed = false;
+                self.next_flush = Instant::now() + FLUSH_EVERY;
             }
             if sweeping && Instant::now() >= self.next_sweep {
                 self.sweep_expired()?;
@@ -876,6 +965,8 @@ impl Drain {
                     .next_wakeup_ms()
                     .map(|at| Duration::from_millis(at.saturating_sub(now))),
                 sweep_in,
+                self.unflushed
+                    .then(|| self.next_flush.saturating_duration_since(Instant::now())),
                 self.storm
                     .as_ref()
                     .and_then(|s| s.next_wakeup_ms(now))
@@ -896,7 +987,7 @@ impl Drain {
                     }
                 }
                 k = feed.recv(), if feed_open => match k {
-                    Some(k) => self.accept_fed(k),
+                    Some(_) => self.appended(),
                     // ingest stopped; keep draining what is pending
                     None => feed_open = false,
                 },
@@ -925,6 +1016,7 @@ impl Drain {
                 }
             }
         }
+        self.wal.flush()?;
         Ok(())
     }
 }
@@ -973,85 +1065,5 @@ mod tests {
         gate.extend(t0 + Duration::from_millis(10)); // shorter: no effect
         gate.wait().await;
         assert!(t0.elapsed() >= Duration::from_millis(80));
-    }
-}
-
-#[cfg(test)]
-mod feed_tests {
-    use super::*;
-
-    /// Regression (review F4): ingest commits a batch that `load()` sees before the batch's
-    /// fsync returns and its keys are fed; the fed key must not be queued a second time (it
-    /// could be in flight already), but keys the scan did not see must be.
-    #[tokio::test]
-    async fn a_key_seen_by_load_is_not_queued_again_from_the_feed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
-        let rec = |id: &str| Record {
-            alert_id: id.into(),
-            topic: "t".into(),
-            payload: br#"{"a":1}"#.to_vec(),
-            priority: alertbridge_wal::PRIORITY_NORMAL,
-            received_at_ms: 0,
-            attempts: 0,
-            first_attempt_ms: None,
-            last_attempt_ms: None,
-            next_attempt_ms: 0,
-            last_error: None,
-        };
-        let keys: Vec<Key> = wal
-            .append_batch(vec![
-                alertbridge_wal::Entry::Pending(rec("a")),
-                alertbridge_wal::Entry::Pending(rec("b")),
-            ])
-            .expect("append")
-            .into_inner()
-            .into_iter()
-            .filter_map(|a| match a {
-                alertbridge_wal::Appended::Pending(k) => Some(k),
-                _ => None,
-            })
-            .collect();
-        crate::install_crypto_provider();
-        let cfg = crate::config::Config::parse(
-            "[genesys]\nlogin_url = \"http://127.0.0.1:9\"\napi_url = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nclient_secret_file = \"/dev/null\"\nflow_id = \"f\"\n",
-            std::path::Path::new("t.toml"),
-        )
-        .expect("config");
-        let client = crate::genesys_client(&cfg).expect("client");
-        let mapper = Arc::new(Mapper::new(&cfg.mapping).expect("mapper"));
-        let mut drain = Drain::new(
-            cfg.delivery.clone(),
-            wal.clone(),
-            client,
-            mapper,
-            Arc::default(),
-        );
-        drain.load().expect("load");
-        assert_eq!(drain.queue.ready_len(), 2);
-        // dispatching takes them out of the queue, as a delivery in flight would
-        assert!(drain.queue.pick().is_some() && drain.queue.pick().is_some());
-        for k in &keys {
-            drain.accept_fed(*k);
-        }
-        assert_eq!(
-            drain.queue.ready_len(),
-            0,
-            "keys seen by load() were queued again"
-        );
-        let newer = Key {
-            priority: keys[0].priority,
-            seq: keys[1].seq + 1,
-        };
-        drain.accept_fed(newer);
-        assert_eq!(
-            drain.queue.ready_len(),
-            1,
-            "a key the scan did not see is queued"
-        );
-        assert!(
-            drain.loaded.is_none(),
-            "the guard is dropped once the feed passed it"
-        );
     }
 }

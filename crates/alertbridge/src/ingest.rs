@@ -738,8 +738,10 @@ mod tests {
         let store = StoreConfig {
             dir: dir.path().to_path_buf(),
             max_bytes: u64::MAX,
-            cache_capacity_bytes: 1 << 20,
+            segment_bytes: 64 << 10,
+            cache_capacity_ignored: false,
             dedup_window: 100,
+            dedup_window_time: Duration::from_secs(600),
             delivered_keep: 10,
             batch_max: 16,
             min_free_bytes: 0,

@@ -85,8 +85,9 @@ pub fn install_crypto_provider() {
 pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
     let cfg = WalConfig {
         dir: config.store.dir.clone(),
-        cache_capacity_bytes: config.store.cache_capacity_bytes,
+        segment_bytes: config.store.segment_bytes,
         dedup_window: config.store.dedup_window,
+        dedup_window_ms: config.store.dedup_window_time.as_millis() as u64,
         delivered_keep: config.store.delivered_keep,
         ..WalConfig::default()
     };

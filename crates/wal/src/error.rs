@@ -14,13 +14,6 @@ pub enum WalError {
     /// exit non-zero and let systemd restart the agent.
     #[error("the WAL is poisoned by an earlier failed flush or fsync; restart the process")]
     Poisoned,
-    /// sled's flush failed in this call; the WAL is now poisoned. Do not ack; exit non-zero.
-    #[error("flushing the sled log failed (the WAL is now poisoned)")]
-    FlushFailed {
-        /// sled's error.
-        #[source]
-        source: sled::Error,
-    },
     /// fsync of the store failed in this call; the WAL is now poisoned. Do not ack; exit non-zero.
     #[error("fsync of the WAL failed (the WAL is now poisoned)")]
     SyncFailed {
@@ -28,10 +21,28 @@ pub enum WalError {
         #[source]
         source: io::Error,
     },
-    /// sled failed to read or write (I/O error, corruption of its own log). Writes: nothing is
-    /// known to be durable; exit and restart. Reads: retry later or report.
-    #[error("sled storage error")]
-    Storage(#[from] sled::Error),
+    /// Reading or writing a file of the store failed. A failed write poisons the WAL (invariant
+    /// I5): exit non-zero and let systemd restart the agent. A failed read: retry later or
+    /// report.
+    #[error("{op} ({path}) failed")]
+    Io {
+        /// What the WAL was doing.
+        op: &'static str,
+        /// File or directory concerned.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Converting a format-1 (sled) store failed; the old store is untouched. Fix the cause
+    /// (space, permissions) and start again, or run the previous release.
+    #[error("migrating the sled store at {dir} to format 2: {message}")]
+    Migrate {
+        /// The store directory.
+        dir: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// Creating or syncing the WAL directory or its files at open failed. Fix the path or the
     /// permissions; the agent exits.
     #[error("opening the WAL at {path}")]
@@ -42,13 +53,13 @@ pub enum WalError {
         #[source]
         source: io::Error,
     },
-    /// Another process holds the WAL directory (sled's lock on `<dir>/db`): the agent is already
+    /// Another process holds the WAL directory (the `flock` on `<dir>/LOCK`): the agent is already
     /// running, or the CLI was started next to it. Stop the other process or use another `dir`.
     #[error("the WAL at {dir} is locked by another process (is the agent already running?)")]
     Locked {
         /// The WAL directory.
         dir: PathBuf,
-        /// sled's lock error.
+        /// The lock error.
         #[source]
         source: io::Error,
     },
@@ -111,8 +122,8 @@ pub enum WalError {
         #[source]
         error: RecordError,
     },
-    /// A key in one of the WAL's trees has the wrong shape (sled-level damage or a foreign
-    /// writer). Report it; the entry is skipped.
+    /// A key in one of a format-1 store's trees has the wrong shape (found while migrating).
+    /// Report it; the entry is skipped.
     #[error("malformed key in tree {tree}: {raw:02x?}")]
     CorruptKey {
         /// Tree name.
@@ -120,7 +131,8 @@ pub enum WalError {
         /// The key bytes.
         raw: Vec<u8>,
     },
-    /// A counter in the meta tree has the wrong shape. The store is damaged; the agent exits.
+    /// The store's format marker (or a format-1 meta entry) has the wrong shape. The store is
+    /// damaged; the agent exits.
     #[error("malformed meta entry {name}: {raw:02x?}")]
     CorruptMeta {
         /// Meta key.

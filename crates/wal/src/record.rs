@@ -157,6 +157,15 @@ pub enum RecordError {
         /// Bytes left over.
         len: usize,
     },
+    /// The frame that held the record is damaged beyond reading (found by a cursor in a segment:
+    /// a flipped bit, a lost sector). Its bytes are kept in the dead letter. Dead-letter it.
+    #[error("the frame at offset {offset} of segment {segment} is damaged")]
+    Unreadable {
+        /// Segment id.
+        segment: u64,
+        /// Byte offset of the damaged region.
+        offset: u64,
+    },
     /// Encoding failed (postcard error); nothing was written. Should not happen for these types.
     #[error("value does not encode: {source}")]
     Encode {

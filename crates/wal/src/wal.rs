@@ -1,65 +1,70 @@
-//! [`Wal`]: the sled store, its trees, group commit and the moves between trees.
+//! [`Wal`]: the segment log, the dead-letter log and the receipts behind one writer mutex; group
+//! commit, cursors, recovery.
 //!
-//! Every write that touches more than one tree, or a counter, runs in one sled transaction across
-//! all six trees, under the `state` mutex, so the in-memory counters change only after a commit
-//! and always match what sled holds. Reads (iterators, `get`) take no lock of ours.
+//! Every write appends frames under the `state` mutex and changes the in-memory tables in the
+//! same critical section, so the tables always describe exactly the bytes written. fsyncs run
+//! after the mutex is released (drain's removals never wait for ingest's fsync); a generation
+//! counter tells each caller whether an fsync that started after its write has completed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError, Transactional,
-    TransactionalTree,
-};
-use sled::{IVec, Tree};
 use tracing::{debug, error, info, warn};
 
-use crate::durability::{sync_dir, DataFileSync, Durable, SyncTarget};
+use crate::checkpoint::{Checkpoint, SegmentState};
+use crate::deadlog::DeadLog;
+use crate::dedup::{id_hash, Dedup};
+use crate::durability::{sync_dir, Durable, FileSync, SyncTarget};
 use crate::error::WalError;
+use crate::frame::{self, Item, Kind};
 use crate::letters::{
     decode_dead_letter, decode_receipt, encode_dead_letter, encode_receipt, DeadKind, DeadLetter,
     DeadReason, Receipt,
 };
 use crate::poison::Poison;
+use crate::receipts::Receipts;
 use crate::record::{
-    decode_record, encode_record, Key, Record, RecordError, Seq, PRIORITY_CRITICAL,
+    decode_record, encode_record, Key, Priority, Record, RecordError, Seq, PRIORITY_CRITICAL,
 };
+use crate::segment::{self, decode_ack, encode_ack, PutHeader, Segment};
 
-/// Version of the store layout (tree names, key shapes, meta entries), kept in the meta tree.
-/// Bump it when that layout changes incompatibly.
-pub const STORE_FORMAT: u64 = 1;
+/// Version of the store layout (file names, frame kinds, checkpoint), kept in `<dir>/FORMAT`.
+/// Format 1 was the sled store; [`Wal::open`] migrates it.
+pub const STORE_FORMAT: u64 = 2;
 
-/// Tree names: part of the on-disk format.
-const TREE_PENDING: &str = "pending";
-const TREE_DEAD: &str = "dead";
-const TREE_DELIVERED: &str = "delivered";
-const TREE_DEDUP: &str = "dedup";
-const TREE_DEDUP_ORDER: &str = "dedup_order";
-const TREE_META: &str = "meta";
+const FORMAT_FILE: &str = "FORMAT";
+const LOCK_FILE: &str = "LOCK";
 
-/// Meta keys (values: u64 big-endian).
-const META_FORMAT: &str = "format";
-const META_NEXT_SEQ: &str = "next_seq";
-const META_NEXT_DEAD_ID: &str = "next_dead_id";
+/// Bytes read per cursor step (more when one frame is larger).
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Where and how to open the WAL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalConfig {
-    /// Directory of the sled store (created if missing). One process at a time: sled locks it.
+    /// Directory of the store (created if missing). One process at a time: `open` locks it.
     pub dir: PathBuf,
-    /// sled page cache size in bytes (default 16 MiB; sled's own default of 1 GiB is far too much
-    /// for a Raspberry Pi).
-    pub cache_capacity_bytes: u64,
-    /// Period of sled's background flusher, which also `sync_all`s the data file; bounds what
-    /// un-fsynced writes (`update`, `remove`, `dead_letter`) a crash can undo. `None` disables it.
-    /// Default `Some(500)`.
-    pub flush_every_ms: Option<u64>,
-    /// How many recent alert ids the dedup window remembers (default 100 000); 0 disables dedup.
+    /// A segment file is sealed and a new one started once it holds this many bytes (default
+    /// 8 MiB). A segment is deleted when none of its records is pending any more, so this is
+    /// also the granularity at which disk space returns.
+    pub segment_bytes: u64,
+    /// A checkpoint is written after this many bytes of log (default 16 MiB) ...
+    pub checkpoint_bytes: u64,
+    /// ... or this long after the previous one when anything was written (default 30 s).
+    /// Restart replays what was written since the last checkpoint.
+    pub checkpoint_interval: Duration,
+    /// How many recent alert ids the dedup window remembers at most (default 100 000); 0
+    /// disables dedup.
     pub dedup_window: usize,
-    /// How many delivery receipts are kept, oldest evicted first (default 10 000); 0 keeps none.
+    /// How long an alert id stays in the dedup window, in ms of `received_at_ms` (default
+    /// 600 000 = 10 min); 0 disables dedup.
+    pub dedup_window_ms: u64,
+    /// How many delivery receipts are kept (default 10 000); 0 keeps none.
     pub delivered_keep: usize,
 }
 
@@ -77,9 +82,11 @@ impl Default for WalConfig {
     fn default() -> Self {
         WalConfig {
             dir: PathBuf::from("alertbridge-data"),
-            cache_capacity_bytes: 16 * 1024 * 1024,
-            flush_every_ms: Some(500),
+            segment_bytes: 8 << 20,
+            checkpoint_bytes: 16 << 20,
+            checkpoint_interval: Duration::from_secs(30),
             dedup_window: 100_000,
+            dedup_window_ms: 600_000,
             delivered_keep: 10_000,
         }
     }
@@ -133,30 +140,47 @@ pub struct WalStats {
     /// Smallest `received_at_ms` among the head records of each lane (exact unless replayed
     /// records, which keep their original receive time, sit behind newer ones).
     pub oldest_pending_received_ms: Option<u64>,
-    /// Live data bytes: the framed (encoded) value lengths of every pending record plus every
-    /// dead letter, i.e. the data an operator must keep. This is what a disk budget should
-    /// compare against: sled reuses freed space but never shrinks its files, so
-    /// [`WalStats::size_on_disk`] does not fall when records leave. Excluded: keys, sled's own
-    /// overhead, and receipts and dedup entries (bounded by count: `delivered_keep`,
-    /// `dedup_window`). Same as [`Wal::data_bytes`].
+    /// Bytes of the files that hold data: segments, dead letters, receipts. It falls when a
+    /// segment empties and is deleted; what a disk budget compares against.
     pub data_bytes: u64,
-    /// Bytes used by the sled files. Never shrinks (sled reuses freed space internally); budget
-    /// with [`WalStats::data_bytes`] instead.
+    /// Bytes of every file of the store (data plus checkpoint).
     pub size_on_disk: u64,
 }
 
 /// A pending value that does not decode (invariant I4). Dead-letter it with
-/// [`Wal::dead_letter`]; the WAL keeps `raw` in the dead letter.
+/// [`Wal::dead_letter_corrupt`]; the WAL keeps `raw` in the dead letter.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("pending record {key} is corrupt")]
 pub struct CorruptPending {
     /// Its key.
     pub key: Key,
-    /// The stored bytes.
+    /// The stored bytes (at most 64 KiB of them).
     pub raw: Vec<u8>,
     /// Why they do not decode.
     #[source]
     pub error: RecordError,
+}
+
+/// Position of a reader in one lane of the log: [`Wal::read`] returns that lane's pending
+/// records in seq order from here. Records appended later are found by later reads; records
+/// removed meanwhile are skipped. Holds no file and no lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    lane: Priority,
+    /// Segment id and byte offset of the next frame to read.
+    segment: u64,
+    offset: u64,
+    /// Only seqs at or above this are returned (a scan resumed at a key).
+    min_seq: Seq,
+    /// The last seq of any lane passed in the current segment (bounds a damaged region).
+    last_seq: Option<Seq>,
+}
+
+impl Cursor {
+    /// The lane it reads.
+    pub fn lane(&self) -> Priority {
+        self.lane
+    }
 }
 
 /// The durable write-ahead log. Cheap to clone; `Send + Sync`.
@@ -166,94 +190,95 @@ pub struct Wal {
 }
 
 struct Inner {
-    /// The sled database; dropping the last `Wal` clone flushes and closes it.
-    db: sled::Db,
-    trees: Trees,
-    /// Counters and positions, changed only after a committed transaction (held across it).
+    dir: PathBuf,
+    cfg: WalConfig,
     state: Mutex<State>,
     poison: Poison,
-    /// fsync seam; called after every successful `db.flush()` of a durable operation.
+    /// fsync seam: every fsync of a data file goes through it.
     sync: Box<dyn SyncTarget>,
-    dedup_window: u64,
-    delivered_keep: u64,
-    dir: PathBuf,
+    /// Held for the life of the process: the directory lock (`flock` on `LOCK`).
+    _lock: File,
+    /// Only one checkpoint is written at a time.
+    checkpointing: Mutex<()>,
+    /// `oldest_pending_received_ms`, recomputed at most once a second.
+    oldest: Mutex<Option<(Instant, Option<u64>)>>,
 }
 
-/// The WAL's trees; names and key shapes are part of the on-disk format.
-struct Trees {
-    /// `Key` bytes → framed `Record`.
-    pending: Tree,
-    /// dead-letter id (u64 BE) → framed `DeadLetter`.
-    dead: Tree,
-    /// delivery position (u64 BE) → framed `Receipt`; bounded FIFO.
-    delivered: Tree,
-    /// alert id bytes → its dedup position (u64 BE).
-    dedup: Tree,
-    /// dedup position (u64 BE) → alert id bytes; bounded FIFO, the eviction order of `dedup`.
-    dedup_order: Tree,
-    /// `format`, `next_seq`, `next_dead_id` → u64 BE.
-    meta: Tree,
-}
-
-/// The transactional view of [`Trees`] inside one transaction.
-struct Tx<'a> {
-    pending: &'a TransactionalTree,
-    dead: &'a TransactionalTree,
-    delivered: &'a TransactionalTree,
-    dedup: &'a TransactionalTree,
-    dedup_order: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
-}
-
-type TxResult<A> = ConflictableTransactionResult<A, WalError>;
-
-fn abort<A>(error: WalError) -> TxResult<A> {
-    Err(ConflictableTransactionError::Abort(error))
-}
-
-/// Counters and FIFO positions. Cloned into each transaction, written back after commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Everything the writer mutex guards.
 struct State {
+    segments: BTreeMap<u64, Segment>,
+    /// Id of the segment appended to.
+    active: u64,
     next_seq: Seq,
-    next_dead_id: u64,
-    pending: u64,
-    pending_critical: u64,
-    dead: u64,
-    /// Sum of the stored value lengths in `pending` and `dead` ([`WalStats::data_bytes`]).
-    data_bytes: u64,
-    /// Oldest live position of `dedup_order`.
-    dedup_head: u64,
-    /// Next position of `dedup_order`.
-    dedup_tail: u64,
-    dedup_len: u64,
-    delivered_head: u64,
-    delivered_tail: u64,
-    delivered_len: u64,
+    dedup: Dedup,
+    dead: DeadLog,
+    receipts: Receipts,
+    /// Sum of the segments' lengths.
+    segment_bytes: u64,
+    /// Generation of the latest write / of the latest write covered by a completed fsync.
+    written_gen: u64,
+    synced_gen: u64,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
 }
 
 impl State {
-    fn add_pending(&mut self, key: Key) {
-        self.pending += 1;
-        if key.priority == PRIORITY_CRITICAL {
-            self.pending_critical += 1;
+    fn segment_of(&self, seq: Seq) -> Option<&Segment> {
+        self.segments
+            .values()
+            .rev()
+            .find(|s| s.first_seq <= seq)
+            .filter(|s| s.holds(seq))
+    }
+
+    fn segment_of_mut(&mut self, seq: Seq) -> Option<&mut Segment> {
+        self.segments
+            .values_mut()
+            .rev()
+            .find(|s| s.first_seq <= seq)
+            .filter(|s| s.holds(seq))
+    }
+
+    fn is_pending(&self, key: Key) -> bool {
+        self.segment_of(key.seq).is_some_and(|s| s.is_live(key.seq))
+    }
+
+    fn clear(&mut self, key: Key) -> bool {
+        self.segment_of_mut(key.seq).is_some_and(|s| s.clear(key))
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        let id = self.active;
+        self.segments
+            .get_mut(&id)
+            .expect("the active segment is always in the table")
+    }
+
+    fn lane_totals(&self) -> (u64, u64) {
+        let mut all = 0;
+        let mut critical = 0;
+        for s in self.segments.values() {
+            all += s.live_total();
+            critical += s.lane_live(PRIORITY_CRITICAL);
         }
+        (all, critical)
     }
 
-    fn sub_pending(&mut self, key: Key) {
-        self.pending = self.pending.saturating_sub(1);
-        if key.priority == PRIORITY_CRITICAL {
-            self.pending_critical = self.pending_critical.saturating_sub(1);
-        }
-    }
-
-    /// A value of `len` bytes was stored in `pending` or `dead`.
-    fn add_bytes(&mut self, len: usize) {
-        self.data_bytes = self.data_bytes.saturating_add(len as u64);
-    }
-
-    /// A value of `len` bytes left `pending` or `dead`.
-    fn sub_bytes(&mut self, len: usize) {
-        self.data_bytes = self.data_bytes.saturating_sub(len as u64);
+    fn lanes(&self) -> Vec<Priority> {
+        let mut lanes: Vec<Priority> = self
+            .segments
+            .values()
+            .flat_map(|s| {
+                s.lane_counts()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(lane, _)| lane as Priority)
+            })
+            .collect();
+        lanes.sort_unstable();
+        lanes.dedup();
+        lanes
     }
 }
 
@@ -266,77 +291,55 @@ impl fmt::Debug for Wal {
     }
 }
 
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
+    let path = path.to_path_buf();
+    move |source| WalError::Io { op, path, source }
+}
+
 impl Wal {
-    /// Opens (or creates) the WAL in `cfg.dir`, fsyncing through [`DataFileSync`].
+    /// Opens (or creates) the WAL in `cfg.dir`, fsyncing with `fdatasync`. A format-1 (sled)
+    /// store found there is migrated first (see [`crate::migrate`]).
     pub fn open(cfg: WalConfig) -> Result<Wal, WalError> {
-        Self::open_inner(cfg, None)
+        Self::open_with_sync(cfg, Box::new(FileSync))
     }
 
     /// Opens (or creates) the WAL with a custom fsync seam (tests inject failures).
     pub fn open_with_sync(cfg: WalConfig, sync: Box<dyn SyncTarget>) -> Result<Wal, WalError> {
-        Self::open_inner(cfg, Some(sync))
-    }
-
-    fn open_inner(cfg: WalConfig, sync: Option<Box<dyn SyncTarget>>) -> Result<Wal, WalError> {
         let dir = cfg.dir.clone();
-        let open_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| WalError::Open { path, source }
-        };
-        std::fs::create_dir_all(&dir).map_err(open_err(&dir))?;
-        let db = open_sled(&cfg)?;
-        make_layout_durable(&dir)?;
-        let sync = match sync {
-            Some(sync) => sync,
-            None => Box::new(DataFileSync::open(&dir).map_err(open_err(&dir))?),
-        };
-        let trees = Trees {
-            pending: db.open_tree(TREE_PENDING)?,
-            dead: db.open_tree(TREE_DEAD)?,
-            delivered: db.open_tree(TREE_DELIVERED)?,
-            dedup: db.open_tree(TREE_DEDUP)?,
-            dedup_order: db.open_tree(TREE_DEDUP_ORDER)?,
-            meta: db.open_tree(TREE_META)?,
-        };
-        match read_meta(&trees.meta, META_FORMAT)? {
-            Some(STORE_FORMAT) => {}
-            Some(found) => {
-                return Err(WalError::UnsupportedStoreFormat {
-                    found,
-                    supported: STORE_FORMAT,
-                })
-            }
-            None => {
-                trees
-                    .meta
-                    .insert(META_FORMAT, &STORE_FORMAT.to_be_bytes())?;
-            }
+        crate::migrate::finish_interrupted(&dir)?;
+        if crate::migrate::is_legacy(&dir) {
+            crate::migrate::migrate(&cfg)?;
         }
-        let state = recover_state(&trees)?;
+        fs::create_dir_all(&dir).map_err(io_err("creating the store directory", &dir))?;
+        let lock = lock_dir(&dir)?;
+        check_format(&dir)?;
+        let started = Instant::now();
+        let state = recover(&dir, &cfg, sync.as_ref())?;
+        let (pending, pending_critical) = state.lane_totals();
         info!(
             dir = %dir.display(),
-            pending = state.pending,
-            pending_critical = state.pending_critical,
-            dead_letters = state.dead,
-            data_bytes = state.data_bytes,
+            pending,
+            pending_critical,
+            dead_letters = state.dead.count(),
+            segments = state.segments.len(),
             next_seq = state.next_seq,
-            recovered = db.was_recovered(),
+            open_ms = started.elapsed().as_millis() as u64,
             "WAL opened"
         );
         let wal = Wal {
             inner: Arc::new(Inner {
-                db,
-                trees,
+                dir,
+                cfg,
                 state: Mutex::new(state),
                 poison: Poison::default(),
                 sync,
-                dedup_window: cfg.dedup_window as u64,
-                delivered_keep: cfg.delivered_keep as u64,
-                dir,
+                _lock: lock,
+                checkpointing: Mutex::new(()),
+                oldest: Mutex::new(None),
             }),
         };
-        // The format marker and anything sled recovered are durable before the first append.
-        wal.make_durable()?;
+        wal.reconcile_dead_letters()?;
+        wal.delete_empty_segments()?;
         Ok(wal)
     }
 
@@ -347,111 +350,318 @@ impl Wal {
 
     /// Group commit (invariant I1).
     ///
-    /// Writes all entries and their dedup-window entries in ONE sled transaction across trees,
-    /// then `flush()` + [`SyncTarget::sync_data`]; returns [`Durable`] only after both returned
-    /// `Ok`. An alert id already in the dedup window (or earlier in the same batch) yields
-    /// [`Appended::Duplicate`] and is not written. Dead-letter entries enter the dedup window too.
+    /// Appends every entry (pending records to the active segment, dead letters to the
+    /// dead-letter log) in one write per file, then fsyncs the dead-letter log (if written) and
+    /// the segment; returns [`Durable`] only after both returned `Ok`. An alert id already in the
+    /// dedup window (or earlier in the same batch) yields [`Appended::Duplicate`] and is not
+    /// written. Dead-letter entries enter the dedup window too.
     ///
-    /// On flush/sync failure the WAL is poisoned (invariant I5): this call returns
-    /// [`WalError::FlushFailed`] / [`WalError::SyncFailed`], every later write
-    /// [`WalError::Poisoned`]; the fsync is never retried. Ack nothing from the batch.
+    /// On a write or fsync failure the WAL is poisoned (invariant I5): this call returns the
+    /// error, every later write [`WalError::Poisoned`]; the fsync is never retried. Ack nothing
+    /// from the batch.
     pub fn append_batch(&self, entries: Vec<Entry>) -> Result<Durable<Vec<Appended>>, WalError> {
         self.check_poison()?;
-        let mut appended = Vec::with_capacity(entries.len());
-        if !entries.is_empty() {
-            let window = self.inner.dedup_window;
-            let mut state = self.lock_state();
-            let (out, next) = self.transact(|tx| {
-                let mut st = state.clone();
-                let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
-                let mut out = Vec::with_capacity(entries.len());
-                for entry in &entries {
-                    let alert_id = entry.record().alert_id.as_str();
-                    if !seen.insert(alert_id) || tx.dedup.get(alert_id.as_bytes())?.is_some() {
-                        out.push(Appended::Duplicate {
-                            alert_id: alert_id.to_owned(),
-                        });
-                        continue;
-                    }
-                    match entry {
-                        Entry::Pending(record) => {
-                            let key = Key {
-                                priority: record.priority,
-                                seq: st.next_seq,
-                            };
-                            st.next_seq += 1;
-                            let value = encode_record(record).or_else(encode_abort)?;
-                            st.add_bytes(value.len());
-                            tx.pending.insert(&key.to_bytes()[..], value)?;
-                            st.add_pending(key);
-                            out.push(Appended::Pending(key));
-                        }
-                        Entry::DeadLetter(record, reason) => {
-                            let id = st.next_dead_id;
-                            st.next_dead_id += 1;
-                            let dead = DeadLetter {
-                                id,
-                                key: None,
-                                record: Some(record.clone()),
-                                raw: None,
-                                reason: reason.clone(),
-                                dead_at_ms: record.received_at_ms,
-                            };
-                            let value = encode_dead_letter(&dead).or_else(encode_abort)?;
-                            st.add_bytes(value.len());
-                            tx.dead.insert(&id.to_be_bytes()[..], value)?;
-                            st.dead += 1;
-                            out.push(Appended::DeadLettered(id));
-                        }
-                    }
-                    if window > 0 {
-                        let pos = st.dedup_tail.to_be_bytes();
-                        tx.dedup_order.insert(&pos[..], alert_id.as_bytes())?;
-                        tx.dedup.insert(alert_id.as_bytes(), &pos[..])?;
-                        st.dedup_tail += 1;
-                        st.dedup_len += 1;
-                    }
-                    // Per entry, so the window is exact: the last `window` ids before each entry.
-                    evict_dedup(tx, &mut st, window)?;
-                }
-                // Also when every entry was a duplicate and the window shrank since open.
-                evict_dedup(tx, &mut st, window)?;
-                write_counters(tx.meta, &st)?;
-                Ok((out, st))
-            })?;
-            *state = next;
-            appended = out;
+        if entries.is_empty() {
+            return Ok(Durable::new(Vec::new()));
         }
-        self.make_durable()?;
-        Ok(Durable::new(appended))
+        let mut out = Vec::with_capacity(entries.len());
+        let gen = {
+            let mut st = self.lock_state();
+            self.rotate_if_full(&mut st)?;
+            let mut main = Vec::new();
+            let mut dead = Vec::new();
+            let mut seen = HashSet::with_capacity(entries.len());
+            let mut puts = Vec::new();
+            for entry in &entries {
+                let record = entry.record();
+                let hash = id_hash(&record.alert_id);
+                let now = record.received_at_ms;
+                if !seen.insert(hash) || st.dedup.contains(hash, now) {
+                    out.push(Appended::Duplicate {
+                        alert_id: record.alert_id.clone(),
+                    });
+                    continue;
+                }
+                match entry {
+                    Entry::Pending(record) => {
+                        let key = Key {
+                            priority: record.priority,
+                            seq: st.next_seq,
+                        };
+                        st.next_seq += 1;
+                        let framed = encode_record(record).map_err(encode_err)?;
+                        PutHeader {
+                            seq: key.seq,
+                            lane: key.priority,
+                            received_at_ms: now,
+                            id_hash: hash,
+                            replaces: None,
+                        }
+                        .encode(&mut main, &framed);
+                        puts.push(key);
+                        out.push(Appended::Pending(key));
+                    }
+                    Entry::DeadLetter(record, reason) => {
+                        let id = st.dead.next_id;
+                        st.dead.next_id += 1;
+                        let letter = DeadLetter {
+                            id,
+                            key: None,
+                            record: Some(record.clone()),
+                            raw: None,
+                            reason: reason.clone(),
+                            dead_at_ms: record.received_at_ms,
+                        };
+                        let framed = encode_dead_letter(&letter).map_err(encode_err)?;
+                        DeadLog::encode_add(&mut dead, id, &framed);
+                        out.push(Appended::DeadLettered(id));
+                    }
+                }
+                st.dedup.insert(hash, now);
+            }
+            self.write_dead(&mut st, &dead)?;
+            self.write_main(&mut st, &main)?;
+            let active = st.active_mut();
+            for key in puts {
+                active.set_live(key.seq, key.priority);
+            }
+            st.written_gen
+        };
+        self.make_durable(gen)?;
+        Ok(Durable::new(out))
     }
 
-    /// Pending records in key order (critical lane first, then seq).
+    /// The lanes that have pending records, most urgent first.
+    pub fn lanes(&self) -> Vec<Priority> {
+        self.lock_state().lanes()
+    }
+
+    /// A cursor at the start of `lane`.
+    pub fn cursor(&self, lane: Priority) -> Cursor {
+        Cursor {
+            lane,
+            segment: 0,
+            offset: 0,
+            min_seq: 0,
+            last_seq: None,
+        }
+    }
+
+    /// Up to `max` pending records of the cursor's lane, in seq order, from the cursor on; the
+    /// cursor advances past them. Empty when the cursor has caught up with what is durable.
+    ///
+    /// A record that does not decode, or a damaged region of a segment whose records are still
+    /// pending, comes back as `Err(CorruptPending)` (never a panic, never a stuck cursor):
+    /// dead-letter it with [`Wal::dead_letter_corrupt`]. Reads take the writer mutex only
+    /// briefly, never during file I/O.
+    pub fn read(
+        &self,
+        cursor: &mut Cursor,
+        max: usize,
+    ) -> Result<Vec<Result<(Key, Record), CorruptPending>>, WalError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let (file, end, end_seq) = {
+                let st = self.lock_state();
+                let Some((&id, seg)) = st.segments.range(cursor.segment..).next() else {
+                    break;
+                };
+                if id != cursor.segment {
+                    cursor.segment = id;
+                    cursor.offset = 0;
+                    cursor.last_seq = None;
+                }
+                let sealed = id != st.active;
+                // Readers see what was written, fsynced or not: a record delivered before its
+                // fsync completed is at worst delivered again after a crash, never lost.
+                let end = seg.len;
+                let nothing_for_us =
+                    seg.lane_live(cursor.lane) == 0 || seg.end_seq <= cursor.min_seq;
+                if sealed && (cursor.offset >= end || nothing_for_us) {
+                    cursor.segment = id + 1;
+                    cursor.offset = 0;
+                    cursor.last_seq = None;
+                    continue;
+                }
+                if cursor.offset >= end {
+                    break;
+                }
+                (Arc::clone(&seg.file), end, seg.end_seq)
+            };
+            let want = (end - cursor.offset) as usize;
+            let mut len = want.min(READ_CHUNK);
+            let (buf, items, used) = loop {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, cursor.offset).map_err(io_err(
+                    "reading a segment",
+                    &segment::path(&self.inner.dir, cursor.segment),
+                ))?;
+                let complete = len == want;
+                let (items, used) = frame::scan(&buf, complete);
+                // Items borrow `buf`: keep only owned summaries.
+                let items: Vec<Found> = items.into_iter().map(Found::from).collect();
+                let gap_needs_more = !complete
+                    && items.iter().any(|i| matches!(i, Found::Garbage { .. }))
+                    && !items
+                        .iter()
+                        .skip_while(|i| !matches!(i, Found::Garbage { .. }))
+                        .any(|i| matches!(i, Found::Put { .. }));
+                if (used == 0 || gap_needs_more) && !complete {
+                    len = want.min(len.saturating_mul(4).max(READ_CHUNK));
+                    continue;
+                }
+                break (buf, items, used);
+            };
+            // Decide what is pending under the lock, decode outside it.
+            let mut take: Vec<(usize, Found)> = Vec::new();
+            {
+                let st = self.lock_state();
+                let seg = st.segments.get(&cursor.segment);
+                let live = |seq: Seq| seg.is_some_and(|s| s.is_live(seq));
+                let mut last_seq = cursor.last_seq;
+                for (i, item) in items.iter().enumerate() {
+                    match *item {
+                        Found::Put { seq, lane, .. } => {
+                            last_seq = Some(seq);
+                            if lane == cursor.lane && seq >= cursor.min_seq && live(seq) {
+                                take.push((i, item.clone()));
+                            }
+                        }
+                        Found::Garbage { .. } => {
+                            // Seqs between the last put before it and the next put after it.
+                            let from = last_seq.map_or(seg.map_or(0, |s| s.first_seq), |s| s + 1);
+                            let to = items[i + 1..]
+                                .iter()
+                                .find_map(|n| match n {
+                                    Found::Put { seq, .. } => Some(*seq),
+                                    _ => None,
+                                })
+                                .unwrap_or(end_seq);
+                            let lost: Vec<Seq> = (from..to)
+                                .filter(|&s| s >= cursor.min_seq && live(s))
+                                .collect();
+                            if !lost.is_empty() {
+                                take.push((i, Found::Lost(lost)));
+                            }
+                        }
+                        Found::Other { .. } | Found::Lost(_) => {}
+                    }
+                }
+            }
+            // Emit in order, stopping at `max`; the cursor moves past what was emitted.
+            let mut consumed_to = cursor.offset + used as u64;
+            let mut last_seq = cursor.last_seq;
+            let mut next_take = take.into_iter().peekable();
+            for (i, item) in items.iter().enumerate() {
+                if out.len() >= max {
+                    consumed_to = cursor.offset + item.offset() as u64;
+                    break;
+                }
+                if let Found::Put { seq, .. } = item {
+                    last_seq = Some(*seq);
+                }
+                while let Some((j, found)) = next_take.next_if(|(j, _)| *j == i) {
+                    let _ = j;
+                    match found {
+                        Found::Put {
+                            seq,
+                            lane,
+                            record_at,
+                            record_len,
+                            ..
+                        } => {
+                            let raw = &buf[record_at..record_at + record_len];
+                            let key = Key {
+                                priority: lane,
+                                seq,
+                            };
+                            out.push(match decode_record(raw) {
+                                Ok(record) => Ok((key, record)),
+                                Err(error) => {
+                                    warn!(key = %key, error = %error, "corrupt pending record");
+                                    Err(CorruptPending {
+                                        key,
+                                        raw: raw[..raw.len().min(64 << 10)].to_vec(),
+                                        error,
+                                    })
+                                }
+                            });
+                        }
+                        Found::Lost(seqs) => {
+                            let (offset, len) = match item {
+                                Found::Garbage { offset, len } => (*offset, *len),
+                                _ => (0, 0),
+                            };
+                            let raw = buf[offset..offset + len.min(64 << 10)].to_vec();
+                            error!(
+                                segment = cursor.segment,
+                                offset = cursor.offset + offset as u64,
+                                bytes = len,
+                                records = seqs.len(),
+                                "damaged region in a segment holds pending records; reporting them as corrupt"
+                            );
+                            for seq in seqs {
+                                out.push(Err(CorruptPending {
+                                    key: Key {
+                                        priority: cursor.lane,
+                                        seq,
+                                    },
+                                    raw: raw.clone(),
+                                    error: RecordError::Unreadable {
+                                        segment: cursor.segment,
+                                        offset: cursor.offset + offset as u64,
+                                    },
+                                }));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            cursor.last_seq = last_seq;
+            cursor.offset = consumed_to;
+        }
+        Ok(out)
+    }
+
+    /// Pending records, lane by lane (critical first), each lane in seq order.
     ///
     /// An undecodable value comes back as `Err(CorruptPending)` (never a panic) so the caller can
-    /// dead-letter it. A sled read error ends the iteration early (logged at error level); the
-    /// next scan starts over. The iterator sees records appended while it runs.
+    /// dead-letter it. A read error ends the iteration early (logged at error level). The
+    /// iterator sees records appended while it runs. Memory: one page of records at a time.
     pub fn pending(&self) -> impl Iterator<Item = Result<(Key, Record), CorruptPending>> + '_ {
-        PendingIter {
-            iter: self.inner.trees.pending.iter(),
-            done: false,
-        }
+        self.pending_from(Key {
+            priority: 0,
+            seq: 0,
+        })
     }
 
-    /// Like [`Wal::pending`], starting at `start` (inclusive): lets drain resume a scan.
+    /// Like [`Wal::pending`], starting at `start` (inclusive).
     pub fn pending_from(
         &self,
         start: Key,
     ) -> impl Iterator<Item = Result<(Key, Record), CorruptPending>> + '_ {
+        let lanes: VecDeque<Priority> = self
+            .lock_state()
+            .lanes()
+            .into_iter()
+            .filter(|&l| l >= start.priority)
+            .collect();
         PendingIter {
-            iter: self.inner.trees.pending.range(start.to_bytes()..),
-            done: false,
+            wal: self,
+            start,
+            lanes,
+            cursor: None,
+            page: VecDeque::new(),
         }
     }
 
     /// The pending record under `key`, if any. [`WalError::CorruptRecord`] if it does not decode.
+    ///
+    /// Reads the key's segment from its start: for the CLI and tests, not for a hot path (the
+    /// drain reads through a [`Cursor`]).
     pub fn get(&self, key: Key) -> Result<Option<Record>, WalError> {
-        match self.inner.trees.pending.get(key.to_bytes())? {
+        match self.get_raw(key)? {
             None => Ok(None),
             Some(raw) => decode_record(&raw)
                 .map(Some)
@@ -459,119 +669,204 @@ impl Wal {
         }
     }
 
-    /// Overwrites a pending record (attempts, next_attempt_ms...). The key decides the lane.
+    /// The stored (framed) bytes of the pending record under `key`.
+    fn get_raw(&self, key: Key) -> Result<Option<Vec<u8>>, WalError> {
+        let (file, end, id) = {
+            let st = self.lock_state();
+            let Some(seg) = st.segment_of(key.seq).filter(|s| s.is_live(key.seq)) else {
+                return Ok(None);
+            };
+            (Arc::clone(&seg.file), seg.len, seg.id)
+        };
+        let mut buf = vec![0u8; end as usize];
+        file.read_exact_at(&mut buf, 0).map_err(io_err(
+            "reading a segment",
+            &segment::path(&self.inner.dir, id),
+        ))?;
+        let (items, _) = frame::scan(&buf, true);
+        for item in items {
+            if let Item::Frame {
+                kind: Kind::Put,
+                body,
+                ..
+            } = item
+            {
+                if let Some((h, raw)) = PutHeader::decode(body) {
+                    if h.seq == key.seq {
+                        return Ok(Some(raw.to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores a pending record again with its new attempt fields (attempts, next_attempt_ms ...)
+    /// and returns its new key: the record is re-appended at the head of the log and the old key
+    /// removed in the same frame, so a record that keeps failing never pins an old segment.
     ///
     /// Not fsynced: losing it in a crash only repeats an attempt. [`WalError::NotPending`] if the
     /// key is no longer pending (it is not re-created).
-    pub fn update(&self, key: Key, record: &Record) -> Result<(), WalError> {
+    pub fn update(&self, key: Key, record: &Record) -> Result<Key, WalError> {
         self.check_poison()?;
-        let value = IVec::from(encode_record(record).map_err(|error| WalError::Encode { error })?);
-        let k = key.to_bytes();
-        // Under the state mutex like every write that changes a counter (here `data_bytes`).
-        let mut state = self.lock_state();
-        let next = self.transact(|tx| {
-            let mut st = state.clone();
-            let Some(old) = tx.pending.get(k)? else {
-                return abort(WalError::NotPending { key });
-            };
-            tx.pending.insert(&k[..], value.clone())?;
-            st.sub_bytes(old.len());
-            st.add_bytes(value.len());
-            Ok(st)
-        })?;
-        *state = next;
-        Ok(())
+        let framed = encode_record(record).map_err(encode_err)?;
+        let mut st = self.lock_state();
+        if !st.is_pending(key) {
+            return Err(WalError::NotPending { key });
+        }
+        self.rotate_if_full(&mut st)?;
+        let new = Key {
+            priority: key.priority,
+            seq: st.next_seq,
+        };
+        st.next_seq += 1;
+        let mut main = Vec::new();
+        PutHeader {
+            seq: new.seq,
+            lane: new.priority,
+            received_at_ms: record.received_at_ms,
+            id_hash: id_hash(&record.alert_id),
+            replaces: Some(key),
+        }
+        .encode(&mut main, &framed);
+        self.write_main(&mut st, &main)?;
+        st.clear(key);
+        st.active_mut().set_live(new.seq, new.priority);
+        Ok(new)
     }
 
-    /// Delivered (invariant I3): atomically removes `key` from pending and keeps the receipt
-    /// (bounded to `delivered_keep`, oldest evicted).
+    /// Delivered (invariant I3): removes `key` from pending and keeps the receipt (bounded to
+    /// `delivered_keep`, oldest dropped).
     ///
-    /// Not fsynced: losing it in a crash means one redelivery (a duplicate), never a loss.
-    /// [`WalError::NotPending`] if the key is not pending; nothing changes then.
+    /// Not fsynced: losing it in a crash means one redelivery (a duplicate), never a loss. Call
+    /// [`Wal::flush`] periodically to bound that. [`WalError::NotPending`] if the key is not
+    /// pending; nothing changes then.
     pub fn remove(&self, key: Key, receipt: Receipt) -> Result<(), WalError> {
         self.check_poison()?;
-        let value =
-            IVec::from(encode_receipt(&receipt).map_err(|error| WalError::Encode { error })?);
-        let keep = self.inner.delivered_keep;
-        let k = key.to_bytes();
-        let mut state = self.lock_state();
-        let next = self.transact(|tx| {
-            let mut st = state.clone();
-            let Some(old) = tx.pending.remove(&k[..])? else {
-                return abort(WalError::NotPending { key });
-            };
-            st.sub_pending(key);
-            st.sub_bytes(old.len());
-            if keep > 0 {
-                tx.delivered
-                    .insert(&st.delivered_tail.to_be_bytes()[..], value.clone())?;
-                st.delivered_tail += 1;
-                st.delivered_len += 1;
-            }
-            evict_delivered(tx, &mut st, keep)?;
-            Ok(st)
-        })?;
-        *state = next;
+        let framed = encode_receipt(&receipt).map_err(encode_err)?;
+        let mut st = self.lock_state();
+        if !st.is_pending(key) {
+            return Err(WalError::NotPending { key });
+        }
+        let mut main = Vec::new();
+        encode_ack(&mut main, &[key]);
+        self.write_main(&mut st, &main)?;
+        st.clear(key);
+        let dir = self.inner.dir.clone();
+        st.receipts
+            .push(&framed)
+            .map_err(io_err("writing a receipt", &dir))?;
         Ok(())
     }
 
-    /// Atomic move pending → dead letters (invariant I3). Returns the dead-letter id.
-    ///
-    /// The record is read inside the transaction; if its bytes are corrupt they are kept as
-    /// `raw` and the kind becomes [`DeadKind::Corrupt`] (the decode error appended to the
-    /// message). Not fsynced: a crash may undo the move, which puts the record back in pending.
+    /// Atomic move pending → dead letters (invariant I3), reading the record from the log first
+    /// (slow path: the drain uses [`Wal::dead_letter_record`] with the record it holds). Returns
+    /// the dead-letter id. A record that does not decode is kept raw as [`DeadKind::Corrupt`].
     pub fn dead_letter(&self, key: Key, reason: DeadReason, now_ms: u64) -> Result<u64, WalError> {
+        let Some(raw) = self.get_raw(key)? else {
+            return Err(WalError::NotPending { key });
+        };
+        match decode_record(&raw) {
+            Ok(record) => self.dead_letter_record(key, &record, reason, now_ms),
+            Err(error) => self.move_to_dead(
+                key,
+                None,
+                Some(raw),
+                corrupt_reason(&reason, &error),
+                now_ms,
+            ),
+        }
+    }
+
+    /// Atomic move of `key` with its `record` (attempt fields as the caller last set them)
+    /// from pending to dead letters (invariant I3). Returns the dead-letter id.
+    ///
+    /// The dead letter is written and fsynced before the removal from pending is written, so no
+    /// crash or power cut can keep the removal without the dead letter; a crash between the two
+    /// keeps both, and the next open removes the pending copy. [`WalError::NotPending`] if the
+    /// key is not pending; nothing changes then.
+    pub fn dead_letter_record(
+        &self,
+        key: Key,
+        record: &Record,
+        reason: DeadReason,
+        now_ms: u64,
+    ) -> Result<u64, WalError> {
+        self.move_to_dead(key, Some(record.clone()), None, reason, now_ms)
+    }
+
+    /// Moves a corrupt pending record (as a cursor reported it) to dead letters with its bytes
+    /// kept; the kind becomes [`DeadKind::Corrupt`].
+    pub fn dead_letter_corrupt(
+        &self,
+        corrupt: &CorruptPending,
+        reason: DeadReason,
+        now_ms: u64,
+    ) -> Result<u64, WalError> {
+        self.move_to_dead(
+            corrupt.key,
+            None,
+            Some(corrupt.raw.clone()),
+            corrupt_reason(&reason, &corrupt.error),
+            now_ms,
+        )
+    }
+
+    fn move_to_dead(
+        &self,
+        key: Key,
+        record: Option<Record>,
+        raw: Option<Vec<u8>>,
+        reason: DeadReason,
+        now_ms: u64,
+    ) -> Result<u64, WalError> {
         self.check_poison()?;
-        let k = key.to_bytes();
-        let mut state = self.lock_state();
-        let (id, next) = self.transact(|tx| {
-            let mut st = state.clone();
-            let Some(raw) = tx.pending.remove(&k[..])? else {
-                return abort(WalError::NotPending { key });
-            };
-            st.sub_pending(key);
-            st.sub_bytes(raw.len());
-            let (record, raw, reason) = match decode_record(&raw) {
-                Ok(record) => (Some(record), None, reason.clone()),
-                Err(error) => (None, Some(raw.to_vec()), corrupt_reason(&reason, &error)),
-            };
-            let id = st.next_dead_id;
-            st.next_dead_id += 1;
-            let dead = DeadLetter {
-                id,
-                key: Some(key),
-                record,
-                raw,
-                reason,
-                dead_at_ms: now_ms,
-            };
-            let value = encode_dead_letter(&dead).or_else(encode_abort)?;
-            st.add_bytes(value.len());
-            tx.dead.insert(&id.to_be_bytes()[..], value)?;
-            st.dead += 1;
-            write_counters(tx.meta, &st)?;
-            Ok((id, st))
-        })?;
-        *state = next;
+        let mut st = self.lock_state();
+        if !st.is_pending(key) {
+            return Err(WalError::NotPending { key });
+        }
+        let id = st.dead.next_id;
+        st.dead.next_id += 1;
+        let letter = DeadLetter {
+            id,
+            key: Some(key),
+            record,
+            raw,
+            reason,
+            dead_at_ms: now_ms,
+        };
+        let framed = encode_dead_letter(&letter).map_err(encode_err)?;
+        let mut dead = Vec::new();
+        DeadLog::encode_add(&mut dead, id, &framed);
+        self.write_dead(&mut st, &dead)?;
+        // The dead letter must be on disk before the removal can be (page write-back order is
+        // not write order). Under the mutex: dead letters are rare, correctness first.
+        if let Err(source) = self.inner.sync.sync_data(st.dead.file()) {
+            return Err(self.poisoned_by(WalError::SyncFailed { source }));
+        }
+        let mut main = Vec::new();
+        encode_ack(&mut main, &[key]);
+        self.write_main(&mut st, &main)?;
+        st.clear(key);
         Ok(id)
     }
 
     /// Dead letters, oldest id first. A corrupt one comes back as
     /// [`WalError::CorruptDeadLetter`] and the iteration goes on.
     pub fn dead_letters(&self) -> impl Iterator<Item = Result<DeadLetter, WalError>> + '_ {
-        self.inner.trees.dead.iter().map(|item| {
-            let (k, v) = item?;
-            let id = u64_key(&k).ok_or_else(|| WalError::CorruptKey {
-                tree: TREE_DEAD,
-                raw: k.to_vec(),
-            })?;
-            decode_dead_letter(&v).map_err(|error| WalError::CorruptDeadLetter { id, error })
-        })
+        let ids = self.lock_state().dead.ids();
+        ids.into_iter()
+            .filter_map(move |id| self.get_dead_letter(id).transpose())
     }
 
     /// The dead letter with this id, if any.
     pub fn get_dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, WalError> {
-        match self.inner.trees.dead.get(id.to_be_bytes())? {
+        let raw = self
+            .lock_state()
+            .dead
+            .get(id)
+            .map_err(io_err("reading the dead-letter log", &self.inner.dir))?;
+        match raw {
             None => Ok(None),
             Some(raw) => decode_dead_letter(&raw)
                 .map(Some)
@@ -580,105 +875,142 @@ impl Wal {
     }
 
     /// Moves a dead letter back to pending under a new key (attempt fields reset,
-    /// `next_attempt_ms` 0), then flushes and fsyncs: an operator's replay sticks.
+    /// `next_attempt_ms` 0): the record is appended and fsynced, then the dead letter removed
+    /// and fsynced, so an operator's replay sticks (a crash between the two keeps both; replaying
+    /// again is harmless).
     ///
     /// Bypasses the dedup window. Errors: [`WalError::NoSuchDeadLetter`],
     /// [`WalError::CorruptDeadLetter`], [`WalError::NotReplayable`] (no record: it was corrupt);
     /// nothing changes then.
     pub fn replay(&self, dead_id: u64) -> Result<Key, WalError> {
         self.check_poison()?;
-        let id_bytes = dead_id.to_be_bytes();
-        let mut state = self.lock_state();
-        let (key, next) = self.transact(|tx| {
-            let mut st = state.clone();
-            let Some(raw) = tx.dead.get(id_bytes)? else {
-                return abort(WalError::NoSuchDeadLetter { id: dead_id });
-            };
-            let dead = match decode_dead_letter(&raw) {
-                Ok(dead) => dead,
-                Err(error) => return abort(WalError::CorruptDeadLetter { id: dead_id, error }),
-            };
-            let Some(mut record) = dead.record else {
-                return abort(WalError::NotReplayable {
-                    id: dead_id,
-                    kind: dead.reason.kind,
-                });
-            };
-            record.attempts = 0;
-            record.first_attempt_ms = None;
-            record.last_attempt_ms = None;
-            record.next_attempt_ms = 0;
-            record.last_error = None;
+        let Some(dead) = self.get_dead_letter(dead_id)? else {
+            return Err(WalError::NoSuchDeadLetter { id: dead_id });
+        };
+        let Some(mut record) = dead.record else {
+            return Err(WalError::NotReplayable {
+                id: dead_id,
+                kind: dead.reason.kind,
+            });
+        };
+        record.attempts = 0;
+        record.first_attempt_ms = None;
+        record.last_attempt_ms = None;
+        record.next_attempt_ms = 0;
+        record.last_error = None;
+        let framed = encode_record(&record).map_err(encode_err)?;
+        let (key, gen) = {
+            let mut st = self.lock_state();
+            if !st.dead.contains(dead_id) {
+                return Err(WalError::NoSuchDeadLetter { id: dead_id });
+            }
+            self.rotate_if_full(&mut st)?;
             let key = Key {
                 priority: record.priority,
                 seq: st.next_seq,
             };
             st.next_seq += 1;
-            let value = encode_record(&record).or_else(encode_abort)?;
-            st.sub_bytes(raw.len());
-            st.add_bytes(value.len());
-            tx.pending.insert(&key.to_bytes()[..], value)?;
-            tx.dead.remove(&id_bytes[..])?;
-            st.add_pending(key);
-            st.dead = st.dead.saturating_sub(1);
-            write_counters(tx.meta, &st)?;
-            Ok((key, st))
-        })?;
-        *state = next;
-        drop(state);
+            let mut main = Vec::new();
+            PutHeader {
+                seq: key.seq,
+                lane: key.priority,
+                received_at_ms: record.received_at_ms,
+                id_hash: id_hash(&record.alert_id),
+                replaces: None,
+            }
+            .encode(&mut main, &framed);
+            self.write_main(&mut st, &main)?;
+            st.active_mut().set_live(key.seq, key.priority);
+            (key, st.written_gen)
+        };
+        self.make_durable(gen)?;
+        let gen = {
+            let mut st = self.lock_state();
+            let mut dead = Vec::new();
+            DeadLog::encode_remove(&mut dead, dead_id);
+            self.write_dead(&mut st, &dead)?;
+            st.written_gen
+        };
+        self.make_durable(gen)?;
         info!(dead_id, key = %key, "dead letter replayed");
-        self.make_durable()?;
         Ok(key)
     }
 
     /// Delivery receipts kept, oldest first. A corrupt one comes back as
     /// [`WalError::CorruptReceipt`] and the iteration goes on.
     pub fn delivered(&self) -> impl Iterator<Item = Result<Receipt, WalError>> + '_ {
-        self.inner.trees.delivered.iter().map(|item| {
-            let (k, v) = item?;
-            let index = u64_key(&k).ok_or_else(|| WalError::CorruptKey {
-                tree: TREE_DELIVERED,
-                raw: k.to_vec(),
-            })?;
-            decode_receipt(&v).map_err(|error| WalError::CorruptReceipt { index, error })
-        })
+        let all = self
+            .lock_state()
+            .receipts
+            .read_all()
+            .map_err(io_err("reading receipts", &self.inner.dir));
+        let items: Vec<Result<Receipt, WalError>> = match all {
+            Err(e) => vec![Err(e)],
+            Ok(all) => all
+                .into_iter()
+                .enumerate()
+                .map(|(index, raw)| {
+                    decode_receipt(&raw).map_err(|error| WalError::CorruptReceipt {
+                        index: index as u64,
+                        error,
+                    })
+                })
+                .collect(),
+        };
+        items.into_iter()
     }
 
-    /// Counts (kept in memory: O(1)), oldest pending receive time (one lookup per lane) and size.
+    /// Counts (kept in memory), oldest pending receive time (cached for a second) and sizes.
     pub fn stats(&self) -> Result<WalStats, WalError> {
-        let st = self.lock_state().clone();
+        let (pending, pending_critical, dead_letters, delivered_kept, data_bytes) = {
+            let st = self.lock_state();
+            let (all, critical) = st.lane_totals();
+            (
+                all,
+                critical,
+                st.dead.count(),
+                st.receipts.count(),
+                data_bytes_of(&st),
+            )
+        };
         Ok(WalStats {
-            pending: st.pending,
-            pending_critical: st.pending_critical,
-            dead_letters: st.dead,
-            delivered_kept: st.delivered_len,
-            data_bytes: st.data_bytes,
+            pending,
+            pending_critical,
+            dead_letters,
+            delivered_kept,
             oldest_pending_received_ms: self.oldest_pending_received_ms()?,
-            size_on_disk: self.size_on_disk()?,
+            data_bytes,
+            size_on_disk: data_bytes + file_len(&self.inner.dir.join(crate::checkpoint::FILE)),
         })
     }
 
-    /// Live data bytes in pending and dead letters ([`WalStats::data_bytes`]): the figure to
-    /// compare a disk budget against, since it falls when records leave while
-    /// [`Wal::size_on_disk`] never does. Kept in memory: no I/O, one uncontended mutex lock.
+    /// Bytes of the files holding data (segments, dead letters, receipts): the figure to compare a
+    /// disk budget against. Kept in memory: no I/O.
     pub fn data_bytes(&self) -> u64 {
-        self.lock_state().data_bytes
+        data_bytes_of(&self.lock_state())
     }
 
-    /// Bytes used by the sled files (data file and blobs). sled reuses freed space but never
-    /// shrinks its files, so this does not fall when records are removed; budget with
-    /// [`Wal::data_bytes`].
+    /// Bytes of every file of the store.
     pub fn size_on_disk(&self) -> Result<u64, WalError> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.data_bytes() + file_len(&self.inner.dir.join(crate::checkpoint::FILE)))
     }
 
-    /// Durable flush + fsync of everything written so far (used at shutdown). Poisons the WAL on
-    /// failure, like [`Wal::append_batch`].
+    /// Makes everything written so far durable (fsync), deletes segments that emptied and writes
+    /// a checkpoint when one is due. Cheap when nothing was written since the last fsync. The
+    /// drain calls it periodically to bound what a power cut can undo of its removals; shutdown
+    /// calls [`Wal::close`]. Poisons the WAL on failure, like [`Wal::append_batch`].
     pub fn flush(&self) -> Result<(), WalError> {
-        self.make_durable()
+        let gen = self.lock_state().written_gen;
+        self.make_durable(gen)
     }
 
-    /// Whether a flush or fsync has failed (invariant I5); if so every write fails.
+    /// Final flush with a checkpoint, so the next open replays nothing.
+    pub fn close(&self) -> Result<(), WalError> {
+        self.flush()?;
+        self.checkpoint(true)
+    }
+
+    /// Whether a write or fsync has failed (invariant I5); if so every write fails.
     pub fn is_poisoned(&self) -> bool {
         self.inner.poison.is_poisoned()
     }
@@ -691,197 +1023,523 @@ impl Wal {
         }
     }
 
-    /// flush + fsync; the only place durability is decided. Never retries.
-    fn make_durable(&self) -> Result<(), WalError> {
-        self.check_poison()?;
-        if let Err(source) = self.inner.db.flush() {
-            self.inner.poison.poison();
-            error!(error = %source, "sled flush failed: WAL poisoned");
-            return Err(WalError::FlushFailed { source });
-        }
-        if let Err(source) = self.inner.sync.sync_data() {
-            self.inner.poison.poison();
-            error!(error = %source, "fsync failed: WAL poisoned");
-            return Err(WalError::SyncFailed { source });
-        }
-        // Another thread's failed fsync in the meantime may have dropped our pages too.
-        self.check_poison()
+    fn poisoned_by(&self, error: WalError) -> WalError {
+        self.inner.poison.poison();
+        error!(error = %error, "WAL poisoned");
+        error
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
-        // State is only assigned whole after a commit, so a panicking holder cannot leave it
-        // half-updated.
+        // Every change to State completes inside one critical section without I/O that can
+        // panic half-way, so a panicking holder cannot leave it half-updated.
         self.inner
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` in one sled transaction across all trees. `f` must only use the `Tx` trees (a
-    /// plain `Tree` call inside would deadlock on sled's global transaction lock).
-    fn transact<A>(&self, f: impl Fn(&Tx<'_>) -> TxResult<A>) -> Result<A, WalError> {
-        let t = &self.inner.trees;
-        (
-            &t.pending,
-            &t.dead,
-            &t.delivered,
-            &t.dedup,
-            &t.dedup_order,
-            &t.meta,
-        )
-            .transaction(|(pending, dead, delivered, dedup, dedup_order, meta)| {
-                f(&Tx {
-                    pending,
-                    dead,
-                    delivered,
-                    dedup,
-                    dedup_order,
-                    meta,
+    /// Appends `frames` to the active segment. A failed write poisons: the file may now end in a
+    /// partial frame, and nothing after it could be trusted.
+    fn write_main(&self, st: &mut State, frames: &[u8]) -> Result<(), WalError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let active = st.active_mut();
+        let at = active.len;
+        if let Err(source) = active.file.write_all_at(frames, at) {
+            let path = segment::path(&self.inner.dir, active.id);
+            return Err(self.poisoned_by(WalError::Io {
+                op: "appending to a segment",
+                path,
+                source,
+            }));
+        }
+        active.len += frames.len() as u64;
+        st.segment_bytes += frames.len() as u64;
+        st.since_checkpoint += frames.len() as u64;
+        st.written_gen += 1;
+        Ok(())
+    }
+
+    fn write_dead(&self, st: &mut State, frames: &[u8]) -> Result<(), WalError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if let Err(source) = st.dead.write(frames) {
+            return Err(self.poisoned_by(WalError::Io {
+                op: "appending to the dead-letter log",
+                path: self.inner.dir.join(crate::deadlog::FILE),
+                source,
+            }));
+        }
+        st.written_gen += 1;
+        Ok(())
+    }
+
+    /// Seals the active segment when full.
+    fn rotate_if_full(&self, st: &mut State) -> Result<(), WalError> {
+        if st.segments[&st.active].len >= self.inner.cfg.segment_bytes.max(1) {
+            self.rotate(st)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment: fsync it, start the next one, fsync the directory.
+    fn rotate(&self, st: &mut State) -> Result<(), WalError> {
+        let old = Arc::clone(&st.active_mut().file);
+        if let Err(source) = self.inner.sync.sync_data(&old) {
+            return Err(self.poisoned_by(WalError::SyncFailed { source }));
+        }
+        let id = st.active + 1;
+        let file = create_segment(&self.inner.dir, id).map_err(|e| self.poisoned_by(e))?;
+        st.segments
+            .insert(id, Segment::new(id, st.next_seq, 0, Arc::new(file)));
+        st.active = id;
+        debug!(segment = id, first_seq = st.next_seq, "segment started");
+        Ok(())
+    }
+
+    /// fsync (dead-letter log first, then the active segment) unless a completed fsync already
+    /// covers write generation `gen`; then housekeeping. Never retries a failed fsync.
+    fn make_durable(&self, gen: u64) -> Result<(), WalError> {
+        self.check_poison()?;
+        let (dead, main, now_gen) = {
+            let mut st = self.lock_state();
+            if st.synced_gen >= gen {
+                return Ok(());
+            }
+            let dead = if st.dead.dirty {
+                st.dead.dirty = false;
+                Some(st.dead.file().try_clone().map_err(|source| {
+                    self.poisoned_by(WalError::Io {
+                        op: "duplicating the dead-letter log handle",
+                        path: self.inner.dir.join(crate::deadlog::FILE),
+                        source,
+                    })
+                })?)
+            } else {
+                None
+            };
+            let seg = st.active_mut();
+            (dead, Arc::clone(&seg.file), st.written_gen)
+        };
+        if let Some(dead) = dead {
+            if let Err(source) = self.inner.sync.sync_data(&dead) {
+                return Err(self.poisoned_by(WalError::SyncFailed { source }));
+            }
+        }
+        if let Err(source) = self.inner.sync.sync_data(&main) {
+            return Err(self.poisoned_by(WalError::SyncFailed { source }));
+        }
+        // Another thread's failed fsync in the meantime may have dropped our pages too.
+        self.check_poison()?;
+        {
+            let mut st = self.lock_state();
+            st.synced_gen = st.synced_gen.max(now_gen);
+        }
+        self.delete_empty_segments()?;
+        self.checkpoint(false)
+    }
+
+    /// Deletes sealed segments with nothing pending. Their removals are durable (the caller just
+    /// fsynced, and sealing fsynced the segment), so a segment file missing at open always means
+    /// a segment that had emptied.
+    ///
+    /// An active segment with nothing pending is sealed first (when it holds anything), so the
+    /// space of a fully delivered log returns at once: otherwise a small disk budget reached in
+    /// the active segment would never be left again.
+    fn delete_empty_segments(&self) -> Result<(), WalError> {
+        let empty: Vec<u64> = {
+            let mut st = self.lock_state();
+            let active = &st.segments[&st.active];
+            if active.live_total() == 0 && active.len > 0 {
+                self.rotate(&mut st)?;
+            }
+            st.segments
+                .values()
+                .filter(|s| s.id != st.active && s.live_total() == 0 && s.id < st.active)
+                .map(|s| s.id)
+                .collect()
+        };
+        if empty.is_empty() {
+            return Ok(());
+        }
+        // The removals that emptied them must be durable first.
+        let gen = self.lock_state().written_gen;
+        {
+            let main = Arc::clone(&self.lock_state().active_mut().file);
+            if let Err(source) = self.inner.sync.sync_data(&main) {
+                return Err(self.poisoned_by(WalError::SyncFailed { source }));
+            }
+            let mut st = self.lock_state();
+            st.synced_gen = st.synced_gen.max(gen);
+        }
+        for id in &empty {
+            let path = segment::path(&self.inner.dir, *id);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    warn!(path = %path.display(), error = %source, "could not delete an empty segment; will retry");
+                    continue;
+                }
+            }
+            let mut st = self.lock_state();
+            if let Some(seg) = st.segments.remove(id) {
+                st.segment_bytes = st.segment_bytes.saturating_sub(seg.len);
+            }
+            debug!(segment = id, "empty segment deleted");
+        }
+        sync_dir(&self.inner.dir).map_err(io_err("syncing the store directory", &self.inner.dir))
+    }
+
+    /// Writes a checkpoint when one is due (or `force` and anything changed since the last).
+    fn checkpoint(&self, force: bool) -> Result<(), WalError> {
+        let Ok(_one) = self.inner.checkpointing.try_lock() else {
+            return Ok(());
+        };
+        let (cp, main) = {
+            let mut st = self.lock_state();
+            let due = st.since_checkpoint >= self.inner.cfg.checkpoint_bytes
+                || (st.since_checkpoint > 0
+                    && st.last_checkpoint.elapsed() >= self.inner.cfg.checkpoint_interval);
+            if !(due || (force && st.since_checkpoint > 0)) {
+                return Ok(());
+            }
+            st.since_checkpoint = 0;
+            st.last_checkpoint = Instant::now();
+            let segments = st
+                .segments
+                .values()
+                .map(|s| SegmentState {
+                    id: s.id,
+                    first_seq: s.first_seq,
+                    end_seq: s.end_seq,
+                    len: s.len,
+                    live: s.bitmap().to_vec(),
+                    lane_live: s.lane_counts().to_vec(),
                 })
+                .collect();
+            let position = (st.active, st.segments[&st.active].len);
+            let cp = Checkpoint::new(st.next_seq, position, segments, st.dedup.entries());
+            (cp, Arc::clone(&st.active_mut().file))
+        };
+        // The log up to the checkpoint's position must be durable before the checkpoint is.
+        if let Err(source) = self.inner.sync.sync_data(&main) {
+            return Err(self.poisoned_by(WalError::SyncFailed { source }));
+        }
+        cp.store(&self.inner.dir).map_err(|source| {
+            self.poisoned_by(WalError::Io {
+                op: "writing the checkpoint",
+                path: self.inner.dir.join(crate::checkpoint::FILE),
+                source,
             })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => WalError::Storage(e),
+        })?;
+        let compacted = self.lock_state().dead.compact_if_worth_it(&self.inner.dir);
+        compacted.map_err(|source| {
+            self.poisoned_by(WalError::Io {
+                op: "compacting the dead-letter log",
+                path: self.inner.dir.join(crate::deadlog::FILE),
+                source,
             })
+        })
     }
 
     fn oldest_pending_received_ms(&self) -> Result<Option<u64>, WalError> {
-        let pending = &self.inner.trees.pending;
-        let mut from: Vec<u8> = Vec::new();
+        let mut cache = self
+            .inner
+            .oldest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, value)) = *cache {
+            if at.elapsed() < Duration::from_secs(1) {
+                return Ok(value);
+            }
+        }
+        let lanes = self.lock_state().lanes();
         let mut oldest: Option<u64> = None;
-        while let Some(item) = pending.range(from.as_slice()..).next() {
-            let (k, v) = item?;
-            let Some(key) = Key::from_bytes(&k) else {
-                // Malformed key: continue right after it.
-                from = k.to_vec();
-                from.push(0);
-                continue;
-            };
-            if let Ok(record) = decode_record(&v) {
+        for lane in lanes {
+            let mut cursor = self.cursor(lane);
+            if let Some(Ok((_, record))) = self.read(&mut cursor, 1)?.into_iter().next() {
                 oldest =
                     Some(oldest.map_or(record.received_at_ms, |o| o.min(record.received_at_ms)));
             }
-            match key.priority.checked_add(1) {
-                Some(next_lane) => from = vec![next_lane],
-                None => break,
+        }
+        *cache = Some((Instant::now(), oldest));
+        Ok(oldest)
+    }
+}
+
+/// Migration from format 1: writes values with their old seqs and ids.
+impl Wal {
+    /// Appends `(key, framed record)` pairs with their seqs kept (ascending), durably.
+    pub(crate) fn import_pending(&self, batch: &[(Key, Vec<u8>)]) -> Result<(), WalError> {
+        let gen = {
+            let mut st = self.lock_state();
+            self.rotate_if_full(&mut st)?;
+            let mut main = Vec::new();
+            for (key, raw) in batch {
+                let (received_at_ms, id_hash) = match decode_record(raw) {
+                    Ok(r) => (r.received_at_ms, id_hash(&r.alert_id)),
+                    Err(_) => (0, 0),
+                };
+                PutHeader {
+                    seq: key.seq,
+                    lane: key.priority,
+                    received_at_ms,
+                    id_hash,
+                    replaces: None,
+                }
+                .encode(&mut main, raw);
+                st.next_seq = st.next_seq.max(key.seq + 1);
+            }
+            self.write_main(&mut st, &main)?;
+            let active = st.active_mut();
+            for (key, _) in batch {
+                active.set_live(key.seq, key.priority);
+            }
+            st.written_gen
+        };
+        self.make_durable(gen)
+    }
+
+    /// Appends dead letters with their ids kept; ids continue at `next_id` or above.
+    pub(crate) fn import_dead(
+        &self,
+        dead: &[(u64, Vec<u8>)],
+        next_id: u64,
+    ) -> Result<(), WalError> {
+        let gen = {
+            let mut st = self.lock_state();
+            let mut frames = Vec::new();
+            for (id, raw) in dead {
+                DeadLog::encode_add(&mut frames, *id, raw);
+            }
+            self.write_dead(&mut st, &frames)?;
+            st.dead.next_id = st.dead.next_id.max(next_id);
+            // Kept across compactions by the DeadNextId frame; written now in case none remain.
+            let mut marker = Vec::new();
+            frame::encode(
+                &mut marker,
+                Kind::DeadNextId,
+                &st.dead.next_id.to_le_bytes(),
+            );
+            self.write_dead(&mut st, &marker)?;
+            st.written_gen
+        };
+        self.make_durable(gen)
+    }
+
+    /// Keeps a framed receipt.
+    pub(crate) fn import_receipt(&self, raw: &[u8]) -> Result<(), WalError> {
+        let dir = self.inner.dir.clone();
+        self.lock_state()
+            .receipts
+            .push(raw)
+            .map_err(io_err("writing a receipt", &dir))
+    }
+
+    /// Seqs continue at `next_seq` or above (invariant W2).
+    pub(crate) fn import_next_seq(&self, next_seq: Seq) -> Result<(), WalError> {
+        let mut st = self.lock_state();
+        st.next_seq = st.next_seq.max(next_seq);
+        // Recorded by the checkpoint that `close` writes.
+        st.since_checkpoint = st.since_checkpoint.max(1);
+        Ok(())
+    }
+
+    /// A crash between a dead letter's fsync and the removal of its pending copy keeps both:
+    /// remove the pending copy (the dead letter names its key).
+    fn reconcile_dead_letters(&self) -> Result<(), WalError> {
+        let ids = self.lock_state().dead.ids();
+        let mut stale = Vec::new();
+        for id in ids {
+            if let Ok(Some(letter)) = self.get_dead_letter(id) {
+                if let Some(key) = letter.key {
+                    if self.lock_state().is_pending(key) {
+                        stale.push(key);
+                    }
+                }
             }
         }
-        Ok(oldest)
+        if stale.is_empty() {
+            return Ok(());
+        }
+        warn!(records = stale.len(), "removing pending copies of records already dead-lettered (a crash interrupted the move)");
+        let gen = {
+            let mut st = self.lock_state();
+            let mut main = Vec::new();
+            encode_ack(&mut main, &stale);
+            self.write_main(&mut st, &main)?;
+            for key in stale {
+                st.clear(key);
+            }
+            st.written_gen
+        };
+        self.make_durable(gen)
     }
 }
 
 /// Test-only backdoors: write raw bytes where the WAL would write framed values.
 #[cfg(test)]
 impl Wal {
-    pub(crate) fn put_raw_pending(&self, key: Key, raw: &[u8]) {
-        let mut state = self.lock_state();
-        let k = key.to_bytes();
-        let next = self
-            .transact(|tx| {
-                let mut st = state.clone();
-                match tx.pending.insert(&k[..], raw)? {
-                    Some(old) => st.sub_bytes(old.len()),
-                    None => st.add_pending(key),
-                }
-                st.add_bytes(raw.len());
-                st.next_seq = st.next_seq.max(key.seq + 1);
-                write_counters(tx.meta, &st)?;
-                Ok(st)
-            })
-            .expect("test write of a raw pending value");
-        *state = next;
+    /// Appends a `Put` whose record bytes are `raw` (need not decode) under `key`'s lane; returns
+    /// the key it got.
+    pub(crate) fn put_raw_pending(&self, priority: Priority, raw: &[u8]) -> Key {
+        let gen = {
+            let mut st = self.lock_state();
+            let key = Key {
+                priority,
+                seq: st.next_seq,
+            };
+            st.next_seq += 1;
+            let mut main = Vec::new();
+            PutHeader {
+                seq: key.seq,
+                lane: priority,
+                received_at_ms: 0,
+                id_hash: 0,
+                replaces: None,
+            }
+            .encode(&mut main, raw);
+            self.write_main(&mut st, &main).expect("test write");
+            st.active_mut().set_live(key.seq, priority);
+            (st.written_gen, key)
+        };
+        self.make_durable(gen.0).expect("test fsync");
+        gen.1
     }
 
     pub(crate) fn put_raw_dead(&self, id: u64, raw: &[u8]) {
-        let mut state = self.lock_state();
-        let next = self
-            .transact(|tx| {
-                let mut st = state.clone();
-                match tx.dead.insert(&id.to_be_bytes()[..], raw)? {
-                    Some(old) => st.sub_bytes(old.len()),
-                    None => st.dead += 1,
-                }
-                st.add_bytes(raw.len());
-                st.next_dead_id = st.next_dead_id.max(id + 1);
-                write_counters(tx.meta, &st)?;
-                Ok(st)
-            })
-            .expect("test write of a raw dead letter");
-        *state = next;
+        let mut st = self.lock_state();
+        let mut dead = Vec::new();
+        DeadLog::encode_add(&mut dead, id, raw);
+        self.write_dead(&mut st, &dead).expect("test write");
     }
 
-    /// Asserts the in-memory counters match a full recount of the trees.
+    /// Asserts the in-memory tables match a fresh recovery of the files.
     pub(crate) fn assert_counters_consistent(&self) {
-        let recounted = recover_state(&self.inner.trees).expect("recount");
-        let st = self.lock_state().clone();
-        assert_eq!(
-            (
-                st.pending,
-                st.pending_critical,
-                st.dead,
-                st.data_bytes,
-                st.dedup_len,
-                st.delivered_len
-            ),
-            (
-                recounted.pending,
-                recounted.pending_critical,
-                recounted.dead,
-                recounted.data_bytes,
-                recounted.dedup_len,
-                recounted.delivered_len
-            ),
-            "in-memory counters differ from the trees"
-        );
-        assert_eq!(
-            self.inner.trees.dedup.len() as u64,
-            st.dedup_len,
-            "dedup and dedup_order disagree"
-        );
+        self.flush().expect("flush");
+        let st = self.lock_state();
+        let fresh = recover(&self.inner.dir, &self.inner.cfg, &FileSync).expect("recover");
+        assert_eq!(st.lane_totals(), fresh.lane_totals(), "pending counts");
+        assert_eq!(st.dead.count(), fresh.dead.count(), "dead letters");
+        assert_eq!(st.next_seq, fresh.next_seq, "next seq");
     }
 }
 
-/// Reads pending values, mapping each to a record or a [`CorruptPending`].
-struct PendingIter {
-    iter: sled::Iter,
-    done: bool,
+impl Drop for Wal {
+    /// The last handle closes the store (flush and checkpoint), so the next open replays
+    /// nothing. Errors are logged: a drop cannot report them, and nothing is lost by a missing
+    /// checkpoint (open then replays more).
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.inner) == 1 && !self.is_poisoned() {
+            if let Err(e) = self.close() {
+                warn!(error = %e, "closing the WAL on drop failed");
+            }
+        }
+    }
 }
 
-impl Iterator for PendingIter {
+/// One frame of a segment, as a cursor sees it (owned: no borrow of the read buffer).
+#[derive(Clone, Debug)]
+enum Found {
+    Put {
+        offset: usize,
+        seq: Seq,
+        lane: Priority,
+        record_at: usize,
+        record_len: usize,
+    },
+    Garbage {
+        offset: usize,
+        len: usize,
+    },
+    Other {
+        offset: usize,
+    },
+    /// Pending seqs in a damaged region (made from a `Garbage` under the lock).
+    Lost(Vec<Seq>),
+}
+
+impl Found {
+    fn offset(&self) -> usize {
+        match self {
+            Found::Put { offset, .. } | Found::Garbage { offset, .. } | Found::Other { offset } => {
+                *offset
+            }
+            Found::Lost(_) => 0,
+        }
+    }
+}
+
+impl From<Item<'_>> for Found {
+    fn from(item: Item<'_>) -> Found {
+        match item {
+            Item::Frame {
+                offset,
+                kind: Kind::Put,
+                body,
+                len,
+            } => match PutHeader::decode(body) {
+                Some((h, record)) => Found::Put {
+                    offset,
+                    seq: h.seq,
+                    lane: h.lane,
+                    record_at: offset + len - record.len(),
+                    record_len: record.len(),
+                },
+                None => Found::Garbage { offset, len },
+            },
+            Item::Frame { offset, .. } => Found::Other { offset },
+            Item::Garbage { offset, len } => Found::Garbage { offset, len },
+        }
+    }
+}
+
+/// Pages through the lanes with a cursor each.
+struct PendingIter<'a> {
+    wal: &'a Wal,
+    start: Key,
+    lanes: VecDeque<Priority>,
+    cursor: Option<Cursor>,
+    page: VecDeque<Result<(Key, Record), CorruptPending>>,
+}
+
+impl Iterator for PendingIter<'_> {
     type Item = Result<(Key, Record), CorruptPending>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            match self.iter.next()? {
-                Err(e) => {
-                    error!(error = %e, "reading the pending tree failed; ending this scan");
-                    self.done = true;
+        loop {
+            if let Some(item) = self.page.pop_front() {
+                return Some(item);
+            }
+            let cursor = match self.cursor.as_mut() {
+                Some(c) => c,
+                None => {
+                    let lane = self.lanes.pop_front()?;
+                    let mut c = self.wal.cursor(lane);
+                    if lane == self.start.priority {
+                        c.min_seq = self.start.seq;
+                    }
+                    self.cursor.insert(c)
                 }
-                Ok((k, v)) => {
-                    let Some(key) = Key::from_bytes(&k) else {
-                        error!(raw_key = ?&k[..], "malformed key in the pending tree; skipped");
-                        continue;
-                    };
-                    return Some(match decode_record(&v) {
-                        Ok(record) => Ok((key, record)),
-                        Err(error) => {
-                            warn!(key = %key, error = %error, "corrupt pending record");
-                            Err(CorruptPending {
-                                key,
-                                raw: v.to_vec(),
-                                error,
-                            })
-                        }
-                    });
+            };
+            match self.wal.read(cursor, 256) {
+                Ok(page) if page.is_empty() => self.cursor = None,
+                Ok(page) => self.page = page.into(),
+                Err(e) => {
+                    error!(error = %e, "reading pending records failed; ending this scan");
+                    self.lanes.clear();
+                    self.cursor = None;
                 }
             }
         }
-        None
     }
 }
 
-fn encode_abort<A>(error: RecordError) -> TxResult<A> {
-    abort(WalError::Encode { error })
+fn encode_err(error: RecordError) -> WalError {
+    WalError::Encode { error }
 }
 
 /// The reason stored when the record turned out undecodable at dead-letter time.
@@ -900,182 +1558,305 @@ fn corrupt_reason(reason: &DeadReason, error: &RecordError) -> DeadReason {
     }
 }
 
-/// Drops the oldest dedup entries beyond `window`, inside the batch's transaction.
-fn evict_dedup(tx: &Tx<'_>, st: &mut State, window: u64) -> TxResult<()> {
-    while st.dedup_len > window && st.dedup_head < st.dedup_tail {
-        let pos = st.dedup_head.to_be_bytes();
-        if let Some(alert_id) = tx.dedup_order.remove(&pos[..])? {
-            // Only if the id still points at this position (it always should).
-            if tx.dedup.get(&alert_id)?.as_deref() == Some(&pos[..]) {
-                tx.dedup.remove(alert_id)?;
+fn data_bytes_of(st: &State) -> u64 {
+    st.segment_bytes + st.dead.len() + st.receipts.len()
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn create_segment(dir: &Path, id: u64) -> Result<File, WalError> {
+    let path = segment::path(dir, id);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_err("creating a segment", &path))?;
+    // The new file's directory entry must survive a power cut before anything in it counts.
+    sync_dir(dir).map_err(io_err("syncing the store directory", dir))?;
+    Ok(file)
+}
+
+/// Takes the directory lock (`flock` on `<dir>/LOCK`), waiting up to 3 s for a previous holder in
+/// this process (a `Wal` being dropped) to let go.
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("opening the lock file", &path))?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
             }
-            st.dedup_len -= 1;
+            Err(e) => {
+                return Err(WalError::Locked {
+                    dir: dir.to_path_buf(),
+                    source: io::Error::from(e),
+                })
+            }
         }
-        st.dedup_head += 1;
     }
-    Ok(())
 }
 
-/// Drops the oldest receipts beyond `keep`.
-fn evict_delivered(tx: &Tx<'_>, st: &mut State, keep: u64) -> TxResult<()> {
-    while st.delivered_len > keep && st.delivered_head < st.delivered_tail {
-        if tx
-            .delivered
-            .remove(&st.delivered_head.to_be_bytes()[..])?
-            .is_some()
-        {
-            st.delivered_len -= 1;
+/// Checks `<dir>/FORMAT`, writing it (durably) in a new store.
+fn check_format(dir: &Path) -> Result<(), WalError> {
+    let path = dir.join(FORMAT_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let found = text
+                .trim()
+                .strip_prefix("alertbridge-wal ")
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| WalError::CorruptMeta {
+                    name: "FORMAT",
+                    raw: text.as_bytes().to_vec(),
+                })?;
+            if found != STORE_FORMAT {
+                return Err(WalError::UnsupportedStoreFormat {
+                    found,
+                    supported: STORE_FORMAT,
+                });
+            }
+            Ok(())
         }
-        st.delivered_head += 1;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            write_format(dir).map_err(io_err("writing the store format", &path))
+        }
+        Err(e) => Err(io_err("reading the store format", &path)(e)),
+    }
+}
+
+/// Writes `<dir>/FORMAT` atomically.
+pub(crate) fn write_format(dir: &Path) -> io::Result<()> {
+    let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        writeln!(f, "alertbridge-wal {STORE_FORMAT}")?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(FORMAT_FILE))?;
+    sync_dir(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
     }
     Ok(())
 }
 
-/// Persists the id counters with the writes that used them, so they never go backwards.
-fn write_counters(meta: &TransactionalTree, st: &State) -> TxResult<()> {
-    meta.insert(META_NEXT_SEQ, &st.next_seq.to_be_bytes()[..])?;
-    meta.insert(META_NEXT_DEAD_ID, &st.next_dead_id.to_be_bytes()[..])?;
-    Ok(())
-}
-
-fn u64_key(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-fn read_meta(meta: &Tree, name: &'static str) -> Result<Option<u64>, WalError> {
-    match meta.get(name)? {
-        None => Ok(None),
-        Some(raw) => u64_key(&raw)
-            .map(Some)
-            .ok_or_else(|| WalError::CorruptMeta {
-                name,
-                raw: raw.to_vec(),
-            }),
+/// Segment ids found in `dir`, ascending.
+fn segment_ids(dir: &Path) -> Result<Vec<u64>, WalError> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("listing the store directory", dir))? {
+        let entry = entry.map_err(io_err("listing the store directory", dir))?;
+        if let Some(id) = entry.file_name().to_str().and_then(segment::parse_name) {
+            ids.push(id);
+        }
     }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
-/// First and one-past-last position and entry count of a FIFO tree keyed by u64 BE.
-fn fifo_bounds(tree: &Tree, name: &'static str) -> Result<(u64, u64, u64), WalError> {
-    let corrupt = |k: &IVec| WalError::CorruptKey {
-        tree: name,
-        raw: k.to_vec(),
+/// Rebuilds the state from the checkpoint and the frames written after it; truncates a torn tail
+/// of the last segment; starts a segment when there is none.
+fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, WalError> {
+    let dead = DeadLog::open(dir).map_err(io_err("opening the dead-letter log", dir))?;
+    let receipts = Receipts::open(dir, cfg.delivered_keep as u64)
+        .map_err(io_err("opening the receipts", dir))?;
+    let cp = Checkpoint::load(dir).map_err(io_err("reading the checkpoint", dir))?;
+    let ids = segment_ids(dir)?;
+    let mut dedup = Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
+    if dedup.enabled() {
+        // Ingest's dead letters hold their alert ids only in the dead-letter log.
+        for id in dead.ids() {
+            let letter = dead
+                .get(id)
+                .ok()
+                .flatten()
+                .and_then(|raw| decode_dead_letter(&raw).ok());
+            if let Some(DeadLetter {
+                key: None,
+                record: Some(record),
+                ..
+            }) = letter
+            {
+                dedup.insert(id_hash(&record.alert_id), record.received_at_ms);
+            }
+        }
+    }
+    let mut segments: BTreeMap<u64, Segment> = BTreeMap::new();
+    let mut next_seq: Seq = 1;
+    let mut position = (0u64, 0u64);
+    let open_seg = |id: u64| -> Result<Arc<File>, WalError> {
+        let path = segment::path(dir, id);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map(Arc::new)
+            .map_err(io_err("opening a segment", &path))
     };
-    let head = match tree.first()? {
-        Some((k, _)) => u64_key(&k).ok_or_else(|| corrupt(&k))?,
-        None => 0,
-    };
-    let tail = match tree.last()? {
-        Some((k, _)) => u64_key(&k).ok_or_else(|| corrupt(&k))? + 1,
-        None => 0,
-    };
-    let len = tree.iter().keys().try_fold(0u64, |n, k| k.map(|_| n + 1))?;
-    Ok((head, tail, len))
-}
-
-/// Rebuilds counters and positions from the trees (one scan of pending and dead with values,
-/// one of the FIFO trees' keys, at open).
-fn recover_state(trees: &Trees) -> Result<State, WalError> {
-    let mut pending = 0u64;
-    let mut pending_critical = 0u64;
-    let mut data_bytes = 0u64;
-    let mut max_seq: Option<Seq> = None;
-    for item in trees.pending.iter() {
-        let (k, v) = item?;
-        // Counted even under a malformed key: the bytes are on disk all the same.
-        data_bytes += v.len() as u64;
-        let Some(key) = Key::from_bytes(&k) else {
-            warn!(raw_key = ?&k[..], "malformed key in the pending tree");
-            continue;
+    if let Some(cp) = cp {
+        next_seq = cp.next_seq;
+        position = cp.position;
+        for (h, at) in cp.dedup {
+            dedup.insert(h, at);
+        }
+        for s in cp.segments {
+            if ids.binary_search(&s.id).is_err() {
+                // Deleted after the checkpoint: it had emptied (see delete_empty_segments).
+                continue;
+            }
+            let file = open_seg(s.id)?;
+            let seg = Segment::restore(
+                s.id,
+                s.first_seq,
+                s.end_seq,
+                s.live,
+                s.lane_live,
+                s.len,
+                file,
+            );
+            segments.insert(s.id, seg);
+        }
+    }
+    let last_id = ids.last().copied();
+    let mut cleared: Vec<Key> = Vec::new();
+    for &id in &ids {
+        let from = match id.cmp(&position.0) {
+            std::cmp::Ordering::Less => {
+                if !segments.contains_key(&id) {
+                    // Older than the checkpoint and not in it: it had emptied and a crash cut its
+                    // deletion short.
+                    let path = segment::path(dir, id);
+                    info!(path = %path.display(), "removing a segment that had emptied");
+                    fs::remove_file(&path).map_err(io_err("removing an empty segment", &path))?;
+                }
+                continue;
+            }
+            std::cmp::Ordering::Equal => position.1,
+            std::cmp::Ordering::Greater => 0,
         };
-        pending += 1;
-        if key.priority == PRIORITY_CRITICAL {
-            pending_critical += 1;
+        if !segments.contains_key(&id) {
+            let file = open_seg(id)?;
+            segments.insert(id, Segment::new(id, next_seq, 0, file));
         }
-        max_seq = Some(max_seq.map_or(key.seq, |m| m.max(key.seq)));
+        let seg = segments.get_mut(&id).expect("inserted above");
+        let path = segment::path(dir, id);
+        let file_len = seg
+            .file
+            .metadata()
+            .map_err(io_err("reading a segment's size", &path))?
+            .len();
+        let mut buf = vec![0u8; file_len.saturating_sub(from) as usize];
+        seg.file
+            .read_exact_at(&mut buf, from)
+            .map_err(io_err("reading a segment", &path))?;
+        let (items, _) = frame::scan(&buf, true);
+        let mut last_put: Option<Seq> = None;
+        let mut gap_from: Option<Seq> = None;
+        let mut truncate_at: Option<u64> = None;
+        let n = items.len();
+        for (i, item) in items.iter().enumerate() {
+            match *item {
+                Item::Frame {
+                    kind: Kind::Put,
+                    body,
+                    ..
+                } => {
+                    let Some((h, _)) = PutHeader::decode(body) else {
+                        continue;
+                    };
+                    if let Some(start) = gap_from.take() {
+                        mark_gap(seg, start, h.seq);
+                    }
+                    cleared.extend(h.replaces);
+                    seg.set_live(h.seq, h.lane);
+                    dedup.insert(h.id_hash, h.received_at_ms);
+                    last_put = Some(h.seq);
+                }
+                Item::Frame {
+                    kind: Kind::Ack,
+                    body,
+                    ..
+                } => cleared.extend(decode_ack(body).unwrap_or_default()),
+                Item::Frame { .. } => {}
+                Item::Garbage { offset, len } => {
+                    if i + 1 == n && Some(id) == last_id {
+                        truncate_at = Some(from + offset as u64);
+                        warn!(
+                            segment = id,
+                            at = from + offset as u64,
+                            bytes = len,
+                            "truncating a torn tail of the last segment"
+                        );
+                    } else {
+                        error!(segment = id, offset = from + offset as u64, bytes = len, "damaged region in a segment; its pending records will be reported as corrupt");
+                        gap_from = Some(last_put.map_or(seg.first_seq, |s| s + 1));
+                    }
+                }
+            }
+        }
+        if let Some(start) = gap_from {
+            let end = seg.end_seq;
+            mark_gap(seg, start, end);
+        }
+        seg.len = match truncate_at {
+            Some(cut) => {
+                seg.file
+                    .set_len(cut)
+                    .map_err(io_err("truncating a torn tail", &path))?;
+                cut
+            }
+            None => file_len,
+        };
+        next_seq = next_seq.max(seg.end_seq);
     }
-    let (_, dead_tail, dead) = fifo_bounds(&trees.dead, TREE_DEAD)?;
-    for v in trees.dead.iter().values() {
-        data_bytes += v?.len() as u64;
+    for key in cleared {
+        if let Some(seg) = segments.values_mut().rev().find(|s| s.first_seq <= key.seq) {
+            seg.clear(key);
+        }
     }
-    let (dedup_head, dedup_tail, dedup_len) = fifo_bounds(&trees.dedup_order, TREE_DEDUP_ORDER)?;
-    let (delivered_head, delivered_tail, delivered_len) =
-        fifo_bounds(&trees.delivered, TREE_DELIVERED)?;
-    let next_seq = read_meta(&trees.meta, META_NEXT_SEQ)?
-        .unwrap_or(1)
-        .max(max_seq.map_or(1, |m| m + 1));
-    let next_dead_id = read_meta(&trees.meta, META_NEXT_DEAD_ID)?
-        .unwrap_or(1)
-        .max(dead_tail)
-        .max(1);
-    debug!(
-        next_seq,
-        next_dead_id, data_bytes, dedup_len, delivered_len, "WAL state recovered"
-    );
+    let active = match segments.keys().next_back() {
+        Some(&id) => id,
+        None => {
+            let id = 1;
+            let file = create_segment(dir, id)?;
+            segments.insert(id, Segment::new(id, next_seq, 0, Arc::new(file)));
+            id
+        }
+    };
+    // Whatever a crashed process left in the page cache is made durable before it counts.
+    if let Err(source) = sync.sync_data(&segments[&active].file) {
+        return Err(WalError::SyncFailed { source });
+    }
+    let segment_bytes = segments.values().map(|s| s.len).sum();
     Ok(State {
+        segments,
+        active,
         next_seq,
-        next_dead_id,
-        pending,
-        pending_critical,
+        dedup,
         dead,
-        data_bytes,
-        dedup_head,
-        dedup_tail,
-        dedup_len,
-        delivered_head,
-        delivered_tail,
-        delivered_len,
+        receipts,
+        segment_bytes,
+        written_gen: 0,
+        synced_gen: 0,
+        since_checkpoint: 0,
+        last_checkpoint: Instant::now(),
     })
 }
 
-/// How long [`Wal::open`] waits for sled's directory lock.
-///
-/// Dropping the last handle does not release the lock at once: sled's background threads still
-/// hold the data file until their queued work ends (sled's own test build waits for the lock
-/// for the same reason). A lock held by another process for longer is [`WalError::Locked`].
-const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// Opens sled with the WAL's settings, waiting up to [`LOCK_WAIT`] for the directory lock.
-fn open_sled(cfg: &WalConfig) -> Result<sled::Db, WalError> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        let opened = sled::Config::new()
-            .path(&cfg.dir)
-            .mode(sled::Mode::LowSpace)
-            .cache_capacity(cfg.cache_capacity_bytes)
-            .flush_every_ms(cfg.flush_every_ms)
-            .open();
-        match opened {
-            // sled 0.34.7 reports a held lock only through this message (config.rs `try_lock`).
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                if Instant::now() >= deadline {
-                    return Err(WalError::Locked {
-                        dir: cfg.dir.clone(),
-                        source: e,
-                    });
-                }
-                // No event to wait on: sled exposes neither the lock nor its thread pool.
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            other => return Ok(other?),
-        }
+/// Marks the seqs of a damaged region pending (lane unknown: critical), so cursors report them
+/// as corrupt instead of losing them silently; later acks in the log clear those that had left.
+fn mark_gap(seg: &mut Segment, from: Seq, to: Seq) {
+    for seq in from..to {
+        seg.set_live(seq, PRIORITY_CRITICAL);
     }
-}
-
-/// fsyncs what sled created without syncing: its config file (a torn `conf` makes sled refuse to
-/// open) and the directory entries of `db`, `conf` and `blobs`, plus the directory's own entry.
-fn make_layout_durable(dir: &Path) -> Result<(), WalError> {
-    let open_err = |path: PathBuf| move |source| WalError::Open { path, source };
-    let conf = dir.join("conf");
-    match std::fs::File::open(&conf) {
-        Ok(f) => f.sync_all().map_err(open_err(conf))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(open_err(conf)(e)),
-    }
-    sync_dir(dir).map_err(open_err(dir.to_path_buf()))?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    sync_dir(&parent).map_err(open_err(parent))?;
-    Ok(())
 }

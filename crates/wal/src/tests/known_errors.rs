@@ -7,7 +7,7 @@ use tempfile::TempDir;
 use super::support::{append_one, open, reason, record};
 use crate::{
     decode_dead_letter, decode_receipt, decode_record, encode_record, CorruptPending, DeadKind,
-    Key, Record, RecordError, WalError, FRAME_HEADER_LEN, PRIORITY_NORMAL, RECORD_VERSION,
+    Record, RecordError, WalError, FRAME_HEADER_LEN, PRIORITY_NORMAL, RECORD_VERSION,
 };
 
 type Check = Box<dyn Fn(&RecordError) -> bool>;
@@ -147,11 +147,8 @@ fn flipped_byte_in_a_stored_record_yields_a_corrupt_item_and_the_rest_still_drai
     let before = append_one(&wal, record("before", PRIORITY_NORMAL));
     let mut bytes = encoded();
     bytes[FRAME_HEADER_LEN + 2] ^= 0xff;
-    let bad = Key {
-        priority: PRIORITY_NORMAL,
-        seq: before.seq + 1,
-    };
-    wal.put_raw_pending(bad, &bytes);
+    let bad = wal.put_raw_pending(PRIORITY_NORMAL, &bytes);
+    assert_eq!(bad.seq, before.seq + 1);
     let after = append_one(&wal, record("after", PRIORITY_NORMAL));
     assert!(after.seq > bad.seq);
 
@@ -176,11 +173,7 @@ fn corrupt_record_becomes_a_corrupt_dead_letter_with_its_bytes_kept() {
     let wal = open(dir.path());
     let good = encoded();
     let cut = good[..good.len() - 4].to_vec();
-    let key = Key {
-        priority: PRIORITY_NORMAL,
-        seq: 10,
-    };
-    wal.put_raw_pending(key, &cut);
+    let key = wal.put_raw_pending(PRIORITY_NORMAL, &cut);
 
     let corrupt = wal.pending().next().unwrap().unwrap_err();
     assert!(matches!(corrupt.error, RecordError::Truncated { .. }));
@@ -215,11 +208,7 @@ fn unknown_version_in_a_stored_record_is_dead_lettered_as_corrupt() {
     let wal = open(dir.path());
     let mut future = encoded();
     future[0] = 9;
-    let key = Key {
-        priority: 0,
-        seq: 3,
-    };
-    wal.put_raw_pending(key, &future);
+    let key = wal.put_raw_pending(0, &future);
     let corrupt = wal.pending().next().unwrap().unwrap_err();
     assert_eq!(
         corrupt.error,

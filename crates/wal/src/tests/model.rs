@@ -8,10 +8,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use tempfile::TempDir;
 
-use super::support::{config, reason, receipt, record, ScriptedSync};
+use super::support::{config, reason, receipt, record, store_data_bytes, ScriptedSync};
 use crate::{
-    encode_dead_letter, encode_record, Appended, DeadKind, DeadLetter, DeadReason, Entry, Key,
-    Receipt, Record, Wal, WalConfig, PRIORITY_CRITICAL, PRIORITY_NORMAL,
+    Appended, DeadKind, DeadLetter, DeadReason, Entry, Key, Receipt, Record, Wal, WalConfig,
+    PRIORITY_CRITICAL, PRIORITY_NORMAL,
 };
 
 const DEDUP_WINDOW: usize = 4;
@@ -172,8 +172,11 @@ fn apply(wal: &Wal, model: &mut Model, op: Op) {
                 rec.attempts = attempts;
                 rec.last_attempt_ms = Some(model.now_ms);
                 rec.next_attempt_ms = model.now_ms + 100;
-                wal.update(key, &rec).expect("update");
-                model.pending.insert(key, rec);
+                let new = wal.update(key, &rec).expect("update");
+                assert_eq!(new.priority, key.priority, "an update keeps the lane");
+                model.new_seq(new);
+                model.pending.remove(&key);
+                model.pending.insert(new, rec);
             }
         }
         Op::Remove(i) => {
@@ -260,17 +263,7 @@ fn check(wal: &Wal, model: &Model) {
     );
     assert_eq!(stats.dead_letters, model.dead.len() as u64);
     assert_eq!(stats.delivered_kept, model.delivered.len() as u64);
-    let data_bytes: usize = model
-        .pending
-        .values()
-        .map(|r| encode_record(r).expect("encodes").len())
-        .sum::<usize>()
-        + model
-            .dead
-            .values()
-            .map(|d| encode_dead_letter(d).expect("encodes").len())
-            .sum::<usize>();
-    assert_eq!(stats.data_bytes, data_bytes as u64, "data_bytes differ");
+    assert_eq!(stats.data_bytes, store_data_bytes(wal), "data_bytes differ");
     assert_eq!(wal.data_bytes(), stats.data_bytes);
     wal.assert_counters_consistent();
 }

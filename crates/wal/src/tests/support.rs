@@ -6,20 +6,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::{
-    encode_dead_letter, encode_record, Appended, DeadKind, DeadReason, Entry, Key, Priority,
-    Receipt, Record, SyncTarget, Wal, WalConfig,
+    Appended, DeadKind, DeadReason, Entry, Key, Priority, Receipt, Record, SyncTarget, Wal,
+    WalConfig,
 };
 
-/// Config for tests: small cache, no background flusher (tests decide when to flush).
+/// Config for tests: small segments (so tests cross segment boundaries), checkpoints only when
+/// the test closes the WAL.
 pub(crate) fn config(dir: &Path) -> WalConfig {
     WalConfig {
-        cache_capacity_bytes: 1024 * 1024,
-        flush_every_ms: None,
+        segment_bytes: 64 * 1024,
+        checkpoint_bytes: u64::MAX,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
         ..WalConfig::new(dir)
     }
 }
 
-/// Opens with the real fsync ([`crate::DataFileSync`]).
+/// Opens with the real fsync ([`crate::FileSync`]).
 pub(crate) fn open(dir: &Path) -> Wal {
     Wal::open(config(dir)).expect("open WAL")
 }
@@ -107,7 +109,7 @@ impl ScriptedSync {
 }
 
 impl SyncTarget for ScriptedSync {
-    fn sync_data(&self) -> io::Result<()> {
+    fn sync_data(&self, _file: &std::fs::File) -> io::Result<()> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n < self.ok_calls {
             Ok(())
@@ -117,15 +119,26 @@ impl SyncTarget for ScriptedSync {
     }
 }
 
-/// The encoded lengths of everything in pending and dead letters, read back from the trees.
-pub(crate) fn encoded_data_bytes(wal: &Wal) -> u64 {
-    let pending: usize = wal
-        .pending()
-        .map(|item| encode_record(&item.expect("decodable").1).unwrap().len())
-        .sum();
-    let dead: usize = wal
-        .dead_letters()
-        .map(|item| encode_dead_letter(&item.expect("decodable")).unwrap().len())
-        .sum();
-    (pending + dead) as u64
+/// The sizes of the data files (segments, dead-letter log, receipts), read from the directory.
+pub(crate) fn store_data_bytes(wal: &Wal) -> u64 {
+    std::fs::read_dir(wal.dir())
+        .expect("list store")
+        .map(|e| e.expect("entry"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("seg-") || name == "dead.log" || name.starts_with("receipts.")
+        })
+        .map(|e| e.metadata().expect("metadata").len())
+        .sum()
+}
+
+/// Segment files in the store.
+pub(crate) fn segment_files(wal: &Wal) -> usize {
+    std::fs::read_dir(wal.dir())
+        .expect("list store")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        })
+        .count()
 }
