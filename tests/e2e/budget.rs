@@ -14,7 +14,7 @@ async fn disk_budget_holds_alerts_at_the_broker_and_loses_nothing_when_space_fre
     sim.outage_for(Duration::from_secs(3600));
     let opts = AgentOptions {
         // ~300 B per stored alert: the budget holds roughly a third of the burst
-        store_extra: "max_bytes = 409600".into(),
+        store_extra: "max_bytes = 409600\nsegment_bytes = 65536".into(),
         breaker_cooldown_ms: 300,
         breaker_failures: 3,
         admin: true,

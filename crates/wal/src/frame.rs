@@ -37,6 +37,12 @@ pub(crate) enum Kind {
     Checkpoint = 6,
     /// Dead-letter log: the next dead-letter id, written first by a compaction.
     DeadNextId = 7,
+    /// Segment log: the first seq of the segment (its first frame), so seqs never go backwards
+    /// even when every earlier segment was deleted.
+    SegmentStart = 8,
+    /// Segment log: an alert id entered the dedup window without a put (ingest dead-lettered
+    /// it): `id hash u128 LE | at_ms u64 LE`, so replay rebuilds the window in its exact order.
+    Seen = 9,
 }
 
 impl Kind {
@@ -49,6 +55,8 @@ impl Kind {
             5 => Kind::Receipt,
             6 => Kind::Checkpoint,
             7 => Kind::DeadNextId,
+            8 => Kind::SegmentStart,
+            9 => Kind::Seen,
             _ => return None,
         })
     }

@@ -41,6 +41,9 @@ pub const STORE_FORMAT: u64 = 2;
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "LOCK";
 
+/// Length of the `SegmentStart` frame every segment begins with.
+const SEGMENT_START_LEN: u64 = (frame::HEADER_LEN + 8) as u64;
+
 /// Bytes read per cursor step (more when one frame is larger).
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -414,6 +417,9 @@ impl Wal {
                         };
                         let framed = encode_dead_letter(&letter).map_err(encode_err)?;
                         DeadLog::encode_add(&mut dead, id, &framed);
+                        let mut seen = hash.to_le_bytes().to_vec();
+                        seen.extend_from_slice(&now.to_le_bytes());
+                        frame::encode(&mut main, Kind::Seen, &seen);
                         out.push(Appended::DeadLettered(id));
                     }
                 }
@@ -763,6 +769,7 @@ impl Wal {
     /// (slow path: the drain uses [`Wal::dead_letter_record`] with the record it holds). Returns
     /// the dead-letter id. A record that does not decode is kept raw as [`DeadKind::Corrupt`].
     pub fn dead_letter(&self, key: Key, reason: DeadReason, now_ms: u64) -> Result<u64, WalError> {
+        self.check_poison()?;
         let Some(raw) = self.get_raw(key)? else {
             return Err(WalError::NotPending { key });
         };
@@ -1091,9 +1098,11 @@ impl Wal {
             return Err(self.poisoned_by(WalError::SyncFailed { source }));
         }
         let id = st.active + 1;
-        let file = create_segment(&self.inner.dir, id).map_err(|e| self.poisoned_by(e))?;
+        let (file, len) =
+            create_segment(&self.inner.dir, id, st.next_seq).map_err(|e| self.poisoned_by(e))?;
         st.segments
-            .insert(id, Segment::new(id, st.next_seq, 0, Arc::new(file)));
+            .insert(id, Segment::new(id, st.next_seq, len, Arc::new(file)));
+        st.segment_bytes += len;
         st.active = id;
         debug!(segment = id, first_seq = st.next_seq, "segment started");
         Ok(())
@@ -1152,7 +1161,7 @@ impl Wal {
         let empty: Vec<u64> = {
             let mut st = self.lock_state();
             let active = &st.segments[&st.active];
-            if active.live_total() == 0 && active.len > 0 {
+            if active.live_total() == 0 && active.len > SEGMENT_START_LEN {
                 self.rotate(&mut st)?;
             }
             st.segments
@@ -1417,6 +1426,11 @@ impl Wal {
         self.write_dead(&mut st, &dead).expect("test write");
     }
 
+    /// Drops the handle as a crash would: no flush, no checkpoint.
+    pub(crate) fn abandon(self) {
+        self.inner.poison.poison();
+    }
+
     /// Asserts the in-memory tables match a fresh recovery of the files.
     pub(crate) fn assert_counters_consistent(&self) {
         self.flush().expect("flush");
@@ -1566,7 +1580,8 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-fn create_segment(dir: &Path, id: u64) -> Result<File, WalError> {
+/// Creates segment `id`, starting with its `SegmentStart` frame; returns it and its length.
+fn create_segment(dir: &Path, id: u64, first_seq: Seq) -> Result<(File, u64), WalError> {
     let path = segment::path(dir, id);
     let file = OpenOptions::new()
         .read(true)
@@ -1574,9 +1589,13 @@ fn create_segment(dir: &Path, id: u64) -> Result<File, WalError> {
         .create_new(true)
         .open(&path)
         .map_err(io_err("creating a segment", &path))?;
+    let mut start = Vec::new();
+    frame::encode(&mut start, Kind::SegmentStart, &first_seq.to_le_bytes());
+    file.write_all_at(&start, 0)
+        .map_err(io_err("writing a segment header", &path))?;
     // The new file's directory entry must survive a power cut before anything in it counts.
     sync_dir(dir).map_err(io_err("syncing the store directory", dir))?;
-    Ok(file)
+    Ok((file, start.len() as u64))
 }
 
 /// Takes the directory lock (`flock` on `<dir>/LOCK`), waiting up to 3 s for a previous holder in
@@ -1673,24 +1692,6 @@ fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, 
     let cp = Checkpoint::load(dir).map_err(io_err("reading the checkpoint", dir))?;
     let ids = segment_ids(dir)?;
     let mut dedup = Dedup::new(cfg.dedup_window, cfg.dedup_window_ms);
-    if dedup.enabled() {
-        // Ingest's dead letters hold their alert ids only in the dead-letter log.
-        for id in dead.ids() {
-            let letter = dead
-                .get(id)
-                .ok()
-                .flatten()
-                .and_then(|raw| decode_dead_letter(&raw).ok());
-            if let Some(DeadLetter {
-                key: None,
-                record: Some(record),
-                ..
-            }) = letter
-            {
-                dedup.insert(id_hash(&record.alert_id), record.received_at_ms);
-            }
-        }
-    }
     let mut segments: BTreeMap<u64, Segment> = BTreeMap::new();
     let mut next_seq: Seq = 1;
     let mut position = (0u64, 0u64);
@@ -1787,6 +1788,34 @@ fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, 
                     body,
                     ..
                 } => cleared.extend(decode_ack(body).unwrap_or_default()),
+                Item::Frame {
+                    kind: Kind::Seen,
+                    body,
+                    ..
+                } => {
+                    if let (Some(h), Some(at)) = (
+                        body.get(..16)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u128::from_le_bytes),
+                        body.get(16..24)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_le_bytes),
+                    ) {
+                        dedup.insert(h, at);
+                    }
+                }
+                Item::Frame {
+                    kind: Kind::SegmentStart,
+                    body,
+                    ..
+                } => {
+                    if let Some(first) = body.try_into().ok().map(u64::from_le_bytes) {
+                        if seg.live_total() == 0 && seg.bitmap().is_empty() {
+                            seg.first_seq = first;
+                            seg.end_seq = seg.end_seq.max(first);
+                        }
+                    }
+                }
                 Item::Frame { .. } => {}
                 Item::Garbage { offset, len } => {
                     if i + 1 == n && Some(id) == last_id {
@@ -1828,8 +1857,8 @@ fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, 
         Some(&id) => id,
         None => {
             let id = 1;
-            let file = create_segment(dir, id)?;
-            segments.insert(id, Segment::new(id, next_seq, 0, Arc::new(file)));
+            let (file, len) = create_segment(dir, id, next_seq)?;
+            segments.insert(id, Segment::new(id, next_seq, len, Arc::new(file)));
             id
         }
     };
