@@ -84,8 +84,9 @@
 //! A sealed segment is deleted once none of its records is pending (after the removals that
 //! emptied it were fsynced, so a missing segment always means an emptied one). A retry re-appends
 //! its record and removes the old copy, so a record that keeps failing moves forward instead of
-//! pinning an old segment. [`Wal::data_bytes`] is the bytes of segments, dead-letter log and
-//! receipts: it falls as segments are deleted, and is what a disk budget compares against. The
+//! pinning an old segment. [`Wal::data_bytes`] is the bytes of segments and the dead-letter log
+//! (receipts are bounded by count instead): it falls as segments are deleted, and is what a disk
+//! budget compares against. The
 //! dead-letter log is rewritten when half of it is removed entries.
 //!
 //! # Restart

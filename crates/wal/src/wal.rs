@@ -143,10 +143,11 @@ pub struct WalStats {
     /// Smallest `received_at_ms` among the head records of each lane (exact unless replayed
     /// records, which keep their original receive time, sit behind newer ones).
     pub oldest_pending_received_ms: Option<u64>,
-    /// Bytes of the files that hold data: segments, dead letters, receipts. It falls when a
-    /// segment empties and is deleted; what a disk budget compares against.
+    /// Bytes of the files that hold undelivered data: segments and the dead-letter log. It falls
+    /// when a segment empties and is deleted; what a disk budget compares against. Receipts
+    /// (bounded by `delivered_keep`) are not counted.
     pub data_bytes: u64,
-    /// Bytes of every file of the store (data plus checkpoint).
+    /// Bytes of every file of the store (data plus receipts and checkpoint).
     pub size_on_disk: u64,
 }
 
@@ -987,19 +988,20 @@ impl Wal {
             delivered_kept,
             oldest_pending_received_ms: self.oldest_pending_received_ms()?,
             data_bytes,
-            size_on_disk: data_bytes + file_len(&self.inner.dir.join(crate::checkpoint::FILE)),
+            size_on_disk: self.size_on_disk()?,
         })
     }
 
-    /// Bytes of the files holding data (segments, dead letters, receipts): the figure to compare a
-    /// disk budget against. Kept in memory: no I/O.
+    /// Bytes of the files holding undelivered data (segments, dead letters): the figure to
+    /// compare a disk budget against. Kept in memory: no I/O.
     pub fn data_bytes(&self) -> u64 {
         data_bytes_of(&self.lock_state())
     }
 
     /// Bytes of every file of the store.
     pub fn size_on_disk(&self) -> Result<u64, WalError> {
-        Ok(self.data_bytes() + file_len(&self.inner.dir.join(crate::checkpoint::FILE)))
+        let receipts = self.lock_state().receipts.len();
+        Ok(self.data_bytes() + receipts + file_len(&self.inner.dir.join(crate::checkpoint::FILE)))
     }
 
     /// Makes everything written so far durable (fsync), deletes segments that emptied and writes
@@ -1572,8 +1574,11 @@ fn corrupt_reason(reason: &DeadReason, error: &RecordError) -> DeadReason {
     }
 }
 
+/// Segments and dead-letter log: what grows with undelivered data. Receipts are bounded by
+/// `delivered_keep` instead; counting them would let a small disk budget fill up with proof of
+/// deliveries and stop ingest for good.
 fn data_bytes_of(st: &State) -> u64 {
-    st.segment_bytes + st.dead.len() + st.receipts.len()
+    st.segment_bytes + st.dead.len()
 }
 
 fn file_len(path: &Path) -> u64 {
