@@ -139,4 +139,6 @@ pub use record::{
     decode_record, encode_record, Key, Priority, Record, RecordError, Seq, FRAME_HEADER_LEN,
     PRIORITY_CRITICAL, PRIORITY_NORMAL, RECORD_VERSION,
 };
-pub use wal::{Appended, CorruptPending, Cursor, Entry, Wal, WalConfig, WalStats, STORE_FORMAT};
+pub use wal::{
+    Appended, CorruptPending, Cursor, Entry, PendingItem, Wal, WalConfig, WalStats, STORE_FORMAT,
+};

@@ -165,6 +165,9 @@ pub struct CorruptPending {
     pub error: RecordError,
 }
 
+/// One pending record as a cursor returns it: decoded, or corrupt (dead-letter it).
+pub type PendingItem = Result<(Key, Record), CorruptPending>;
+
 /// Position of a reader in one lane of the log: [`Wal::read`] returns that lane's pending
 /// records in seq order from here. Records appended later are found by later reads; records
 /// removed meanwhile are skipped. Holds no file and no lock.
@@ -461,11 +464,7 @@ impl Wal {
     /// pending, comes back as `Err(CorruptPending)` (never a panic, never a stuck cursor):
     /// dead-letter it with [`Wal::dead_letter_corrupt`]. Reads take the writer mutex only
     /// briefly, never during file I/O.
-    pub fn read(
-        &self,
-        cursor: &mut Cursor,
-        max: usize,
-    ) -> Result<Vec<Result<(Key, Record), CorruptPending>>, WalError> {
+    pub fn read(&self, cursor: &mut Cursor, max: usize) -> Result<Vec<PendingItem>, WalError> {
         let mut out = Vec::new();
         while out.len() < max {
             let (file, end, end_seq) = {
@@ -1750,9 +1749,8 @@ fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, 
             std::cmp::Ordering::Equal => position.1,
             std::cmp::Ordering::Greater => 0,
         };
-        if !segments.contains_key(&id) {
-            let file = open_seg(id)?;
-            segments.insert(id, Segment::new(id, next_seq, 0, file));
+        if let std::collections::btree_map::Entry::Vacant(slot) = segments.entry(id) {
+            slot.insert(Segment::new(id, next_seq, 0, open_seg(id)?));
         }
         let seg = segments.get_mut(&id).expect("inserted above");
         let path = segment::path(dir, id);
