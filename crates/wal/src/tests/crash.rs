@@ -85,19 +85,7 @@ fn kill9_at_random_points_loses_no_acked_record() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let run_for = Duration::from_millis(40 + seed % 250);
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "tests::crash::crash_child_writer",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .env("ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn writer");
+        let mut child = spawn_writer(&exe, dir.path(), round);
         let stdout = child.stdout.take().expect("stdout");
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
@@ -146,6 +134,38 @@ fn kill9_at_random_points_loses_no_acked_record() {
         "the writer made progress ({} acked)",
         acked.len()
     );
+}
+
+/// Starts the writer: this test binary again. Under qemu-user without binfmt (the ARM test run in
+/// CI) the kernel cannot exec it directly, so it goes through the same emulator.
+fn spawn_writer(exe: &std::path::Path, dir: &std::path::Path, round: u64) -> std::process::Child {
+    let args = [
+        "--exact",
+        "tests::crash::crash_child_writer",
+        "--nocapture",
+        "--test-threads=1",
+    ];
+    let run = |cmd: &mut Command| {
+        cmd.env(CHILD_ENV, dir)
+            .env("ROUND", round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    match run(Command::new(exe).args(args)) {
+        Ok(child) => child,
+        Err(e) if e.raw_os_error() == Some(8) => {
+            // ENOEXEC: a foreign binary; use the emulator of its architecture.
+            let (qemu, sysroot) = match std::env::consts::ARCH {
+                "aarch64" => ("qemu-aarch64", "/usr/aarch64-linux-gnu"),
+                "arm" => ("qemu-arm", "/usr/arm-linux-gnueabihf"),
+                other => panic!("cannot run the writer on {other}: {e}"),
+            };
+            run(Command::new(qemu).args(["-L", sysroot]).arg(exe).args(args))
+                .expect("spawn writer under qemu")
+        }
+        Err(e) => panic!("spawn writer: {e}"),
+    }
 }
 
 #[test]
