@@ -802,6 +802,7 @@ flow_id = "f-1"
             ("[store]\nmax_bytes = 1000", "store.max_bytes"),
             ("[admin]\nlisten = \"nope\"", "admin.listen"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[mapping]\nmax_keys = 0", "mapping.max_keys"),
         ];
         for (extra, key) in cases {
             let err = parse(&format!("{MINIMAL}\n{extra}\n")).unwrap_err();
@@ -809,6 +810,13 @@ flow_id = "f-1"
             assert!(msg.contains(key), "{extra}: {msg}");
             assert!(msg.contains("fix:"), "{extra}: {msg}");
         }
+    }
+
+    #[test]
+    fn mapping_max_keys_is_read_with_a_default_of_1024() {
+        assert_eq!(parse(MINIMAL).expect("valid").mapping.max_keys, 1024);
+        let c = parse(&format!("{MINIMAL}\n[mapping]\nmax_keys = 5000\n")).expect("valid");
+        assert_eq!(c.mapping.max_keys, 5000);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! Plain `std::time` (no bench framework): each case runs for about one second after a warm-up and
 //! prints alerts/s and ns/alert. Cases: a typical ~300-byte alert and a ~6 KB alert, each through
 //! the default pass-through mapping and through an explicit mapping with a catch-all; then the
-//! worst cases of issue 9 (many small keys): ~6 600 keys filling the default 64 KiB payload limit,
-//! and 100 000 keys (max_payload_bytes raised to 2 MiB so the size limit does not stop them).
+//! worst cases of issue 9 (many small keys): ~6 600 keys filling the default 64 KiB payload limit
+//! (with `max_keys` raised, and at the default, where it is rejected), and 100 000 keys
+//! (`max_payload_bytes` raised to 2 MiB so the size limit does not stop them: rejected at the
+//! default `max_keys`, mapped with it raised).
 //! A slow case runs single mappings until one second has passed (at least one), so a case that
 //! takes minutes per mapping still prints one row.
 //!
@@ -170,26 +172,64 @@ fn main() {
         "case", "bytes", "alerts/s", "ns/alert"
     );
     run(&filter, "typical, pass-through", &pass, &small, true);
-    run(&filter, "typical, explicit + catch-all", &expl, &small, true);
+    run(
+        &filter,
+        "typical, explicit + catch-all",
+        &expl,
+        &small,
+        true,
+    );
     run(&filter, "6 KB, pass-through", &pass, &big, true);
     run(&filter, "6 KB, explicit + catch-all", &expl, &big, true);
 
-    // Worst cases: many small keys. At the default 64 KiB limit about 6 600 keys fit.
+    // Worst cases: many small keys. At the default 64 KiB limit about 6 600 keys fit; they are
+    // over the default max_keys (1 024), so it is raised for these rows to measure the mapping.
+    let raised = |cfg: MappingConfig| match Mapper::new(&MappingConfig {
+        max_keys: 200_000,
+        ..cfg
+    }) {
+        Ok(m) => m,
+        Err(e) => panic!("raised config: {e}"),
+    };
+    let pass_raised = raised(MappingConfig::default());
+    let expl_raised = raised(explicit());
     let limit = MappingConfig::default().max_payload_bytes;
     let full = many_keys(usize::MAX, limit);
-    run(&filter, "6 600 keys, pass-through", &pass, &full, true);
-    run(&filter, "6 600 keys, explicit + catch-all", &expl, &full, true);
-    // 100 000 keys (about 1.1 MB), with the payload limit raised so that size does not stop it.
+    run(
+        &filter,
+        "6 600 keys, pass-through",
+        &pass_raised,
+        &full,
+        true,
+    );
+    run(
+        &filter,
+        "6 600 keys, explicit + catch-all",
+        &expl_raised,
+        &full,
+        true,
+    );
+    run(&filter, "6 600 keys, default max_keys", &pass, &full, false);
+    // 100 000 keys (about 1.1 MB), with the payload limit raised so that size does not stop it:
+    // at the default max_keys it is rejected at key 1 025; with max_keys raised, fully mapped.
     let wide = MappingConfig {
         max_payload_bytes: 2 << 20,
         ..MappingConfig::default()
     };
+    let wide_raised = raised(wide.clone());
     let wide = match Mapper::new(&wide) {
         Ok(m) => m,
         Err(e) => panic!("wide config: {e}"),
     };
     let huge = many_keys(100_000, usize::MAX);
     run(&filter, "100 000 keys, pass-through", &wide, &huge, false);
+    run(
+        &filter,
+        "100 000 keys, max_keys raised",
+        &wide_raised,
+        &huge,
+        true,
+    );
     if !filter.is_empty() {
         return;
     }
