@@ -76,3 +76,23 @@ fn example_config_passes_check_with_a_secret() {
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(!all.contains("s3cr3t-value"), "secret printed: {all}");
 }
+
+/// Issue 9, item 2: `plant/#/alerts` passed `check`, and the broker then refused the
+/// subscription while the agent looked healthy.
+#[test]
+fn check_refuses_an_invalid_topic_filter_naming_its_index() {
+    let (_d, p) = write("[mqtt]\ntopics = [\"plant/+/alerts/#\", \"plant/#/alerts\"]\n[genesys]\nregion = \"mypurecloud.ie\"\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent\"\nflow_id = \"f\"\n");
+    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.topics[1]")
+            && err.contains("`#` is allowed only as the whole last level")
+            && err.contains("fix:"),
+        "{err}"
+    );
+}

@@ -41,8 +41,8 @@ pub enum ConfigError {
     /// A value that parses but makes no sense.
     #[error("config key `{key}`: {problem} (fix: {fix})")]
     Invalid {
-        /// Dotted key, e.g. `delivery.rate_per_sec`.
-        key: &'static str,
+        /// Dotted key, e.g. `delivery.rate_per_sec`, `mqtt.topics[1]`.
+        key: String,
         /// What is wrong with the value.
         problem: String,
         /// What to write instead.
@@ -50,12 +50,78 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn invalid(
+    key: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
         fix: fix.into(),
     }
+}
+
+/// Longest topic filter MQTT allows: a UTF-8 string field carries a 16-bit length
+/// (MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4).
+pub const MAX_TOPIC_FILTER_BYTES: usize = 65_535;
+
+/// What is wrong with an MQTT topic filter, and how to fix it; `None` when it is valid.
+///
+/// The rules of MQTT 3.1.1 §4.7 (MQTT 5 §4.7): not empty, at most 65 535 bytes, no NUL
+/// character, `#` only as the whole last level (`plant/#`, `#`), `+` only as a whole level
+/// (`plant/+/alerts`). Empty levels (`a//b`) are legal. A broker refuses an invalid filter in
+/// its SUBACK (or drops the connection), and the agent would then sit connected and deaf.
+pub fn topic_filter_problem(filter: &str) -> Option<(String, String)> {
+    let shown = || {
+        let mut end = filter.len().min(80);
+        while !filter.is_char_boundary(end) {
+            end -= 1;
+        }
+        let more = if end < filter.len() { "..." } else { "" };
+        format!("{:?}{more}", &filter[..end])
+    };
+    if filter.is_empty() {
+        return Some((
+            "is empty".into(),
+            "write a filter such as \"plant/+/alerts/#\", or remove the entry".into(),
+        ));
+    }
+    if filter.len() > MAX_TOPIC_FILTER_BYTES {
+        return Some((
+            format!(
+                "{} is {} bytes, over MQTT's limit of {MAX_TOPIC_FILTER_BYTES}",
+                shown(),
+                filter.len()
+            ),
+            "use a shorter filter, with `+` or `#` wildcards".into(),
+        ));
+    }
+    if filter.contains('\0') {
+        return Some((
+            format!("{} contains a NUL character", shown()),
+            "remove the NUL (\\u0000) from the filter".into(),
+        ));
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Some((
+                format!("{}: `#` is allowed only as the whole last level", shown()),
+                "end the filter with `/#` for everything below a level (\"plant/#\"), or use \
+                 `+` for exactly one level (\"plant/+/alerts\")"
+                    .into(),
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Some((
+                format!("{}: `+` is allowed only as a whole level", shown()),
+                "put `+` alone between slashes (\"plant/+/alerts\"); it matches exactly one level"
+                    .into(),
+            ));
+        }
+    }
+    None
 }
 
 /// The file as written. Every section and key is optional; defaults live in [`Config::from_raw`].
@@ -351,7 +417,7 @@ impl Config {
         let genesys = genesys_from_raw(raw.genesys)?;
         let delivery = delivery_from_raw(raw.delivery)?;
         alertbridge_payload::Mapper::new(&raw.mapping).map_err(|e| ConfigError::Invalid {
-            key: "mapping",
+            key: "mapping".into(),
             problem: e.to_string(),
             fix: "see docs/payload.md for the mapping rules".into(),
         })?;
@@ -460,12 +526,17 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
     let topics = raw
         .topics
         .unwrap_or_else(|| vec!["plant/+/alerts/#".into()]);
-    if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+    if topics.is_empty() {
         return Err(invalid(
             "mqtt.topics",
-            "needs at least one non-empty topic filter",
+            "needs at least one topic filter",
             "e.g. topics = [\"plant/+/alerts/#\"]",
         ));
+    }
+    for (i, t) in topics.iter().enumerate() {
+        if let Some((problem, fix)) = topic_filter_problem(t) {
+            return Err(invalid(format!("mqtt.topics[{i}]"), problem, fix));
+        }
     }
     let password = match (raw.password_file, std::env::var_os(ENV_MQTT_PASSWORD)) {
         (Some(p), _) => Some(SecretSource::File(resolve_credential(p))),
@@ -817,6 +888,94 @@ flow_id = "f-1"
         assert_eq!(parse(MINIMAL).expect("valid").mapping.max_keys, 1024);
         let c = parse(&format!("{MINIMAL}\n[mapping]\nmax_keys = 5000\n")).expect("valid");
         assert_eq!(c.mapping.max_keys, 5000);
+    }
+
+    #[test]
+    fn topic_filters_follow_the_mqtt_rules() {
+        let long_ok = "a".repeat(MAX_TOPIC_FILTER_BYTES);
+        let too_long = "a".repeat(MAX_TOPIC_FILTER_BYTES + 1);
+        for ok in [
+            "#",
+            "+",
+            "plant/#",
+            "plant/+/alerts/#",
+            "+/+/+",
+            "/",
+            "a//b",
+            "/#",
+            "$SYS/broker/#",
+            "plant/ü/alerts",
+            "sport/tennis/+",
+            long_ok.as_str(),
+        ] {
+            assert_eq!(topic_filter_problem(ok), None, "{ok:?}");
+        }
+        // (filter, part of the problem, part of the fix)
+        let bad: &[(&str, &str, &str)] = &[
+            ("", "is empty", "plant/+/alerts/#"),
+            (
+                "plant/#/alerts",
+                "`#` is allowed only as the whole last level",
+                "/#",
+            ),
+            ("#/a", "`#` is allowed only", "/#"),
+            ("plant#", "`#` is allowed only", "/#"),
+            ("plant/a#", "`#` is allowed only", "/#"),
+            ("plant/##", "`#` is allowed only", "/#"),
+            (
+                "plant+",
+                "`+` is allowed only as a whole level",
+                "alone between slashes",
+            ),
+            (
+                "plant/+x/alerts",
+                "`+` is allowed only",
+                "alone between slashes",
+            ),
+            ("plant/++", "`+` is allowed only", "alone between slashes"),
+            ("a/b\0c", "contains a NUL character", "remove the NUL"),
+            (
+                too_long.as_str(),
+                "65536 bytes, over MQTT's limit of 65535",
+                "shorter",
+            ),
+        ];
+        for (filter, problem, fix) in bad {
+            let Some((p, f)) = topic_filter_problem(filter) else {
+                panic!("accepted {filter:?}");
+            };
+            assert!(p.contains(problem), "{filter:?}: {p}");
+            assert!(f.contains(fix), "{filter:?}: {f}");
+            assert!(
+                p.len() < 200,
+                "a long filter is not repeated in full: {}",
+                p.len()
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_topic_filter_is_named_by_its_index_with_a_fix() {
+        for (topics, key, problem) in [
+            (
+                r#"["plant/+/alerts/#", "plant/#/alerts"]"#,
+                "mqtt.topics[1]",
+                "\"plant/#/alerts\": `#` is allowed only as the whole last level",
+            ),
+            (r#"["", "plant/#"]"#, "mqtt.topics[0]", "is empty"),
+            (
+                r#"["a", "b", "c+"]"#,
+                "mqtt.topics[2]",
+                "`+` is allowed only",
+            ),
+            (r#"[]"#, "mqtt.topics", "needs at least one topic filter"),
+        ] {
+            let text = format!("[mqtt]\ntopics = {topics}\n{MINIMAL}");
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(msg.contains(&format!("config key `{key}`")), "{msg}");
+            assert!(msg.contains(problem), "{msg}");
+            assert!(msg.contains("(fix: "), "{msg}");
+        }
     }
 
     #[test]
