@@ -124,6 +124,44 @@ pub fn topic_filter_problem(filter: &str) -> Option<(String, String)> {
     None
 }
 
+/// The first `@` of `url` that can belong to credentials (`scheme://user:password@host`): one
+/// before the query or fragment. A path with a literal `@` is refused too (it must be written
+/// `%40`): with a password holding `/`, the `@` would otherwise look like part of the path, and
+/// the password would be shown as the host.
+fn credentials_at(url: &str) -> Option<usize> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| start + i);
+    url[start..end].rfind('@').map(|i| start + i)
+}
+
+/// `url` as it may be shown in an error, a log line or `check` output: anything between
+/// `scheme://` and the last `@` before the query (credentials, see [`credentials_at`]) is
+/// removed. Validation refuses such URLs; this is the second line, for every place that prints
+/// one.
+pub fn display_url(url: &str) -> std::borrow::Cow<'_, str> {
+    match credentials_at(url) {
+        None => std::borrow::Cow::Borrowed(url),
+        Some(at) => {
+            let start = url.find("://").map_or(0, |i| i + 3);
+            std::borrow::Cow::Owned(format!("{}{}", &url[..start], &url[at + 1..]))
+        }
+    }
+}
+
+/// The error for a URL setting that carries credentials: it names the key and, in `fix`, the
+/// setting that holds the secret instead, and never repeats any part of the URL.
+fn credentials_in_url(key: &'static str, fix: &str) -> ConfigError {
+    invalid(
+        key,
+        "holds credentials (`user:password@` before the host, or an `@` in the path); secrets in \
+         URLs end up in logs and process listings, so they are refused (the URL is not repeated \
+         here)",
+        fix,
+    )
+}
+
 /// The file as written. Every section and key is optional; defaults live in [`Config::from_raw`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -483,6 +521,17 @@ impl Config {
 
 fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
     let url = raw.url.unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    // First, before any message could repeat the URL. An MQTT URL here has no path, so any `@`
+    // is a credential.
+    if url.contains('@') {
+        return Err(credentials_in_url(
+            "mqtt.url",
+            &format!(
+                "write only mqtt[s]://host:port; set mqtt.username, and put the password in a file \
+                 named by mqtt.password_file (systemd LoadCredential=) or in ${ENV_MQTT_PASSWORD}"
+            ),
+        ));
+    }
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("mqtt://") {
@@ -490,7 +539,7 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
     } else {
         return Err(invalid(
             "mqtt.url",
-            format!("`{url}` has no mqtt:// or mqtts:// scheme"),
+            format!("`{}` has no mqtt:// or mqtts:// scheme", display_url(&url)),
             "write e.g. \"mqtt://127.0.0.1:1883\" or \"mqtts://broker.plant.local:8883\"",
         ));
     };
@@ -630,6 +679,27 @@ fn resolve_credential(p: PathBuf) -> PathBuf {
 }
 
 fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
+    // First, before any message could repeat a URL.
+    let secret_fix = "remove the credentials from the URL: the OAuth client id goes in \
+                      genesys.client_id, its secret in the file named by \
+                      genesys.client_secret_file (systemd LoadCredential=)";
+    for (key, url) in [
+        ("genesys.region", &raw.region),
+        ("genesys.login_url", &raw.login_url),
+        ("genesys.api_url", &raw.api_url),
+    ] {
+        if url.as_deref().and_then(credentials_at).is_some() {
+            return Err(credentials_in_url(key, secret_fix));
+        }
+    }
+    if raw.events_url.as_deref().and_then(credentials_at).is_some() {
+        return Err(credentials_in_url(
+            "genesys.events_url",
+            "use the webhook integration's invocation URL as Genesys shows it (its token is in \
+             the path, never as user:password@), with events_auth = \"none\"; or events_auth = \
+             \"bearer\" with the OAuth client (genesys.client_id and genesys.client_secret_file)",
+        ));
+    }
     let (mut login_url, mut api_url) = (None, None);
     if let Some(region) = &raw.region {
         let (l, a) = alertbridge_genesys::region_hosts(region).map_err(|e| {
@@ -663,7 +733,7 @@ fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(invalid(
                 key,
-                format!("`{url}` is not an http(s) URL"),
+                format!("`{}` is not an http(s) URL", display_url(url)),
                 "write e.g. \"https://api.mypurecloud.ie\"",
             ));
         }
@@ -975,6 +1045,106 @@ flow_id = "f-1"
             assert!(msg.contains(&format!("config key `{key}`")), "{msg}");
             assert!(msg.contains(problem), "{msg}");
             assert!(msg.contains("(fix: "), "{msg}");
+        }
+    }
+
+    /// Issue 9, item 8: `mqtt://user:password@host` was accepted, printed by `check`, logged
+    /// at info with the password, and never connected.
+    #[test]
+    fn credentials_in_urls_are_refused_naming_the_secret_setting_without_echoing_them() {
+        const CANARY: &str = "canary-7d1f0e";
+        let genesys_urls = |login: &str, api: &str| {
+            MINIMAL.replace(
+                "region = \"mypurecloud.ie\"",
+                &format!("login_url = \"{login}\"\napi_url = \"{api}\""),
+            )
+        };
+        // (config text, key named, setting the fix points to)
+        let cases = [
+            (
+                format!("[mqtt]\nurl = \"mqtt://alertbridge:{CANARY}@broker:1883\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            (
+                format!("[mqtt]\nurl = \"mqtts://{CANARY}@broker\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            // A `/` in the password must not turn it into a "port" that an error repeats.
+            (
+                format!("[mqtt]\nurl = \"mqtt://u:{CANARY}/x@broker:1883\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            // Checked before the scheme, whose error repeats the URL.
+            (
+                format!("[mqtt]\nurl = \"tcp://u:{CANARY}@broker\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            (
+                genesys_urls(
+                    &format!("https://id:{CANARY}@login.mypurecloud.ie"),
+                    "https://api.mypurecloud.ie",
+                ),
+                "genesys.login_url",
+                "genesys.client_secret_file",
+            ),
+            (
+                genesys_urls(
+                    "https://login.mypurecloud.ie",
+                    &format!("https://id:{CANARY}@api.mypurecloud.ie"),
+                ),
+                "genesys.api_url",
+                "genesys.client_secret_file",
+            ),
+            (
+                MINIMAL.replace(
+                    "region = \"mypurecloud.ie\"",
+                    &format!("region = \"https://id:{CANARY}@mypurecloud.ie\""),
+                ),
+                "genesys.region",
+                "genesys.client_secret_file",
+            ),
+            (
+                format!(
+                    "{MINIMAL}target = \"events\"\nevents_auth = \"none\"\n\
+                     events_url = \"https://hook:{CANARY}@api.mypurecloud.ie/x/events\"\n"
+                ),
+                "genesys.events_url",
+                "events_auth",
+            ),
+        ];
+        for (text, key, setting) in &cases {
+            let err = parse(text).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("config key `{key}`")), "{msg}");
+            assert!(msg.contains("holds credentials"), "{msg}");
+            assert!(msg.contains(setting), "{msg}");
+            for shown in [&msg, &format!("{err:?}")] {
+                assert!(!shown.contains(CANARY), "secret echoed: {shown}");
+            }
+        }
+        // No userinfo, no complaint: an `@` after `?` belongs to the query.
+        let text = genesys_urls(
+            "https://login.mypurecloud.ie",
+            "https://api.mypurecloud.ie/?contact=ops@example.com",
+        );
+        parse(&text).expect("an @ in the query is not a credential");
+    }
+
+    #[test]
+    fn displayed_urls_never_carry_credentials() {
+        for (url, shown) in [
+            ("https://api.mypurecloud.ie", "https://api.mypurecloud.ie"),
+            ("mqtt://u:pw@broker:1883", "mqtt://broker:1883"),
+            ("https://u:p/w@host/x", "https://host/x"),
+            ("https://a@b@host:8443/p?q=1@2", "https://host:8443/p?q=1@2"),
+            ("user:pw@host:1883", "host:1883"),
+            ("host:1883", "host:1883"),
+        ] {
+            assert_eq!(display_url(url), shown, "{url}");
         }
     }
 
