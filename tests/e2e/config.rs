@@ -76,3 +76,67 @@ fn example_config_passes_check_with_a_secret() {
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(!all.contains("s3cr3t-value"), "secret printed: {all}");
 }
+
+/// Issue 9, item 2: `plant/#/alerts` passed `check`, and the broker then refused the
+/// subscription while the agent looked healthy.
+#[test]
+fn check_refuses_an_invalid_topic_filter_naming_its_index() {
+    let (_d, p) = write("[mqtt]\ntopics = [\"plant/+/alerts/#\", \"plant/#/alerts\"]\n[genesys]\nregion = \"mypurecloud.ie\"\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent\"\nflow_id = \"f\"\n");
+    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.topics[1]")
+            && err.contains("`#` is allowed only as the whole last level")
+            && err.contains("fix:"),
+        "{err}"
+    );
+}
+
+/// Issue 9, item 8: `mqtt://user:password@host` was accepted, printed by `check` and logged at
+/// info with the password. Now `check` and `run` refuse it, point to `username` +
+/// `password_file`, and print no part of the secret (canary).
+#[test]
+fn credentials_in_urls_are_refused_and_never_printed() {
+    const CANARY: &str = "canary-9c2e4b";
+    let genesys =
+        "[genesys]\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent\"\nflow_id = \"f\"\n";
+    let cases = [
+        (
+            format!("[mqtt]\nurl = \"mqtt://alertbridge:{CANARY}@127.0.0.1:1883\"\n{genesys}region = \"mypurecloud.ie\"\n"),
+            "mqtt.url",
+            "mqtt.password_file",
+        ),
+        (
+            format!("{genesys}login_url = \"https://login.mypurecloud.ie\"\napi_url = \"https://x:{CANARY}@api.mypurecloud.ie\"\n"),
+            "genesys.api_url",
+            "genesys.client_secret_file",
+        ),
+    ];
+    for (text, key, setting) in &cases {
+        let (_d, p) = write(text);
+        for (cmd, code) in [("check", 1), ("run", 2)] {
+            let out = command(env!("CARGO_BIN_EXE_alertbridge"))
+                .args([cmd, "--config"])
+                .arg(&p)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(code), "{cmd}: {all}");
+            assert!(
+                all.contains(key) && all.contains(setting) && all.contains("fix:"),
+                "{cmd}: {all}"
+            );
+            assert!(!all.contains(CANARY), "{cmd} printed the secret: {all}");
+        }
+    }
+}

@@ -14,3 +14,4 @@ mod pressure;
 mod spine;
 mod storm;
 mod tokens;
+mod wide_payload;

@@ -274,14 +274,15 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("warning: {w}");
     }
     if ok {
+        // URLs go through `display_url`: validation refuses credentials in them, and this line
+        // could not show any even if one slipped through (the events URL is never shown).
         println!(
-            "{}: ok (broker {}:{}, topics {:?}, store {}, api {})",
+            "{}: ok (broker {}, topics {:?}, store {}, api {})",
             path.display(),
-            cfg.mqtt.host,
-            cfg.mqtt.port,
+            crate::config::display_url(&format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port)),
             cfg.mqtt.topics,
             cfg.store.dir.display(),
-            cfg.genesys.api_url
+            crate::config::display_url(&cfg.genesys.api_url)
         );
         ExitCode::SUCCESS
     } else {

@@ -41,8 +41,8 @@ pub enum ConfigError {
     /// A value that parses but makes no sense.
     #[error("config key `{key}`: {problem} (fix: {fix})")]
     Invalid {
-        /// Dotted key, e.g. `delivery.rate_per_sec`.
-        key: &'static str,
+        /// Dotted key, e.g. `delivery.rate_per_sec`, `mqtt.topics[1]`.
+        key: String,
         /// What is wrong with the value.
         problem: String,
         /// What to write instead.
@@ -50,12 +50,116 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn invalid(
+    key: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
         fix: fix.into(),
     }
+}
+
+/// Longest topic filter MQTT allows: a UTF-8 string field carries a 16-bit length
+/// (MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4).
+pub const MAX_TOPIC_FILTER_BYTES: usize = 65_535;
+
+/// What is wrong with an MQTT topic filter, and how to fix it; `None` when it is valid.
+///
+/// The rules of MQTT 3.1.1 §4.7 (MQTT 5 §4.7): not empty, at most 65 535 bytes, no NUL
+/// character, `#` only as the whole last level (`plant/#`, `#`), `+` only as a whole level
+/// (`plant/+/alerts`). Empty levels (`a//b`) are legal. A broker refuses an invalid filter in
+/// its SUBACK (or drops the connection), and the agent would then sit connected and deaf.
+pub fn topic_filter_problem(filter: &str) -> Option<(String, String)> {
+    let shown = || {
+        let mut end = filter.len().min(80);
+        while !filter.is_char_boundary(end) {
+            end -= 1;
+        }
+        let more = if end < filter.len() { "..." } else { "" };
+        format!("{:?}{more}", &filter[..end])
+    };
+    if filter.is_empty() {
+        return Some((
+            "is empty".into(),
+            "write a filter such as \"plant/+/alerts/#\", or remove the entry".into(),
+        ));
+    }
+    if filter.len() > MAX_TOPIC_FILTER_BYTES {
+        return Some((
+            format!(
+                "{} is {} bytes, over MQTT's limit of {MAX_TOPIC_FILTER_BYTES}",
+                shown(),
+                filter.len()
+            ),
+            "use a shorter filter, with `+` or `#` wildcards".into(),
+        ));
+    }
+    if filter.contains('\0') {
+        return Some((
+            format!("{} contains a NUL character", shown()),
+            "remove the NUL (\\u0000) from the filter".into(),
+        ));
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Some((
+                format!("{}: `#` is allowed only as the whole last level", shown()),
+                "end the filter with `/#` for everything below a level (\"plant/#\"), or use \
+                 `+` for exactly one level (\"plant/+/alerts\")"
+                    .into(),
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Some((
+                format!("{}: `+` is allowed only as a whole level", shown()),
+                "put `+` alone between slashes (\"plant/+/alerts\"); it matches exactly one level"
+                    .into(),
+            ));
+        }
+    }
+    None
+}
+
+/// The first `@` of `url` that can belong to credentials (`scheme://user:password@host`): one
+/// before the query or fragment. A path with a literal `@` is refused too (it must be written
+/// `%40`): with a password holding `/`, the `@` would otherwise look like part of the path, and
+/// the password would be shown as the host.
+fn credentials_at(url: &str) -> Option<usize> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| start + i);
+    url[start..end].rfind('@').map(|i| start + i)
+}
+
+/// `url` as it may be shown in an error, a log line or `check` output: anything between
+/// `scheme://` and the last `@` before the query (credentials, see [`credentials_at`]) is
+/// removed. Validation refuses such URLs; this is the second line, for every place that prints
+/// one.
+pub fn display_url(url: &str) -> std::borrow::Cow<'_, str> {
+    match credentials_at(url) {
+        None => std::borrow::Cow::Borrowed(url),
+        Some(at) => {
+            let start = url.find("://").map_or(0, |i| i + 3);
+            std::borrow::Cow::Owned(format!("{}{}", &url[..start], &url[at + 1..]))
+        }
+    }
+}
+
+/// The error for a URL setting that carries credentials: it names the key and, in `fix`, the
+/// setting that holds the secret instead, and never repeats any part of the URL.
+fn credentials_in_url(key: &'static str, fix: &str) -> ConfigError {
+    invalid(
+        key,
+        "holds credentials (`user:password@` before the host, or an `@` in the path); secrets in \
+         URLs end up in logs and process listings, so they are refused (the URL is not repeated \
+         here)",
+        fix,
+    )
 }
 
 /// The file as written. Every section and key is optional; defaults live in [`Config::from_raw`].
@@ -360,7 +464,7 @@ impl Config {
         let genesys = genesys_from_raw(raw.genesys)?;
         let delivery = delivery_from_raw(raw.delivery)?;
         alertbridge_payload::Mapper::new(&raw.mapping).map_err(|e| ConfigError::Invalid {
-            key: "mapping",
+            key: "mapping".into(),
             problem: e.to_string(),
             fix: "see docs/payload.md for the mapping rules".into(),
         })?;
@@ -433,6 +537,17 @@ impl Config {
 
 fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
     let url = raw.url.unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    // First, before any message could repeat the URL. An MQTT URL here has no path, so any `@`
+    // is a credential.
+    if url.contains('@') {
+        return Err(credentials_in_url(
+            "mqtt.url",
+            &format!(
+                "write only mqtt[s]://host:port; set mqtt.username, and put the password in a file \
+                 named by mqtt.password_file (systemd LoadCredential=) or in ${ENV_MQTT_PASSWORD}"
+            ),
+        ));
+    }
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("mqtt://") {
@@ -440,7 +555,7 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
     } else {
         return Err(invalid(
             "mqtt.url",
-            format!("`{url}` has no mqtt:// or mqtts:// scheme"),
+            format!("`{}` has no mqtt:// or mqtts:// scheme", display_url(&url)),
             "write e.g. \"mqtt://127.0.0.1:1883\" or \"mqtts://broker.plant.local:8883\"",
         ));
     };
@@ -476,12 +591,17 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
     let topics = raw
         .topics
         .unwrap_or_else(|| vec!["plant/+/alerts/#".into()]);
-    if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+    if topics.is_empty() {
         return Err(invalid(
             "mqtt.topics",
-            "needs at least one non-empty topic filter",
+            "needs at least one topic filter",
             "e.g. topics = [\"plant/+/alerts/#\"]",
         ));
+    }
+    for (i, t) in topics.iter().enumerate() {
+        if let Some((problem, fix)) = topic_filter_problem(t) {
+            return Err(invalid(format!("mqtt.topics[{i}]"), problem, fix));
+        }
     }
     let password = match (raw.password_file, std::env::var_os(ENV_MQTT_PASSWORD)) {
         (Some(p), _) => Some(SecretSource::File(resolve_credential(p))),
@@ -585,6 +705,27 @@ fn resolve_credential(p: PathBuf) -> PathBuf {
 }
 
 fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
+    // First, before any message could repeat a URL.
+    let secret_fix = "remove the credentials from the URL: the OAuth client id goes in \
+                      genesys.client_id, its secret in the file named by \
+                      genesys.client_secret_file (systemd LoadCredential=)";
+    for (key, url) in [
+        ("genesys.region", &raw.region),
+        ("genesys.login_url", &raw.login_url),
+        ("genesys.api_url", &raw.api_url),
+    ] {
+        if url.as_deref().and_then(credentials_at).is_some() {
+            return Err(credentials_in_url(key, secret_fix));
+        }
+    }
+    if raw.events_url.as_deref().and_then(credentials_at).is_some() {
+        return Err(credentials_in_url(
+            "genesys.events_url",
+            "use the webhook integration's invocation URL as Genesys shows it (its token is in \
+             the path, never as user:password@), with events_auth = \"none\"; or events_auth = \
+             \"bearer\" with the OAuth client (genesys.client_id and genesys.client_secret_file)",
+        ));
+    }
     let (mut login_url, mut api_url) = (None, None);
     if let Some(region) = &raw.region {
         let (l, a) = alertbridge_genesys::region_hosts(region).map_err(|e| {
@@ -618,7 +759,7 @@ fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return Err(invalid(
                 key,
-                format!("`{url}` is not an http(s) URL"),
+                format!("`{}` is not an http(s) URL", display_url(url)),
                 "write e.g. \"https://api.mypurecloud.ie\"",
             ));
         }
@@ -828,12 +969,208 @@ flow_id = "f-1"
             ("[store]\nmax_bytes = 1000", "store.max_bytes"),
             ("[admin]\nlisten = \"nope\"", "admin.listen"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[mapping]\nmax_keys = 0", "mapping.max_keys"),
         ];
         for (extra, key) in cases {
             let err = parse(&format!("{MINIMAL}\n{extra}\n")).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(key), "{extra}: {msg}");
             assert!(msg.contains("fix:"), "{extra}: {msg}");
+        }
+    }
+
+    #[test]
+    fn mapping_max_keys_is_read_with_a_default_of_1024() {
+        assert_eq!(parse(MINIMAL).expect("valid").mapping.max_keys, 1024);
+        let c = parse(&format!("{MINIMAL}\n[mapping]\nmax_keys = 5000\n")).expect("valid");
+        assert_eq!(c.mapping.max_keys, 5000);
+    }
+
+    #[test]
+    fn topic_filters_follow_the_mqtt_rules() {
+        let long_ok = "a".repeat(MAX_TOPIC_FILTER_BYTES);
+        let too_long = "a".repeat(MAX_TOPIC_FILTER_BYTES + 1);
+        for ok in [
+            "#",
+            "+",
+            "plant/#",
+            "plant/+/alerts/#",
+            "+/+/+",
+            "/",
+            "a//b",
+            "/#",
+            "$SYS/broker/#",
+            "plant/ü/alerts",
+            "sport/tennis/+",
+            long_ok.as_str(),
+        ] {
+            assert_eq!(topic_filter_problem(ok), None, "{ok:?}");
+        }
+        // (filter, part of the problem, part of the fix)
+        let bad: &[(&str, &str, &str)] = &[
+            ("", "is empty", "plant/+/alerts/#"),
+            (
+                "plant/#/alerts",
+                "`#` is allowed only as the whole last level",
+                "/#",
+            ),
+            ("#/a", "`#` is allowed only", "/#"),
+            ("plant#", "`#` is allowed only", "/#"),
+            ("plant/a#", "`#` is allowed only", "/#"),
+            ("plant/##", "`#` is allowed only", "/#"),
+            (
+                "plant+",
+                "`+` is allowed only as a whole level",
+                "alone between slashes",
+            ),
+            (
+                "plant/+x/alerts",
+                "`+` is allowed only",
+                "alone between slashes",
+            ),
+            ("plant/++", "`+` is allowed only", "alone between slashes"),
+            ("a/b\0c", "contains a NUL character", "remove the NUL"),
+            (
+                too_long.as_str(),
+                "65536 bytes, over MQTT's limit of 65535",
+                "shorter",
+            ),
+        ];
+        for (filter, problem, fix) in bad {
+            let Some((p, f)) = topic_filter_problem(filter) else {
+                panic!("accepted {filter:?}");
+            };
+            assert!(p.contains(problem), "{filter:?}: {p}");
+            assert!(f.contains(fix), "{filter:?}: {f}");
+            assert!(
+                p.len() < 200,
+                "a long filter is not repeated in full: {}",
+                p.len()
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_topic_filter_is_named_by_its_index_with_a_fix() {
+        for (topics, key, problem) in [
+            (
+                r#"["plant/+/alerts/#", "plant/#/alerts"]"#,
+                "mqtt.topics[1]",
+                "\"plant/#/alerts\": `#` is allowed only as the whole last level",
+            ),
+            (r#"["", "plant/#"]"#, "mqtt.topics[0]", "is empty"),
+            (
+                r#"["a", "b", "c+"]"#,
+                "mqtt.topics[2]",
+                "`+` is allowed only",
+            ),
+            (r#"[]"#, "mqtt.topics", "needs at least one topic filter"),
+        ] {
+            let text = format!("[mqtt]\ntopics = {topics}\n{MINIMAL}");
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(msg.contains(&format!("config key `{key}`")), "{msg}");
+            assert!(msg.contains(problem), "{msg}");
+            assert!(msg.contains("(fix: "), "{msg}");
+        }
+    }
+
+    /// Issue 9, item 8: `mqtt://user:password@host` was accepted, printed by `check`, logged
+    /// at info with the password, and never connected.
+    #[test]
+    fn credentials_in_urls_are_refused_naming_the_secret_setting_without_echoing_them() {
+        const CANARY: &str = "canary-7d1f0e";
+        let genesys_urls = |login: &str, api: &str| {
+            MINIMAL.replace(
+                "region = \"mypurecloud.ie\"",
+                &format!("login_url = \"{login}\"\napi_url = \"{api}\""),
+            )
+        };
+        // (config text, key named, setting the fix points to)
+        let cases = [
+            (
+                format!("[mqtt]\nurl = \"mqtt://alertbridge:{CANARY}@broker:1883\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            (
+                format!("[mqtt]\nurl = \"mqtts://{CANARY}@broker\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            // A `/` in the password must not turn it into a "port" that an error repeats.
+            (
+                format!("[mqtt]\nurl = \"mqtt://u:{CANARY}/x@broker:1883\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            // Checked before the scheme, whose error repeats the URL.
+            (
+                format!("[mqtt]\nurl = \"tcp://u:{CANARY}@broker\"\n{MINIMAL}"),
+                "mqtt.url",
+                "mqtt.password_file",
+            ),
+            (
+                genesys_urls(
+                    &format!("https://id:{CANARY}@login.mypurecloud.ie"),
+                    "https://api.mypurecloud.ie",
+                ),
+                "genesys.login_url",
+                "genesys.client_secret_file",
+            ),
+            (
+                genesys_urls(
+                    "https://login.mypurecloud.ie",
+                    &format!("https://id:{CANARY}@api.mypurecloud.ie"),
+                ),
+                "genesys.api_url",
+                "genesys.client_secret_file",
+            ),
+            (
+                MINIMAL.replace(
+                    "region = \"mypurecloud.ie\"",
+                    &format!("region = \"https://id:{CANARY}@mypurecloud.ie\""),
+                ),
+                "genesys.region",
+                "genesys.client_secret_file",
+            ),
+            (
+                format!(
+                    "{MINIMAL}target = \"events\"\nevents_auth = \"none\"\n\
+                     events_url = \"https://hook:{CANARY}@api.mypurecloud.ie/x/events\"\n"
+                ),
+                "genesys.events_url",
+                "events_auth",
+            ),
+        ];
+        for (text, key, setting) in &cases {
+            let err = parse(text).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("config key `{key}`")), "{msg}");
+            assert!(msg.contains("holds credentials"), "{msg}");
+            assert!(msg.contains(setting), "{msg}");
+            for shown in [&msg, &format!("{err:?}")] {
+                assert!(!shown.contains(CANARY), "secret echoed: {shown}");
+            }
+        }
+        // No userinfo, no complaint: an `@` after `?` belongs to the query.
+        let text = genesys_urls(
+            "https://login.mypurecloud.ie",
+            "https://api.mypurecloud.ie/?contact=ops@example.com",
+        );
+        parse(&text).expect("an @ in the query is not a credential");
+    }
+
+    #[test]
+    fn displayed_urls_never_carry_credentials() {
+        for (url, shown) in [
+            ("https://api.mypurecloud.ie", "https://api.mypurecloud.ie"),
+            ("mqtt://u:pw@broker:1883", "mqtt://broker:1883"),
+            ("https://u:p/w@host/x", "https://host/x"),
+            ("https://a@b@host:8443/p?q=1@2", "https://host:8443/p?q=1@2"),
+            ("user:pw@host:1883", "host:1883"),
+            ("host:1883", "host:1883"),
+        ] {
+            assert_eq!(display_url(url), shown, "{url}");
         }
     }
 

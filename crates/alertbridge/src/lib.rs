@@ -170,8 +170,8 @@ pub async fn run_with(
     let client_for_reload = client.clone();
     tracing::info!(
         store = %config.store.dir.display(),
-        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
-        api = %config.genesys.api_url,
+        broker = %config::display_url(&format!("{}:{}", config.mqtt.host, config.mqtt.port)),
+        api = %config::display_url(&config.genesys.api_url),
         "alertbridge starting"
     );
 

@@ -45,7 +45,10 @@ impl Plant {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30))
             .set_inflight(200)
-            .set_clean_session(clean_session);
+            .set_clean_session(clean_session)
+            // rumqttc's default (10 KiB) would refuse to send a payload that fills the agent's
+            // default 64 KiB limit, which hostile-input tests need to publish.
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 20_000);
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let order: SendOrder = Arc::default();

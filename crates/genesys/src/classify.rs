@@ -37,7 +37,8 @@ const MAX_TEXT: usize = 300;
 pub enum Classified {
     /// 2xx: accepted (a workflow launch is asynchronous: "started", not "finished").
     Delivered(Receipt),
-    /// Transient: send again later, after at least `after` when the server said so.
+    /// Transient (5xx except 501, 408, 409, 423, 425, 429): send again later, after at least
+    /// `after` when the server said so.
     Retry {
         /// Server-requested wait (`Retry-After`; 3 s default on 429), `None` = caller's backoff.
         after: Option<Duration>,
@@ -154,7 +155,13 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
             "not implemented: this endpoint does not take this request; check api_url / events_url",
         ),
         300..=399 => pause("unexpected redirect: check api_url / events_url"),
+        // Transient by definition: the same request can succeed later (RFC 9110 §15.5.9/§15.5.10,
+        // RFC 4918 §11.3, RFC 8470 §5.2). Dead-lettering them would throw away alerts that only
+        // met a busy or locked resource; the drain retries with backoff, `Retry-After` as a floor.
         408 => retry("client timeout", retry_after),
+        409 => retry("conflict with the resource's current state", retry_after),
+        423 => retry("resource locked", retry_after),
+        425 => retry("too early", retry_after),
         429 => {
             let after = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT);
             if after > MAX_RATE_LIMIT_WAIT {
@@ -447,11 +454,22 @@ mod tests {
             (405, none, Row::DeadLetter),
             (408, none, Row::Retry(None)),
             (408, &[("retry-after", "7")], Row::Retry(Some(7))),
-            (409, none, Row::DeadLetter),
+            (409, none, Row::Retry(None)),
+            (409, &[("retry-after", "5")], Row::Retry(Some(5))),
             (410, none, Row::Pause(None)),
             (413, none, Row::DeadLetter),
             (415, none, Row::DeadLetter),
             (422, none, Row::DeadLetter),
+            (423, none, Row::Retry(None)),
+            (
+                423,
+                &[("retry-after", "Wed, 21 Oct 2026 07:28:20 GMT")],
+                Row::Retry(Some(20)),
+            ),
+            (424, none, Row::DeadLetter),
+            (425, none, Row::Retry(None)),
+            (425, &[("retry-after", "2")], Row::Retry(Some(2))),
+            (426, none, Row::DeadLetter),
             (429, none, Row::Retry(Some(3))),
             (429, &[("retry-after", "not a number")], Row::Retry(Some(3))),
             (429, &[("retry-after", "0")], Row::Retry(Some(0))),

@@ -544,7 +544,10 @@ impl Inner {
 }
 
 /// Parses an http(s) URL; `shown = false` keeps the URL out of the error (an invocation URL).
+/// A URL with credentials (`user:password@host`, or any `@` the parser might take for one) is
+/// refused and never shown: the OAuth secret comes from its [`SecretSource`], not from a URL.
 fn parse_http_url(field: &'static str, url: &str, shown: bool) -> Result<Url, ClientError> {
+    let shown = shown && !url.contains('@');
     let invalid = |what: String| ClientError::InvalidConfig {
         field,
         reason: if shown {
@@ -554,6 +557,12 @@ fn parse_http_url(field: &'static str, url: &str, shown: bool) -> Result<Url, Cl
         },
     };
     let parsed = Url::parse(url).map_err(|e| invalid(format!("not a URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            "holds credentials (user:password@); the client id and secret are separate settings"
+                .into(),
+        ));
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid(
             "scheme must be https (or http for a local simulator)".into(),
@@ -766,6 +775,41 @@ mod tests {
         bad.client_id = String::new();
         let err = GenesysClient::new(bad).unwrap_err();
         assert!(!format!("{err} {err:?}").contains(token), "{err:?}");
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        install_provider();
+        let canary = "canary-pw-5f1e";
+        let field_of = |cfg: ClientConfig| match GenesysClient::new(cfg) {
+            Err(e @ ClientError::InvalidConfig { field, .. }) => {
+                let text = format!("{e} {e:?}");
+                assert!(!text.contains(canary), "{text}");
+                field
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        let mut c = config(workflow());
+        c.api_url = format!("https://user:{canary}@api.mypurecloud.ie");
+        assert_eq!(field_of(c), "api_url");
+        let mut c = config(workflow());
+        c.login_url = format!("https://user:{canary}@login.mypurecloud.ie");
+        assert_eq!(field_of(c), "login_url");
+        // A password with a `/` makes the parser see a bad port: still not shown.
+        let mut c = config(workflow());
+        c.api_url = format!("https://user:{canary}/x@api.mypurecloud.ie");
+        assert_eq!(field_of(c), "api_url");
+        let events = |url: String| {
+            config(Target::Events {
+                event_name: "e".into(),
+                events_url: Some(url),
+                auth: EventsAuth::Bearer,
+            })
+        };
+        assert_eq!(
+            field_of(events(format!("https://u:{canary}@api.mypurecloud.ie/e"))),
+            "events_url"
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::time::Duration;
 pub enum Disposition {
     /// Genesys accepted it (2xx): remove it from pending and keep the receipt.
     Delivered(Receipt),
-    /// Transient (connect error, timeout, 5xx except 501, 408, 429, token endpoint down): keep it
-    /// pending and send again after `after` if given, else after the caller's backoff.
+    /// Transient (connect error, timeout, 5xx except 501, 408, 409, 423, 425, 429, token endpoint
+    /// down): keep it pending and send again after `after` if given, else after the caller's
+    /// backoff.
     /// Neither target is idempotent: after a timeout the first attempt may have run.
     Retry {
         /// Server-requested wait (`Retry-After`; 3 s on a 429 without one).

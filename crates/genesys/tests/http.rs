@@ -482,6 +482,32 @@ async fn service_unavailable_is_retried() {
     assert!(reason.contains("[correlation_id "), "{reason}");
 }
 
+/// Issue 9, item 4: 408, 409, 423 and 425 are transient by definition; they used to dead-letter
+/// the alert (all but 408). Over real HTTP they are now retries, like a 503.
+#[tokio::test]
+async fn transient_4xx_answers_are_retried_not_dead_lettered() {
+    let sim = start_sim(SimConfig::default()).await;
+    let client = client(config(&sim, workflow()));
+    for status in [408, 409, 423, 425] {
+        sim.set_faults(Faults {
+            force_status: Some(status),
+            ..Faults::default()
+        });
+        let id = format!("a-{status}");
+        let d = client.deliver(&id, &data(&id)).await;
+        let Disposition::Retry {
+            status: s, reason, ..
+        } = &d
+        else {
+            panic!("{status}: not a retry: {d:?}");
+        };
+        assert_eq!(*s, Some(status));
+        assert!(reason.contains(&format!("HTTP {status}")), "{reason}");
+    }
+    sim.set_faults(Faults::default());
+    assert_delivered(&client.deliver("a-ok", &data("a-ok")).await);
+}
+
 #[tokio::test]
 async fn rate_limit_waits_for_retry_after_and_pauses_when_it_is_long() {
     let sim = start_sim(SimConfig {

@@ -2,7 +2,15 @@
 //!
 //! Plain `std::time` (no bench framework): each case runs for about one second after a warm-up and
 //! prints alerts/s and ns/alert. Cases: a typical ~300-byte alert and a ~6 KB alert, each through
-//! the default pass-through mapping and through an explicit mapping with a catch-all.
+//! the default pass-through mapping and through an explicit mapping with a catch-all; then the
+//! worst cases of issue 9 (many small keys): ~6 600 keys filling the default 64 KiB payload limit
+//! (with `max_keys` raised, and at the default, where it is rejected), and 100 000 keys
+//! (`max_payload_bytes` raised to 2 MiB so the size limit does not stop them: rejected at the
+//! default `max_keys`, mapped with it raised).
+//! A slow case runs single mappings until one second has passed (at least one), so a case that
+//! takes minutes per mapping still prints one row.
+//!
+//! `cargo bench -p alertbridge-payload -- keys` runs only the cases whose name contains `keys`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -45,6 +53,22 @@ fn large() -> Vec<u8> {
     serde_json::to_vec(&Value::Object(v)).unwrap_or_default()
 }
 
+/// `{"device_id":"SN-1029384756","alert_level":"warning","k0":0,"k1":1,...}`: the two
+/// identifying fields first, then small keys until the payload has `keys` keys in total, or until
+/// one more key would make it larger than `max_bytes`.
+fn many_keys(keys: usize, max_bytes: usize) -> Vec<u8> {
+    let mut s = String::from(r#"{"device_id":"SN-1029384756","alert_level":"warning""#);
+    for i in 0..keys.saturating_sub(2) {
+        let item = format!(r#","k{i}":{}"#, i % 10);
+        if s.len() + item.len() + 1 > max_bytes {
+            break;
+        }
+        s.push_str(&item);
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
 fn explicit() -> MappingConfig {
     let mut cfg = MappingConfig {
         topic_pattern: "plant/{site}/alerts/{device}".into(),
@@ -71,23 +95,47 @@ fn explicit() -> MappingConfig {
     cfg
 }
 
-fn run(name: &str, mapper: &Mapper, payload: &[u8]) {
-    // Fail loudly if a bench case is not a successful mapping: it would measure the wrong path.
-    if let Err(r) = mapper.map(TOPIC, payload) {
-        println!("{name}: rejected: {r}");
+fn outcome(mapper: &Mapper, payload: &[u8]) -> String {
+    match mapper.map(TOPIC, payload) {
+        Ok(m) => format!("ok, {} notes", m.notes.len()),
+        Err(r) => format!("rejected: {}", r.kind),
+    }
+}
+
+/// Measures `mapper.map` on `payload` and prints one row. `expect_ok`: the case is meant to be a
+/// successful mapping; if it is not, it would measure the wrong path, so it says so and stops.
+fn run(filter: &str, name: &str, mapper: &Mapper, payload: &[u8], expect_ok: bool) {
+    if !name.contains(filter) {
         return;
     }
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_millis(200) {
-        let _ = black_box(mapper.map(black_box(TOPIC), black_box(payload)));
+    if expect_ok {
+        if let Err(r) = mapper.map(TOPIC, payload) {
+            println!("{name}: rejected: {r}");
+            return;
+        }
+    }
+    // One timed call decides between batches of 100 (fast cases) and single calls (slow ones).
+    let first = Instant::now();
+    let _ = black_box(mapper.map(black_box(TOPIC), black_box(payload)));
+    let one = first.elapsed();
+    let batch: u64 = if one < Duration::from_millis(10) {
+        100
+    } else {
+        1
+    };
+    if one < Duration::from_millis(200) {
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_millis(200) {
+            let _ = black_box(mapper.map(black_box(TOPIC), black_box(payload)));
+        }
     }
     let mut n: u64 = 0;
     let start = Instant::now();
     let elapsed = loop {
-        for _ in 0..100 {
+        for _ in 0..batch {
             let _ = black_box(mapper.map(black_box(TOPIC), black_box(payload)));
         }
-        n += 100;
+        n += batch;
         let e = start.elapsed();
         if e >= Duration::from_secs(1) {
             break e;
@@ -95,10 +143,11 @@ fn run(name: &str, mapper: &Mapper, payload: &[u8]) {
     };
     let ns = elapsed.as_nanos() as f64 / n as f64;
     println!(
-        "{name:<32} {:>8} {:>12.0} {:>10.0}",
+        "{name:<32} {:>8} {:>12.1} {:>14.0}  {} ({n} runs)",
         payload.len(),
         1e9 / ns,
-        ns
+        ns,
+        outcome(mapper, payload)
     );
 }
 
@@ -111,16 +160,79 @@ fn main() {
         Ok(m) => m,
         Err(e) => panic!("explicit config: {e}"),
     };
+    // Cases whose name contains the first argument that is not a flag (cargo passes `--bench`).
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
     let (small, big) = (typical(), large());
     println!("mapping throughput, single thread");
     println!(
-        "{:<32} {:>8} {:>12} {:>10}",
+        "{:<32} {:>8} {:>12} {:>14}  outcome",
         "case", "bytes", "alerts/s", "ns/alert"
     );
-    run("typical, pass-through", &pass, &small);
-    run("typical, explicit + catch-all", &expl, &small);
-    run("6 KB, pass-through", &pass, &big);
-    run("6 KB, explicit + catch-all", &expl, &big);
+    run(&filter, "typical, pass-through", &pass, &small, true);
+    run(
+        &filter,
+        "typical, explicit + catch-all",
+        &expl,
+        &small,
+        true,
+    );
+    run(&filter, "6 KB, pass-through", &pass, &big, true);
+    run(&filter, "6 KB, explicit + catch-all", &expl, &big, true);
+
+    // Worst cases: many small keys. At the default 64 KiB limit about 6 600 keys fit; they are
+    // over the default max_keys (1 024), so it is raised for these rows to measure the mapping.
+    let raised = |cfg: MappingConfig| match Mapper::new(&MappingConfig {
+        max_keys: 200_000,
+        ..cfg
+    }) {
+        Ok(m) => m,
+        Err(e) => panic!("raised config: {e}"),
+    };
+    let pass_raised = raised(MappingConfig::default());
+    let expl_raised = raised(explicit());
+    let limit = MappingConfig::default().max_payload_bytes;
+    let full = many_keys(usize::MAX, limit);
+    run(
+        &filter,
+        "6 600 keys, pass-through",
+        &pass_raised,
+        &full,
+        true,
+    );
+    run(
+        &filter,
+        "6 600 keys, explicit + catch-all",
+        &expl_raised,
+        &full,
+        true,
+    );
+    run(&filter, "6 600 keys, default max_keys", &pass, &full, false);
+    // 100 000 keys (about 1.1 MB), with the payload limit raised so that size does not stop it:
+    // at the default max_keys it is rejected at key 1 025; with max_keys raised, fully mapped.
+    let wide = MappingConfig {
+        max_payload_bytes: 2 << 20,
+        ..MappingConfig::default()
+    };
+    let wide_raised = raised(wide.clone());
+    let wide = match Mapper::new(&wide) {
+        Ok(m) => m,
+        Err(e) => panic!("wide config: {e}"),
+    };
+    let huge = many_keys(100_000, usize::MAX);
+    run(&filter, "100 000 keys, pass-through", &wide, &huge, false);
+    run(
+        &filter,
+        "100 000 keys, max_keys raised",
+        &wide_raised,
+        &huge,
+        true,
+    );
+    if !filter.is_empty() {
+        return;
+    }
     let t = Instant::now();
     let mut n = 0u64;
     while t.elapsed() < Duration::from_millis(500) {

@@ -56,6 +56,12 @@ pub struct MappingConfig {
     /// Deepest accepted nesting of objects and arrays in a payload (top-level object = 1).
     /// Default 32, at most 128.
     pub max_depth: usize,
+    /// Most object keys a payload may have, counted at every depth while it is parsed; a payload
+    /// with more is rejected (`TooManyKeys`) as soon as the reader meets key `max_keys + 1`, before
+    /// any mapping work. Default 1 024, range 1 ..= 1 000 000: a real alert has tens of keys, and
+    /// the default 8 KiB data budget holds at most about 1 360 of even the smallest fields
+    /// (`"a":0,`), so a payload with more can never be sent field by field anyway.
+    pub max_keys: usize,
     /// Strings (bytes) and byte arrays (elements) at least this long are tested for looking
     /// binary (base64, data URI, control characters, arrays of 0..=255). Default 256.
     pub blob_min_len: usize,
@@ -81,6 +87,7 @@ impl Default for MappingConfig {
             max_payload_bytes: 64 * 1024,
             max_data_bytes: 8 * 1024,
             max_depth: 32,
+            max_keys: 1024,
             blob_min_len: 256,
             blob_policy: BlobPolicy::Strip,
             coalesce: CoalesceConfig::default(),

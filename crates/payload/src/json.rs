@@ -5,6 +5,13 @@
 //!
 //! Otherwise it accepts exactly RFC 8259 JSON, like `serde_json` (a test compares the two), plus
 //! one leading UTF-8 byte order mark, which is skipped.
+//!
+//! Cost: one pass, linear in the payload size. Object keys are counted as they are read (at every
+//! depth); key `max_keys + 1` stops the parse, and the rest is only scanned to count its keys for
+//! the error. Field paths in errors and notes are cut to [`MAX_PATH_LEN`] bytes, so a payload of
+//! many values under one long key cannot make the list of paths quadratic in its size.
+
+use std::borrow::Cow;
 
 use serde_json::{Map, Number, Value};
 
@@ -19,6 +26,24 @@ pub(crate) enum ParseError {
     TooDeep { path: String, max_depth: usize },
     /// The key at `path` appears twice in its object.
     DuplicateKey { path: String },
+    /// The payload has more than `max_keys` object keys (all depths); `count` is all of them.
+    TooManyKeys { count: usize, max_keys: usize },
+}
+
+/// Longest field path (bytes) kept in an error or a note; a longer one is cut at a character
+/// boundary and ends with `…`.
+pub(crate) const MAX_PATH_LEN: usize = 256;
+
+/// `path` as it goes into an error or a note: at most [`MAX_PATH_LEN`] bytes plus `…`.
+pub(crate) fn clip_path(path: &str) -> String {
+    if path.len() <= MAX_PATH_LEN {
+        return path.to_owned();
+    }
+    let mut end = MAX_PATH_LEN;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
 }
 
 /// A parsed payload.
@@ -30,8 +55,9 @@ pub(crate) struct Parsed {
     pub(crate) huge_numbers: Vec<String>,
 }
 
-/// Parses `bytes` as one JSON value, nesting at most `max_depth` objects/arrays.
-pub(crate) fn parse(bytes: &[u8], max_depth: usize) -> Result<Parsed, ParseError> {
+/// Parses `bytes` as one JSON value, nesting at most `max_depth` objects/arrays and holding at
+/// most `max_keys` object keys in all.
+pub(crate) fn parse(bytes: &[u8], max_depth: usize, max_keys: usize) -> Result<Parsed, ParseError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ParseError::NotUtf8 {
         offset: e.valid_up_to(),
     })?;
@@ -47,6 +73,8 @@ pub(crate) fn parse(bytes: &[u8], max_depth: usize) -> Result<Parsed, ParseError
         path: Vec::new(),
         huge: Vec::new(),
         max_depth,
+        keys: 0,
+        max_keys,
     };
     p.skip_ws();
     let value = p.value(0)?;
@@ -66,28 +94,69 @@ enum Seg {
     Index(usize),
 }
 
-/// Formats a field path the way config paths are written: `sensor.reading`, `readings.0`.
+/// Formats a field path the way config paths are written: `sensor.reading`, `readings.0`; at most
+/// [`MAX_PATH_LEN`] bytes plus `…`. Copies at most that many bytes whatever the path's length, so
+/// many values under one long key cost linear time in all.
 fn join_path(segs: &[Seg], last: Option<&str>) -> String {
     let mut out = String::new();
-    for s in segs {
+    for part in segs
+        .iter()
+        .map(|s| match s {
+            Seg::Key(k) => Cow::Borrowed(k.as_str()),
+            Seg::Index(i) => Cow::Owned(i.to_string()),
+        })
+        .chain(last.map(Cow::Borrowed))
+    {
+        if out.len() > MAX_PATH_LEN {
+            break;
+        }
         if !out.is_empty() {
             out.push('.');
         }
-        match s {
-            Seg::Key(k) => out.push_str(k),
-            Seg::Index(i) => out.push_str(&i.to_string()),
+        // One byte past the limit is enough for `clip_path` to see that the path is too long.
+        let mut end = part.len().min((MAX_PATH_LEN + 1).saturating_sub(out.len()));
+        while !part.is_char_boundary(end) {
+            end -= 1;
         }
-    }
-    if let Some(k) = last {
-        if !out.is_empty() {
-            out.push('.');
-        }
-        out.push_str(k);
+        out.push_str(&part[..end]);
     }
     if out.is_empty() {
         out.push_str("(top level)");
     }
+    if out.len() > MAX_PATH_LEN {
+        out = clip_path(&out);
+    }
     out
+}
+
+/// Counts object keys in `rest` without building anything: strings followed (after whitespace)
+/// by `:`. `rest` must start outside a string. Exact for the rest of a valid JSON document; for
+/// broken JSON it counts what looks like keys, which is good enough for an error message.
+fn count_keys(rest: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < rest.len() {
+        if rest[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        while i < rest.len() {
+            match rest[i] {
+                b'\\' => i += 2,
+                b'"' => break,
+                _ => i += 1,
+            }
+        }
+        i += 1;
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = rest.get(i) {
+            i += 1;
+        }
+        if rest.get(i) == Some(&b':') {
+            n += 1;
+        }
+    }
+    n
 }
 
 struct Parser<'a> {
@@ -99,6 +168,9 @@ struct Parser<'a> {
     path: Vec<Seg>,
     huge: Vec<String>,
     max_depth: usize,
+    /// Object keys read so far, at every depth.
+    keys: usize,
+    max_keys: usize,
 }
 
 impl Parser<'_> {
@@ -162,6 +234,14 @@ impl Parser<'_> {
                 return Err(self.syntax("expected a string key"));
             }
             let key = self.string()?;
+            self.keys += 1;
+            if self.keys > self.max_keys {
+                // Stop building; only count the rest, for the error.
+                return Err(ParseError::TooManyKeys {
+                    count: self.keys + count_keys(&self.b[self.pos..]),
+                    max_keys: self.max_keys,
+                });
+            }
             if map.contains_key(&key) {
                 return Err(ParseError::DuplicateKey {
                     path: join_path(&self.path, Some(&key)),
@@ -388,7 +468,7 @@ mod tests {
     use serde_json::json;
 
     fn ok(text: &str) -> Value {
-        match parse(text.as_bytes(), 32) {
+        match parse(text.as_bytes(), 32, 1024) {
             Ok(p) => p.value,
             Err(e) => panic!("{text:?}: {e:?}"),
         }
@@ -438,7 +518,7 @@ mod tests {
             ("NaN", 0),
             ("{'a':1}", 1),
         ] {
-            match parse(text.as_bytes(), 32) {
+            match parse(text.as_bytes(), 32, 1024) {
                 Err(ParseError::Syntax { offset: o, .. }) => assert_eq!(o, offset, "{text:?}"),
                 other => panic!("{text:?}: {other:?}"),
             }
@@ -448,14 +528,14 @@ mod tests {
     #[test]
     fn invalid_utf8_reports_its_offset() {
         assert_eq!(
-            parse(b"{\"a\":\"\xff\"}", 32).err(),
+            parse(b"{\"a\":\"\xff\"}", 32, 1024).err(),
             Some(ParseError::NotUtf8 { offset: 6 })
         );
     }
 
     #[test]
     fn byte_order_mark_is_skipped() {
-        let p = parse("\u{feff}{\"a\":1}".as_bytes(), 32).map(|p| p.value);
+        let p = parse("\u{feff}{\"a\":1}".as_bytes(), 32, 1024).map(|p| p.value);
         assert_eq!(p, Ok(json!({"a": 1})));
     }
 
@@ -467,7 +547,7 @@ mod tests {
             (r#"{"l":[{"k":1},{"k":1,"k":2}]}"#, "l.1.k"),
         ] {
             assert_eq!(
-                parse(text.as_bytes(), 32).err(),
+                parse(text.as_bytes(), 32, 1024).err(),
                 Some(ParseError::DuplicateKey { path: path.into() }),
                 "{text}"
             );
@@ -476,9 +556,9 @@ mod tests {
 
     #[test]
     fn nesting_beyond_the_limit_is_too_deep() {
-        assert!(parse(br#"{"a":{"b":[1]}}"#, 3).is_ok());
+        assert!(parse(br#"{"a":{"b":[1]}}"#, 3, 1024).is_ok());
         assert_eq!(
-            parse(br#"{"a":{"b":[[1]]}}"#, 3).err(),
+            parse(br#"{"a":{"b":[[1]]}}"#, 3, 1024).err(),
             Some(ParseError::TooDeep {
                 path: "a.b.0".into(),
                 max_depth: 3
@@ -487,9 +567,50 @@ mod tests {
         // Far deeper than the stack could take if recursion were unbounded.
         let deep = "[".repeat(1_000_000);
         assert!(matches!(
-            parse(deep.as_bytes(), 32),
+            parse(deep.as_bytes(), 32, 1024),
             Err(ParseError::TooDeep { .. })
         ));
+    }
+
+    #[test]
+    fn key_number_max_keys_plus_one_stops_the_parse_and_the_rest_is_only_counted() {
+        // (text, max_keys, total keys reported)
+        for (text, max_keys, count) in [
+            (r#"{"a":1,"b":2}"#, 1, 2),
+            (r#"{"a":{"b":{"c":{}}}}"#, 2, 3),
+            (
+                r#"{"a":[{"k":1},{"k":2}],"s":"\":\"","t":"\\","u" : 0}"#,
+                1,
+                6,
+            ),
+            // After the limit nothing is built or checked: a later syntax error or duplicate
+            // key does not change the outcome, and the count is what looks like keys.
+            (r#"{"a":1,"b":2,"b":3,"c":"#, 1, 4),
+        ] {
+            assert_eq!(
+                parse(text.as_bytes(), 32, max_keys).err(),
+                Some(ParseError::TooManyKeys { count, max_keys }),
+                "{text}"
+            );
+        }
+        assert!(parse(br#"{"a":{"b":1},"c":[{"d":2}]}"#, 32, 4).is_ok());
+    }
+
+    #[test]
+    fn paths_longer_than_the_limit_are_cut_at_a_character_boundary() {
+        let short = "a.b.0";
+        assert_eq!(clip_path(short), short);
+        let long = format!("{}é{}", "x".repeat(MAX_PATH_LEN - 1), "y".repeat(10));
+        let cut = clip_path(&long);
+        assert_eq!(cut, format!("{}…", "x".repeat(MAX_PATH_LEN - 1)));
+        let segs = vec![Seg::Key("k".repeat(1000)), Seg::Index(7)];
+        let joined = join_path(&segs, Some("leaf"));
+        assert_eq!(joined, format!("{}…", "k".repeat(MAX_PATH_LEN)));
+        assert_eq!(join_path(&[], None), "(top level)");
+        assert_eq!(
+            join_path(&[Seg::Key("a".into()), Seg::Index(0)], Some("b")),
+            "a.0.b"
+        );
     }
 
     #[test]
@@ -497,6 +618,7 @@ mod tests {
         let p = match parse(
             br#"{"serial":123456789012345678901234567890,"x":[1e400,-99999999999999999999]}"#,
             32,
+            1024,
         ) {
             Ok(p) => p,
             Err(e) => panic!("{e:?}"),
@@ -559,7 +681,7 @@ mod tests {
         #[test]
         fn reads_back_what_serde_json_writes(v in arb_value()) {
             let text = serde_json::to_string(&v).unwrap_or_default();
-            match parse(text.as_bytes(), 128) {
+            match parse(text.as_bytes(), 128, 1024) {
                 Ok(p) => {
                     prop_assert!(same(&p.value, &v), "{} read as {}", text, p.value);
                     prop_assert!(p.huge_numbers.is_empty());
@@ -571,7 +693,7 @@ mod tests {
         #[test]
         fn accepts_exactly_what_serde_json_accepts(text in "[\\[\\]{}\",:0-9a-eE.+\\- \\\\u]{0,24}") {
             let theirs = serde_json::from_str::<Value>(&text);
-            match (theirs, parse(text.as_bytes(), 128)) {
+            match (theirs, parse(text.as_bytes(), 128, 1024)) {
                 (Ok(a), Ok(p)) => prop_assert!(!p.huge_numbers.is_empty() || same(&a, &p.value), "{}", text),
                 (Ok(_), Err(ParseError::DuplicateKey { .. })) | (Err(_), Err(_)) => {}
                 (Ok(a), Err(e)) => prop_assert!(false, "{:?}: serde_json read {}, we failed with {:?}", text, a, e),

@@ -35,6 +35,12 @@ impl Path {
         &self.text
     }
 
+    /// The first segment: the top-level payload key the path starts at.
+    pub(crate) fn first(&self) -> &str {
+        // `parse` never builds a path without segments.
+        self.segs.first().map_or("", String::as_str)
+    }
+
     /// The value at this path, if any.
     pub(crate) fn get<'a>(&self, root: &'a Map<String, Value>) -> Option<&'a Value> {
         let (first, rest) = self.segs.split_first()?;

@@ -522,6 +522,14 @@ fn config_errors_name_the_key() {
         ),
         (|c| c.max_depth = 0, "mapping.max_depth: 0 is outside the allowed range 1..=128"),
         (
+            |c| c.max_keys = 0,
+            "mapping.max_keys: 0 is outside the allowed range 1..=1000000",
+        ),
+        (
+            |c| c.max_keys = 1_000_001,
+            "mapping.max_keys: 1000001 is outside the allowed range 1..=1000000",
+        ),
+        (
             |c| c.required = vec!["{site}".into()],
             "mapping.required[0]: invalid source \"{site}\": must be a payload path, not a topic placeholder",
         ),
@@ -1033,4 +1041,242 @@ fn pass_through_spills_the_largest_fields_into_the_catch_all_to_fit_the_budget()
     // Small payloads are untouched.
     let small = ok(&m, br#"{"device_id":"p7"}"#);
     assert_eq!(small.notes, vec![]);
+}
+
+/// `{"device_id":"SN-1029384756","alert_level":"warning","k0":0,"k1":1,...}` with `keys` keys.
+fn many_keys(keys: usize) -> Vec<u8> {
+    let mut s = String::from(r#"{"device_id":"SN-1029384756","alert_level":"warning""#);
+    for i in 0..keys - 2 {
+        s.push_str(&format!(r#","k{i}":{}"#, i % 10));
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
+/// Issue 9: with thousands of small fields, pass-through spilled the largest field first, which
+/// was `deviceId` (a 13-character string beats every `"k123":4`): the workflow got the bulk and
+/// lost the device. Identifying fields (required, priority and device/site fields) now go last.
+#[test]
+fn pass_through_keeps_identifying_fields_and_spills_the_bulk() {
+    let m = mapper_with(|c| c.max_keys = 10_000);
+    let out = ok(&m, &many_keys(2_000));
+    assert_eq!(out.data.get("deviceId"), Some(&json!("SN-1029384756")));
+    assert_eq!(out.data.get("alertLevel"), Some(&json!("warning")));
+    let spilled: Vec<&str> = out
+        .notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::SpilledToCatchAll { field } => Some(field.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(spilled.iter().all(|f| f.starts_with('k')), "{spilled:?}");
+    // Every payload field is in `data` or named as spilled (truncation is noted separately).
+    let kept = out.data.keys().filter(|k| k.starts_with('k')).count();
+    assert_eq!(kept + spilled.len(), 1_998);
+    assert!(kept > 0, "fields that fit stay mapped");
+    assert!(matches!(
+        out.notes.last(),
+        Some(Note::TruncatedExtra { .. })
+    ));
+
+    // Configured required fields are identifying too; when even they do not fit, they are
+    // spilled last, largest first.
+    let m = mapper_with(|c| {
+        c.max_data_bytes = 1024;
+        c.required = vec!["serial".into()];
+    });
+    let payload = bytes(&json!({
+        "serial": "S-0001",
+        "log": "x y ".repeat(300),
+        "device_id": "d ".repeat(500),
+        "note": "n ".repeat(100),
+    }));
+    let out = ok(&m, &payload);
+    assert_eq!(out.data.get("serial"), Some(&json!("S-0001")));
+    let order: Vec<&Note> = out
+        .notes
+        .iter()
+        .filter(|n| matches!(n, Note::SpilledToCatchAll { .. }))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            &Note::SpilledToCatchAll {
+                field: "log".into()
+            },
+            &Note::SpilledToCatchAll {
+                field: "note".into()
+            },
+            &Note::SpilledToCatchAll {
+                field: "deviceId".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn payloads_over_max_keys_are_rejected_naming_count_and_limit() {
+    // (payload, max_keys, keys counted or None if accepted). Keys count at every depth,
+    // including objects inside arrays; array elements and string contents are not keys.
+    let table: &[(&str, usize, Option<usize>)] = &[
+        (r#"{}"#, 1, None),
+        (r#"{"a":1}"#, 1, None),
+        (r#"{"a":1,"b":2}"#, 1, Some(2)),
+        (r#"{"a":{"b":{"c":1}}}"#, 3, None),
+        (r#"{"a":{"b":{"c":1}}}"#, 2, Some(3)),
+        (r#"{"a":[{"b":1},{"b":2},{"c":3}]}"#, 3, Some(4)),
+        (r#"{"a":[1,2,3,4,5,6,7,8,9]}"#, 1, None),
+        (r#"{"a":"k\":1,\"j\":2","b":{ "c" : 1 }}"#, 2, Some(3)),
+        (r#"{"a":1,"b":2,"c":"x\":y","d":{"e" :"\\"}}"#, 1, Some(5)),
+        (r#"{"a":1,"b":2,"c":3,"a":4}"#, 2, Some(4)),
+    ];
+    for (payload, max_keys, want) in table {
+        let m = mapper_with(|c| c.max_keys = *max_keys);
+        match (want, m.map(TOPIC, payload.as_bytes())) {
+            (None, Ok(_)) => {}
+            (Some(count), Err(r)) => {
+                assert_eq!(r.kind, RejectionKind::TooManyKeys, "{payload}: {r}");
+                assert_eq!(
+                    r.reason,
+                    format!(
+                        "payload has {count} keys (objects at every depth), over mapping.max_keys = {max_keys}"
+                    ),
+                    "{payload}"
+                );
+                assert_eq!(r.kind.as_str(), "too_many_keys");
+            }
+            (want, got) => {
+                panic!("{payload} with max_keys {max_keys}: wanted {want:?}, got {got:?}")
+            }
+        }
+    }
+}
+
+/// Issue 9: a payload with 100 000 keys cost minutes of CPU in ingest and again in the drain.
+/// At the default `max_keys` it is now rejected (a dead letter) with the count and the limit.
+#[test]
+fn a_payload_of_100_000_keys_is_rejected_with_its_count_and_the_limit() {
+    let m = mapper_with(|c| c.max_payload_bytes = 2 << 20);
+    let payload = many_keys(100_000);
+    let r = err(&m, &payload);
+    assert_eq!(r.kind, RejectionKind::TooManyKeys);
+    assert_eq!(
+        r.reason,
+        "payload has 100000 keys (objects at every depth), over mapping.max_keys = 1024"
+    );
+    // Ingest identifies a rejected payload too: the digest, without mapping it.
+    assert_eq!(
+        m.identify(TOPIC, &payload).alert_id,
+        digest_id(TOPIC, &payload)
+    );
+}
+
+/// Issue 9: the same 100 000 keys with `max_keys` raised map in O(n log n) (this test would run
+/// for hours in a debug build with the old quadratic spill), and the result is exact.
+#[test]
+fn a_payload_of_100_000_keys_maps_under_a_raised_max_keys_with_identifying_fields_kept() {
+    let m = mapper_with(|c| {
+        c.max_payload_bytes = 2 << 20;
+        c.max_keys = 200_000;
+    });
+    let payload = many_keys(100_000);
+    let out = ok(&m, &payload);
+    assert_eq!(out.data.get("deviceId"), Some(&json!("SN-1029384756")));
+    assert_eq!(out.data.get("alertLevel"), Some(&json!("warning")));
+    let spilled = out
+        .notes
+        .iter()
+        .filter(|n| matches!(n, Note::SpilledToCatchAll { .. }))
+        .count();
+    let kept = out.data.keys().filter(|k| k.starts_with('k')).count();
+    assert_eq!(kept + spilled, 99_998);
+    assert!(kept > 0);
+    // The biggest fields went first: no kept `kN` is longer than a spilled one.
+    let longest_kept = out
+        .data
+        .keys()
+        .filter(|k| k.starts_with('k'))
+        .map(String::len)
+        .max();
+    let shortest_spilled = out
+        .notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::SpilledToCatchAll { field } => Some(field.len()),
+            _ => None,
+        })
+        .min();
+    assert!(
+        longest_kept <= shortest_spilled,
+        "{longest_kept:?} {shortest_spilled:?}"
+    );
+    let Some(Note::TruncatedExtra { orig_len, .. }) = out.notes.last() else {
+        panic!("last note: {:?}", out.notes.last());
+    };
+    let extra = out
+        .data
+        .get("extra")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(extra.ends_with(&format!("...[truncated: {orig_len} bytes in total]")));
+    // The explicit mapping takes the same payload too: declared fields, the rest in `extra`.
+    let m = mapper_from_toml(
+        r#"
+        [mapping]
+        max_payload_bytes = 2097152
+        max_keys = 200000
+
+        [mapping.fields]
+        deviceId = "device_id"
+        alertLevel = "alert_level"
+        "#,
+    );
+    let out = ok(&m, &payload);
+    assert_eq!(out.data.get("deviceId"), Some(&json!("SN-1029384756")));
+    assert!(matches!(
+        out.notes.last(),
+        Some(Note::TruncatedExtra { .. })
+    ));
+}
+
+/// Many values under one long key: each note's path is clipped, so the notes stay linear in the
+/// payload size (a 32 KiB key above 5 000 blobs used to be copied into every note).
+#[test]
+fn note_paths_are_clipped_so_notes_stay_linear_in_the_payload() {
+    let m = mapper_with(|c| c.max_payload_bytes = 1 << 20);
+    let key = "k".repeat(32 * 1024);
+    let blob = "QUJD".repeat(64);
+    let payload = format!(
+        r#"{{"{key}":[{}],"n":{{"{key}":[{}]}}}}"#,
+        vec![format!("\"{blob}\""); 100].join(","),
+        vec!["1e400"; 100].join(","),
+    );
+    let out = ok(&m, payload.as_bytes());
+    let mut blobs = 0;
+    let mut huge = 0;
+    for n in &out.notes {
+        match n {
+            Note::StrippedBlob { field, len } => {
+                blobs += 1;
+                assert_eq!(*len, blob.len());
+                assert!(
+                    field.len() <= 256 + '…'.len_utf8() && field.ends_with('…'),
+                    "{}",
+                    field.len()
+                );
+            }
+            Note::HugeNumber { field } => {
+                huge += 1;
+                assert!(
+                    field.len() <= 256 + '…'.len_utf8() && field.ends_with('…'),
+                    "{}",
+                    field.len()
+                );
+                assert!(field.starts_with("n.kkk"), "{field}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((blobs, huge), (100, 100));
 }
