@@ -613,6 +613,7 @@ impl Drain {
                 status,
                 reason,
                 api_message,
+                ..
             } => {
                 self.dead_letter(
                     key,
@@ -806,6 +807,7 @@ impl Drain {
                 status,
                 reason,
                 api_message,
+                ..
             } => {
                 let message = format!(
                     "coalesced into storm summary {} (site {}, {} alerts), which Genesys rejected: {reason}",

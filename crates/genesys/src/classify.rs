@@ -55,6 +55,8 @@ pub enum Classified {
         reason: String,
         /// The `message` of the error body, if there was one.
         api_message: Option<String>,
+        /// The `code` of the error body, if there was one.
+        code: Option<String>,
     },
     /// Configuration fault (403, 404, 410, 501, 3xx, 429 with `Retry-After` > 180 s): stop
     /// sending to this target and alert the operator; nothing is wrong with the alert.
@@ -94,10 +96,12 @@ impl Classified {
                 status,
                 reason,
                 api_message,
+                code,
             } => Ok(Disposition::DeadLetter {
                 status,
                 reason,
                 api_message,
+                code,
             }),
             Classified::Pause {
                 reason,
@@ -189,6 +193,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
                 _ => "rejected",
             }),
             api_message: info.message.clone(),
+            code: info.code.clone(),
         },
         _ => retry("unexpected status", retry_after),
     }
@@ -574,11 +579,13 @@ mod tests {
             status,
             reason,
             api_message,
+            code,
         } = classify(413, &h, body.as_bytes(), now())
         else {
             panic!("not a dead letter");
         };
         assert_eq!(status, 413);
+        assert_eq!(code.as_deref(), Some("request.entity.too.large"));
         assert_eq!(
             api_message.as_deref(),
             Some("The request is over the size limit. Maximum bytes: 512000")

@@ -524,10 +524,12 @@ impl Inner {
                 status,
                 reason,
                 api_message,
+                code,
             } => Disposition::DeadLetter {
                 status,
                 reason: self.redact(reason),
                 api_message: api_message.map(|m| self.redact(m)),
+                code: code.map(|c| self.redact(c)),
             },
             Disposition::Pause {
                 reason,

@@ -29,6 +29,10 @@ pub enum Disposition {
         reason: String,
         /// The API's `message`, if the error body had one.
         api_message: Option<String>,
+        /// The API's error `code` (e.g. `bad.request`), if the error body had one. With the
+        /// status it identifies "the same rejection" (the agent pauses after a run of them:
+        /// a wrong configuration rejects every alert alike).
+        code: Option<String>,
     },
     /// Configuration fault, not the alert's: keep it pending, stop sending to this target and
     /// alert the operator (403, 404, 410, 501, a second 401, rejected client credentials or a

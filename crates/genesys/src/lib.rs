@@ -31,7 +31,7 @@
 //! | 429 | `Retry{after: Retry-After or 3 s}`; `Pause{after}` if `Retry-After` > 180 s |
 //! | 401 | drop the token, new token, send once more; a second 401 → `Pause` |
 //! | 403, 404, 410, 501, 3xx | `Pause` (configuration: role, flow id, URL) |
-//! | 400, 413, 415, 422, other 4xx | `DeadLetter{api_message}` |
+//! | 400, 413, 415, 422, other 4xx | `DeadLetter{api_message, code}` (the body's `code` names the rejection, so the agent can tell a run of identical rejections) |
 //! | token endpoint 400/401 | `Pause`: "check client_id/secret and the region" |
 //! | token endpoint 429 / 5xx / connect / unparsable 200 | `Retry` (429 > 180 s → `Pause`) |
 //! | unreadable or empty secret, other token endpoint status | `Pause` |

@@ -555,11 +555,13 @@ async fn oversized_body_is_dead_lettered_with_the_api_message() {
         status,
         reason,
         api_message,
+        code,
     } = &d
     else {
         panic!("not a dead letter: {d:?}");
     };
     assert_eq!(*status, 413);
+    assert_eq!(code.as_deref(), Some("request.entity.too.large"));
     assert!(reason.contains("request.entity.too.large"), "{reason}");
     let message = api_message.as_deref().expect("api message");
     assert!(message.contains("200"), "{message}");
