@@ -408,6 +408,7 @@ impl Drain {
                             after: None,
                             reason: format!("delivery task failed: {e}"),
                             status: None,
+                            timed_out: false,
                         },
                     };
                 Done {
@@ -591,6 +592,7 @@ impl Drain {
                 after,
                 reason,
                 status,
+                ..
             } => {
                 let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
                 let next = self.next_retry_ms(record.attempts, after, now);
@@ -788,6 +790,7 @@ impl Drain {
                 after,
                 reason,
                 status,
+                ..
             } => {
                 let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
                 let next = self.next_retry_ms(batch.attempts, after, now);

@@ -27,6 +27,14 @@ async fn latency(shared: &Shared) {
     }
 }
 
+/// Waits `answer_latency_ms` after a call was accepted (and recorded), before its 2xx goes out.
+async fn answer_latency(shared: &Shared) {
+    let ms = shared.lock().faults.answer_latency_ms;
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 /// Whether an API call needs a bearer token.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Auth {
@@ -354,6 +362,7 @@ pub(crate) async fn launch_flow(
         body: Value::Object(object),
     };
     shared.record_accepted(accepted, Some(execution));
+    answer_latency(&shared).await;
     Json(answer).into_response()
 }
 
@@ -415,7 +424,9 @@ pub(crate) async fn post_event(
     if let Err(rejection) = event_request(&object) {
         return rejection.answer(&ctx);
     }
-    accept_invocation(&shared, Endpoint::Events, arrived, object)
+    let answer = accept_invocation(&shared, Endpoint::Events, arrived, object);
+    answer_latency(&shared).await;
+    answer
 }
 
 /// `POST [/platform]/api/v2/integrations/webhooks/{token}/events`: no auth, the path token is the
@@ -438,7 +449,9 @@ pub(crate) async fn post_webhook(
         Ok(object) => object,
         Err(rejection) => return rejection.answer(&ctx),
     };
-    accept_invocation(&shared, Endpoint::Webhook, arrived, object)
+    let answer = accept_invocation(&shared, Endpoint::Webhook, arrived, object);
+    answer_latency(&shared).await;
+    answer
 }
 
 fn accept_invocation(

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 /// For an API call (every path except `/oauth/token` and `/sim/*`) the checks run in this order, the
 /// first that fires answers: `latency_ms` (delay only) → `outage_until` → `force_status` →
 /// `max_requests_per_sec` → `rate_limit_429` → `error_rate_503` → then the normal checks (token,
-/// size, media type, body). For the token endpoint: `latency_ms` → `outage_until` → `token_failure`
+/// size, media type, body); a call that passes them all is accepted, and its 2xx is held back
+/// `answer_latency_ms`. For the token endpoint: `latency_ms` → `outage_until` → `token_failure`
 /// → credentials and body.
 ///
 /// Serialized as JSON for `PUT /sim/faults`; every field may be left out (it takes its default).
@@ -35,6 +36,13 @@ pub struct Faults {
     pub retry_after_secs: Option<u64>,
     /// Delay added before answering an API or token call.
     pub latency_ms: u64,
+    /// Delay between accepting an API call and writing its 2xx. The call is recorded in
+    /// [`crate::Sim::accepted`] (the flow was launched) *before* the wait, so a client that gives
+    /// up meanwhile (its timeout) still caused an execution: the slow API whose late answers
+    /// make a retrying client launch the same alert again. Unlike `latency_ms`, which delays
+    /// before anything happens (a client that gives up then caused nothing: the handler is
+    /// dropped with the connection).
+    pub answer_latency_ms: u64,
     /// Every API call answers this status with a matching ErrorBody (e.g. 403, 404, 500, 502).
     /// Values below 400 are ignored.
     pub force_status: Option<u16>,
@@ -223,6 +231,7 @@ mod tests {
             rate_limit_429: 1.0,
             retry_after_secs: Some(7),
             latency_ms: 0,
+            answer_latency_ms: 0,
             force_status: Some(403),
             token_failure: Some(500),
             max_requests_per_sec: Some(0),

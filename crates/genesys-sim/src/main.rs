@@ -57,6 +57,10 @@ struct Args {
     /// Delay added before every API and token answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Delay between accepting an API call (it counts as an execution) and sending its 2xx, in
+    /// milliseconds: a slow API whose answers arrive after the client's timeout.
+    #[arg(long, default_value_t = 0)]
+    answer_latency_ms: u64,
     /// Every API call answers this status (e.g. 403, 500).
     #[arg(long)]
     force_status: Option<u16>,
@@ -128,6 +132,7 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
         rate_limit_429: probability(args.rate_limit_429, "rate-limit-429")?,
         retry_after_secs: args.retry_after_secs,
         latency_ms: args.latency_ms,
+        answer_latency_ms: args.answer_latency_ms,
         force_status: status(args.force_status, "force-status")?,
         token_failure: status(args.token_failure, "token-failure")?,
         max_requests_per_sec: args.max_requests_per_sec,

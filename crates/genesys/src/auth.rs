@@ -230,6 +230,7 @@ impl TokenError {
                 after: Some(*retry_after),
                 reason,
                 status: Some(429),
+                timed_out: false,
             },
             TokenError::Unavailable {
                 status,
@@ -239,16 +240,20 @@ impl TokenError {
                 after: *retry_after,
                 reason,
                 status: Some(*status),
+                timed_out: false,
             },
+            // A token request that timed out launched nothing.
             TokenError::Transport { .. } => Disposition::Retry {
                 after: None,
                 reason,
                 status: None,
+                timed_out: false,
             },
             TokenError::BadResponse { status, .. } => Disposition::Retry {
                 after: None,
                 reason,
                 status: Some(*status),
+                timed_out: false,
             },
         }
     }

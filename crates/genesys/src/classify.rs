@@ -91,6 +91,7 @@ impl Classified {
                 after,
                 reason,
                 status,
+                timed_out: false,
             }),
             Classified::DeadLetter {
                 status,
@@ -717,7 +718,8 @@ mod tests {
             Ok(Disposition::Retry {
                 after: Some(Duration::from_secs(1)),
                 reason: "r".into(),
-                status: Some(503)
+                status: Some(503),
+                timed_out: false,
             })
         );
         let reauth = Classified::Reauthenticate {

@@ -178,6 +178,8 @@ struct Inner {
     bearer: bool,
     target: Target,
     tokens: TokenCache,
+    /// The configured whole-request timeout ([`GenesysClient::deliver`]).
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for GenesysClient {
@@ -286,16 +288,33 @@ impl GenesysClient {
                 bearer,
                 target: cfg.target,
                 tokens,
+                request_timeout: cfg.request_timeout,
             }),
         })
     }
 
     /// Sends one alert and classifies the answer. Never fails: every outcome is a
     /// [`Disposition`] with a reason. A 401 drops the token (if still current), fetches a new
-    /// one and sends once more; a second 401 pauses.
+    /// one and sends once more; a second 401 pauses. The request is bounded by the configured
+    /// `request_timeout`.
     pub async fn deliver(&self, alert_id: &str, data: &Map<String, Value>) -> Disposition {
+        self.deliver_within(alert_id, data, self.inner.request_timeout)
+            .await
+    }
+
+    /// [`GenesysClient::deliver`] with this request bounded by `timeout` instead of the
+    /// configured `request_timeout` (the caller lengthens it for an alert whose earlier attempt
+    /// timed out: a slow API answers a longer wait, instead of being asked again). The token
+    /// request, if one is needed, keeps the configured timeout. A zero `timeout` counts as 1 ms.
+    pub async fn deliver_within(
+        &self,
+        alert_id: &str,
+        data: &Map<String, Value>,
+        timeout: Duration,
+    ) -> Disposition {
         let body = self.inner.body(alert_id, data);
-        let (disposition, correlation_id) = self.send(&body).await;
+        let timeout = timeout.max(Duration::from_millis(1));
+        let (disposition, correlation_id) = self.send(&body, timeout).await;
         let correlation_id = correlation_id.as_deref();
         let status = disposition.status();
         let host = self.inner.host.as_str();
@@ -333,7 +352,7 @@ impl GenesysClient {
     }
 
     /// One delivery with its 401 rule; also returns the last answer's correlation id (for logs).
-    async fn send(&self, body: &[u8]) -> (Disposition, Option<String>) {
+    async fn send(&self, body: &[u8], timeout: Duration) -> (Disposition, Option<String>) {
         let inner = &self.inner;
         let mut reauthenticated = false;
         loop {
@@ -350,6 +369,7 @@ impl GenesysClient {
                 .post(inner.url.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .header(ACCEPT, "application/json")
+                .timeout(timeout)
                 .body(body.to_vec());
             if let Some(b) = &bearer {
                 request = request.bearer_auth(b.token.expose_secret());
@@ -357,10 +377,14 @@ impl GenesysClient {
             let response = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
+                    // Sent, and no answer in time: it may have run. A connect timeout sent
+                    // nothing.
+                    let timed_out = e.is_timeout() && !e.is_connect();
                     let retry = Disposition::Retry {
                         after: None,
                         reason: inner.redact(transport_reason(e)),
                         status: None,
+                        timed_out,
                     };
                     return (retry, None);
                 }
@@ -391,6 +415,7 @@ impl GenesysClient {
                         after: None,
                         reason: inner.redact(format!("unexpected classification {other:?}")),
                         status: Some(status),
+                        timed_out: false,
                     };
                     return (retry, correlation);
                 }
@@ -439,6 +464,11 @@ impl GenesysClient {
     /// Token counters (no secrets).
     pub fn token_stats(&self) -> TokenStats {
         self.inner.tokens.stats()
+    }
+
+    /// The configured whole-request timeout ([`ClientConfig::request_timeout`]).
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
 
     /// The host deliveries go to (the only part of a webhook invocation URL that may be shown).
@@ -515,10 +545,12 @@ impl Inner {
                 after,
                 reason,
                 status,
+                timed_out,
             } => Disposition::Retry {
                 after,
                 reason: self.redact(reason),
                 status,
+                timed_out,
             },
             Disposition::DeadLetter {
                 status,

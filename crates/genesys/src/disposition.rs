@@ -19,6 +19,10 @@ pub enum Disposition {
         reason: String,
         /// HTTP status, `None` for transport failures.
         status: Option<u16>,
+        /// The request went out and no answer came within its timeout (not a connect
+        /// timeout): Genesys may have accepted it, so sending it again may launch it twice.
+        /// The caller bounds how often that happens per alert.
+        timed_out: bool,
     },
     /// This alert can never be delivered as it is (400, 413, 415, 422, other 4xx): move it to
     /// dead letters with the reason.
@@ -77,6 +81,11 @@ impl Disposition {
             | Disposition::DeadLetter { reason, .. }
             | Disposition::Pause { reason, .. } => Some(reason),
         }
+    }
+
+    /// Whether this is a `Retry` after a request that went out and got no answer in time.
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Disposition::Retry { timed_out: true, .. })
     }
 
     /// The server-requested wait of a `Retry` or `Pause`.

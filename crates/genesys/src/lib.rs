@@ -26,7 +26,7 @@
 //! | answer | [`Disposition`] |
 //! |---|---|
 //! | 2xx | `Delivered(Receipt{status, execution_id, correlation_id})` |
-//! | connect error, timeout | `Retry{after: None}` (neither call is idempotent: a timed-out launch may have run) |
+//! | connect error, timeout | `Retry{after: None}`; `timed_out: true` when the request went out and no answer came within its timeout (neither call is idempotent: a timed-out launch may have run; the caller may lengthen the next attempt's timeout with [`GenesysClient::deliver_within`]) |
 //! | 408, 409, 423, 425 (transient by definition), 500, 502–504, other 5xx | `Retry{after: Retry-After}` |
 //! | 429 | `Retry{after: Retry-After or 3 s}`; `Pause{after}` if `Retry-After` > 180 s |
 //! | 401 | drop the token, new token, send once more; a second 401 → `Pause` |

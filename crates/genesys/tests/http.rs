@@ -473,11 +473,12 @@ async fn service_unavailable_is_retried() {
         status,
         reason,
         after,
+        timed_out,
     } = &d
     else {
         panic!("not a retry: {d:?}");
     };
-    assert_eq!((*status, *after), (Some(503), None));
+    assert_eq!((*status, *after, *timed_out), (Some(503), None, false));
     assert!(reason.contains("service.unavailable"), "{reason}");
     assert!(reason.contains("[correlation_id "), "{reason}");
 }
@@ -621,6 +622,34 @@ async fn slow_answer_times_out_and_is_retried() {
     };
     assert_eq!(*status, None);
     assert!(reason.contains("timed out"), "{reason}");
+    assert!(d.timed_out(), "sent and not answered in time: {d:?}");
+}
+
+/// Issue 9, item 7: the caller lengthens the timeout of one request (after a timeout, a slow API
+/// gets a longer wait instead of another launch). The simulator accepts the call and answers
+/// 600 ms later: with the configured 200 ms the launch ran but the client saw a timeout; with
+/// `deliver_within` 3 s the same client gets the 2xx.
+#[tokio::test]
+async fn a_per_request_timeout_overrides_the_configured_one() {
+    let sim = start_sim(SimConfig::default()).await;
+    let mut cfg = config(&sim, workflow());
+    cfg.request_timeout = Duration::from_millis(200);
+    let client = client(cfg);
+    assert_eq!(client.request_timeout(), Duration::from_millis(200));
+    client.ensure_token().await.expect("token");
+    sim.update_faults(|f| f.answer_latency_ms = 600);
+    let d = client.deliver("a-1", &data("a-1")).await;
+    assert!(d.timed_out(), "{d:?}");
+    assert_eq!(
+        sim.accepted().len(),
+        1,
+        "the timed-out launch ran all the same"
+    );
+    let d = client
+        .deliver_within("a-1", &data("a-1"), Duration::from_secs(3))
+        .await;
+    assert_delivered(&d);
+    assert_eq!(sim.accepted().len(), 2);
 }
 
 #[tokio::test]
@@ -638,6 +667,7 @@ async fn unreachable_api_is_retried() {
     };
     assert_eq!(*status, None);
     assert!(reason.contains("connect"), "{reason}");
+    assert!(!d.timed_out(), "nothing was sent: {d:?}");
 }
 
 #[tokio::test]
