@@ -844,7 +844,7 @@ fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
     })
 }
 
-fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+pub(crate) fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     let rate_per_sec = raw.rate_per_sec.unwrap_or(4.0);
     if !(rate_per_sec.is_finite() && rate_per_sec >= 0.001) {
         return Err(invalid(

@@ -3,6 +3,11 @@
 //! One task owns every decision (queue, limiter, breaker); deliveries run as child tasks and
 //! report their [`Disposition`] back here, so the log is changed from one place only.
 //!
+//! The log's calls (reads of a segment, removals, re-appends, dead letters with their fsync, the
+//! periodic flush) run on tokio's blocking pool ([`wal_call`]), and the drain task awaits each
+//! one before it decides the next thing: a slow fsync on an SD card holds up the drain only,
+//! never a runtime worker (MQTT keep-alives, the status endpoint).
+//!
 //! Invariant **I3**: a record leaves `pending` only through `Wal::remove` after a 2xx, or through
 //! the atomic move `Wal::dead_letter` with a reason. Retryable failures, pauses, shutdown and
 //! crashes all leave it pending (its `next_attempt_ms` persisted), so the worst case is a second
@@ -95,6 +100,33 @@ pub enum DrainError {
     /// The log failed.
     #[error("write-ahead log failed: {0}")]
     Wal(#[from] WalError),
+    /// A log call on the blocking pool panicked (or the runtime is shutting down): what it did
+    /// to the log is unknown, so the drain stops and the agent exits non-zero; the restart
+    /// reads the log as it is.
+    #[error("log call `{op}` on the blocking pool failed: {reason}")]
+    Blocking {
+        /// The log call, e.g. `remove`.
+        op: &'static str,
+        /// The join error.
+        reason: String,
+    },
+}
+
+/// Runs one log call on tokio's blocking pool and waits for it (see the module doc: an fsync
+/// must not hold a runtime worker). The caller awaits it before anything else, so the drain
+/// stays the log's single writer, in order.
+async fn wal_call<T, F>(wal: &Wal, op: &'static str, f: F) -> Result<T, DrainError>
+where
+    F: FnOnce(&Wal) -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let wal = wal.clone();
+    tokio::task::spawn_blocking(move || f(&wal))
+        .await
+        .map_err(|e| DrainError::Blocking {
+            op,
+            reason: e.to_string(),
+        })
 }
 
 /// A record that passed its checks and what the mapper made of it.
@@ -171,6 +203,10 @@ pub(crate) struct Drain {
     cursors: BTreeMap<Priority, Cursor>,
     /// Lanes whose cursor reached the end of the log; read again when ingest appends.
     caught_up: BTreeMap<Priority, bool>,
+    /// The lanes with pending records as the log last said; asked again (`lanes_stale`) when
+    /// ingest appended, so an idle drain makes no log call at all.
+    lanes: Vec<Priority>,
+    lanes_stale: bool,
     /// Something was removed since the last flush.
     unflushed: bool,
     next_flush: Instant,
@@ -205,6 +241,8 @@ impl Drain {
             held_bytes: 0,
             cursors: BTreeMap::new(),
             caught_up: BTreeMap::new(),
+            lanes: Vec::new(),
+            lanes_stale: true,
             unflushed: false,
             next_flush: now,
             limiter: Limiter::new(cfg.rate_per_sec, cfg.burst, now),
@@ -251,16 +289,21 @@ impl Drain {
     /// Ingest appended: every lane's cursor may find more.
     fn appended(&mut self) {
         self.caught_up.values_mut().for_each(|c| *c = false);
+        self.lanes_stale = true;
     }
 
     /// Tops up each lane's window from the log, in seq order, each alert at its persisted next
     /// attempt time (so a restart does not turn a backlog in backoff into a retry stampede).
     /// Undecodable records become dead letters of kind `Corrupt` (I4): counted and visible,
     /// never a panic, never a stuck cursor. Returns how many records were taken in.
-    fn refill(&mut self) -> Result<usize, DrainError> {
+    async fn refill(&mut self) -> Result<usize, DrainError> {
         let now = now_ms();
         let mut taken = 0;
-        for lane in self.wal.lanes() {
+        if self.lanes_stale {
+            self.lanes = wal_call(&self.wal, "lanes", |w| w.lanes()).await?;
+            self.lanes_stale = false;
+        }
+        for lane in self.lanes.clone() {
             if self.caught_up.get(&lane).copied().unwrap_or(false) {
                 continue;
             }
@@ -273,7 +316,11 @@ impl Drain {
                 .cursors
                 .remove(&lane)
                 .unwrap_or_else(|| self.wal.cursor(lane));
-            let page = self.wal.read(&mut cursor, want);
+            let (cursor, page) = wal_call(&self.wal, "read", move |w| {
+                let page = w.read(&mut cursor, want);
+                (cursor, page)
+            })
+            .await?;
             self.cursors.insert(lane, cursor);
             let page = page?;
             self.caught_up.insert(lane, page.len() < want);
@@ -287,7 +334,7 @@ impl Drain {
                         self.hold(key, record);
                         taken += 1;
                     }
-                    Err(corrupt) => self.dead_letter_corrupt(&corrupt, now)?,
+                    Err(corrupt) => self.dead_letter_corrupt(corrupt, now).await?,
                 }
             }
         }
@@ -304,13 +351,13 @@ impl Drain {
 
     /// Check a queued key's record before sending: `None` when it was settled here
     /// (dead-lettered as corrupt, expired or malformed) or is no longer pending.
-    fn prepare(&mut self, key: Key, now: u64) -> Result<Option<Prepared>, DrainError> {
+    async fn prepare(&mut self, key: Key, now: u64) -> Result<Option<Prepared>, DrainError> {
         let Some(record) = self.held.get(&key).cloned() else {
             return Ok(None);
         };
         if let Some(ttl) = self.ttl(key) {
             if schedule::expired(record.received_at_ms, now, Some(ttl)) {
-                self.expire(key, &record, ttl, now)?;
+                self.expire(key, &record, ttl, now).await?;
                 return Ok(None);
             }
         }
@@ -324,7 +371,8 @@ impl Drain {
                 Ok(Some((record, m)))
             }
             Err(rej) => {
-                self.dead_letter(key, &record, DeadKind::Malformed, rej.reason, None, None)?;
+                self.dead_letter(key, &record, DeadKind::Malformed, rej.reason, None, None)
+                    .await?;
                 Ok(None)
             }
         }
@@ -332,7 +380,7 @@ impl Drain {
 
     /// Start as many deliveries as the breaker, the bucket and the concurrency cap allow.
     /// Returns how long to sleep before trying again, if something is held back.
-    fn dispatch(&mut self) -> Result<Option<Duration>, DrainError> {
+    async fn dispatch(&mut self) -> Result<Option<Duration>, DrainError> {
         loop {
             let now_i = Instant::now();
             let now = now_ms();
@@ -362,7 +410,7 @@ impl Drain {
                     let Some(key) = self.queue.pick() else {
                         return Ok(None);
                     };
-                    let Some((mut record, mapped)) = self.prepare(key, now)? else {
+                    let Some((mut record, mapped)) = self.prepare(key, now).await? else {
                         continue;
                     };
                     if let Some(storm) = self.storm.as_mut() {
@@ -422,7 +470,7 @@ impl Drain {
     }
 
     /// Persist the record (attempt history), then move it to dead letters with the reason.
-    fn dead_letter(
+    async fn dead_letter(
         &mut self,
         key: Key,
         record: &Record,
@@ -438,10 +486,12 @@ impl Drain {
             api_message,
         };
         // The record carries the attempt history, so the dead letter shows it.
-        let moved = self
-            .wal
-            .dead_letter_record(key, record, reason.clone(), now_ms())
-            .map(|_| ());
+        let (owned, dead) = (record.clone(), reason.clone());
+        let moved = wal_call(&self.wal, "dead_letter_record", move |w| {
+            w.dead_letter_record(key, &owned, dead, now_ms())
+                .map(|_| ())
+        })
+        .await?;
         self.release(key);
         self.queue.remove(key);
         if !still_pending(moved)? {
@@ -458,9 +508,9 @@ impl Drain {
         Ok(())
     }
 
-    fn dead_letter_corrupt(
+    async fn dead_letter_corrupt(
         &mut self,
-        corrupt: &CorruptPending,
+        corrupt: CorruptPending,
         now: u64,
     ) -> Result<(), DrainError> {
         let reason = DeadReason {
@@ -469,8 +519,12 @@ impl Drain {
             status: None,
             api_message: None,
         };
-        let moved = self.wal.dead_letter_corrupt(corrupt, reason.clone(), now);
-        if still_pending(moved.map(|_| ()))? {
+        let dead = reason.clone();
+        let moved = wal_call(&self.wal, "dead_letter_corrupt", move |w| {
+            w.dead_letter_corrupt(&corrupt, dead, now).map(|_| ())
+        })
+        .await?;
+        if still_pending(moved)? {
             AlertDeadLettered {
                 alert_id: "",
                 kind: DeadKind::Corrupt,
@@ -483,7 +537,7 @@ impl Drain {
         Ok(())
     }
 
-    fn expire(
+    async fn expire(
         &mut self,
         key: Key,
         record: &Record,
@@ -508,12 +562,13 @@ impl Drain {
         }
         let status = record.last_error.as_deref().and_then(status_in);
         self.dead_letter(key, record, DeadKind::Expired, message, status, None)
+            .await
     }
 
     /// Dead-letter the queued alerts that passed their lane's TTL, oldest first, while they
     /// wait (breaker open, paused, backlog). Stops at the first one still young: `seq` grows
     /// with arrival, so the rest of the lane is younger.
-    fn sweep_expired(&mut self) -> Result<(), DrainError> {
+    async fn sweep_expired(&mut self) -> Result<(), DrainError> {
         let now = now_ms();
         for critical in [true, false] {
             let ttl = if critical {
@@ -526,14 +581,14 @@ impl Drain {
             while swept < SWEEP_MAX {
                 let Some(key) = self.queue.oldest(critical) else {
                     // The window of this lane is empty: the log may hold more behind it.
-                    if self.refill()? == 0 {
+                    if self.refill().await? == 0 {
                         break;
                     }
                     continue;
                 };
                 match self.held.get(&key).cloned() {
                     Some(rec) if schedule::expired(rec.received_at_ms, now, Some(ttl)) => {
-                        self.expire(key, &rec, ttl, now)?;
+                        self.expire(key, &rec, ttl, now).await?;
                         swept += 1;
                     }
                     Some(_) => break,
@@ -547,7 +602,7 @@ impl Drain {
     }
 
     /// Apply one delivery outcome to the log and to the pacing state.
-    fn settle(&mut self, done: Done) -> Result<(), DrainError> {
+    async fn settle(&mut self, done: Done) -> Result<(), DrainError> {
         let Done {
             job,
             disposition,
@@ -556,7 +611,11 @@ impl Drain {
         } = done;
         let (key, mut record) = match job {
             Job::Alert { key, record } => (key, record),
-            Job::Summary(batch) => return self.settle_summary(batch, disposition, probe, sent_at),
+            Job::Summary(batch) => {
+                return self
+                    .settle_summary(batch, disposition, probe, sent_at)
+                    .await
+            }
         };
         let now_i = Instant::now();
         let now = now_ms();
@@ -572,7 +631,8 @@ impl Drain {
                     attempts: record.attempts,
                     received_at_ms: record.received_at_ms,
                 };
-                let removed = self.wal.remove(key, receipt);
+                let removed =
+                    wal_call(&self.wal, "remove", move |w| w.remove(key, receipt)).await?;
                 self.release(key);
                 self.unflushed = true;
                 if still_pending(removed)? {
@@ -598,7 +658,7 @@ impl Drain {
                 let next = self.next_retry_ms(record.attempts, after, now);
                 record.next_attempt_ms = next;
                 record.last_error = Some(reason.clone());
-                if let Some(key) = self.rekey(key, record.clone())? {
+                if let Some(key) = self.rekey(key, record.clone()).await? {
                     self.queue.insert(key, next, now);
                     DeliveryRetried {
                         alert_id: &record.alert_id,
@@ -624,7 +684,8 @@ impl Drain {
                     reason,
                     Some(status),
                     api_message,
-                )?;
+                )
+                .await?;
                 // a permanent rejection is an answer: the API is up
                 self.api_answered(probe);
             }
@@ -638,7 +699,7 @@ impl Drain {
                 record.attempts = record.attempts.saturating_sub(1);
                 record.last_error = Some(reason.clone());
                 record.next_attempt_ms = 0;
-                if let Some(key) = self.rekey(key, record)? {
+                if let Some(key) = self.rekey(key, record).await? {
                     self.queue.insert(key, 0, now);
                 }
                 self.pause(&reason, status, after, now_i);
@@ -649,8 +710,9 @@ impl Drain {
 
     /// Persists a record's new attempt fields: the log re-appends it under a new key, which
     /// replaces the old one here too. `None` if it was no longer pending.
-    fn rekey(&mut self, key: Key, record: Record) -> Result<Option<Key>, DrainError> {
-        let updated = self.wal.update(key, &record);
+    async fn rekey(&mut self, key: Key, record: Record) -> Result<Option<Key>, DrainError> {
+        let owned = record.clone();
+        let updated = wal_call(&self.wal, "update", move |w| w.update(key, &owned)).await?;
         self.release(key);
         match updated {
             Ok(new) => {
@@ -729,7 +791,7 @@ impl Drain {
     /// each removed with a receipt of the summary's execution; permanently rejected → each a
     /// dead letter naming the summary; retryable or paused → the summary is kept for its next
     /// attempt and the members stay pending, untouched.
-    fn settle_summary(
+    async fn settle_summary(
         &mut self,
         mut batch: Batch,
         disposition: Disposition,
@@ -758,7 +820,9 @@ impl Drain {
                         attempts: batch.attempts,
                         received_at_ms: m.received_at_ms,
                     };
-                    let gone = self.wal.remove(m.key, receipt);
+                    let key = m.key;
+                    let gone =
+                        wal_call(&self.wal, "remove", move |w| w.remove(key, receipt)).await?;
                     self.release(m.key);
                     self.unflushed = true;
                     if still_pending(gone)? {
@@ -825,11 +889,17 @@ impl Drain {
                         status: Some(status),
                         api_message: api_message.clone(),
                     };
-                    let moved = match self.release(m.key) {
-                        Some(record) => self.wal.dead_letter_record(m.key, &record, dead, now),
-                        None => self.wal.dead_letter(m.key, dead, now),
-                    };
-                    if still_pending(moved.map(|_| ()))? {
+                    let key = m.key;
+                    let record = self.release(key);
+                    let moved = wal_call(&self.wal, "dead_letter_record", move |w| {
+                        match record {
+                            Some(record) => w.dead_letter_record(key, &record, dead, now),
+                            None => w.dead_letter(key, dead, now),
+                        }
+                        .map(|_| ())
+                    })
+                    .await?;
+                    if still_pending(moved)? {
                         AlertDeadLettered {
                             alert_id: &m.alert_id,
                             kind: DeadKind::Rejected,
@@ -929,7 +999,7 @@ impl Drain {
         mut feed: mpsc::UnboundedReceiver<Key>,
         cancel: CancellationToken,
     ) -> Result<(), DrainError> {
-        let pending = self.wal.stats()?.pending;
+        let pending = wal_call(&self.wal, "stats", |w| w.stats()).await??.pending;
         if pending > 0 {
             tracing::info!(
                 pending,
@@ -945,14 +1015,14 @@ impl Drain {
             while feed.try_recv().is_ok() {
                 self.appended();
             }
-            self.refill()?;
+            self.refill().await?;
             if self.unflushed && Instant::now() >= self.next_flush {
-                self.wal.flush()?;
+                wal_call(&self.wal, "flush", |w| w.flush()).await??;
                 self.unflushed = false;
                 self.next_flush = Instant::now() + FLUSH_EVERY;
             }
             if sweeping && Instant::now() >= self.next_sweep {
-                self.sweep_expired()?;
+                self.sweep_expired().await?;
                 self.next_sweep = Instant::now() + EXPIRY_SWEEP;
             }
             if let Some(storm) = self.storm.as_mut() {
@@ -961,7 +1031,7 @@ impl Drain {
             // One `now` for dispatch and the wake-up: a retry time falling between two reads of
             // the clock would be neither ready in dispatch nor counted as a wake-up (review F2).
             let now = now_ms();
-            let held = self.dispatch()?;
+            let held = self.dispatch().await?;
             let sweep_in =
                 sweeping.then(|| self.next_sweep.saturating_duration_since(Instant::now()));
             let wake = [
@@ -987,7 +1057,7 @@ impl Drain {
                 _ = cancel.cancelled() => break,
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match done {
-                        Ok(done) => self.settle(done)?,
+                        Ok(done) => self.settle(done).await?,
                         Err(e) => tracing::error!(error = %e, "delivery task failed; the alert stays pending"),
                     }
                 }
@@ -1017,11 +1087,11 @@ impl Drain {
                     break;
                 }
                 Some(done) = self.tasks.join_next() => {
-                    if let Ok(done) = done { self.settle(done)?; }
+                    if let Ok(done) = done { self.settle(done).await?; }
                 }
             }
         }
-        self.wal.flush()?;
+        wal_call(&self.wal, "flush", |w| w.flush()).await??;
         Ok(())
     }
 }
@@ -1050,6 +1120,130 @@ fn status_in(reason: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use alertbridge_genesys::{ClientConfig, SecretSource, Target};
+    use alertbridge_payload::MappingConfig;
+    use alertbridge_wal::{Entry, SyncTarget, WalConfig, PRIORITY_NORMAL};
+    use genesys_sim::{Sim, SimConfig};
+
+    /// An fsync that takes `delay` while `slow` is set (an SD card under write load).
+    struct SlowSync {
+        slow: Arc<AtomicBool>,
+        delay: Duration,
+    }
+
+    impl SyncTarget for SlowSync {
+        fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+            if self.slow.load(Ordering::Relaxed) {
+                std::thread::sleep(self.delay);
+            }
+            file.sync_data()
+        }
+    }
+
+    /// A drain over a log of its own and an in-process simulator.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        wal: Wal,
+        sim: Sim,
+        counters: Arc<Counters>,
+        drain: Option<Drain>,
+    }
+
+    fn delivery(change: impl FnOnce(&mut crate::config::RawDelivery)) -> DeliveryConfig {
+        let mut raw = crate::config::RawDelivery {
+            rate_per_sec: Some(1000.0),
+            burst: Some(100),
+            backoff_initial_ms: Some(50),
+            backoff_max_ms: Some(200),
+            breaker_cooldown_ms: Some(200),
+            ..Default::default()
+        };
+        change(&mut raw);
+        crate::config::delivery_from_raw(raw).expect("test delivery config is valid")
+    }
+
+    async fn rig_with(cfg: DeliveryConfig, sync: Option<Box<dyn SyncTarget>>) -> Rig {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal_cfg = WalConfig::new(dir.path().join("wal"));
+        let wal = match sync {
+            Some(sync) => Wal::open_with_sync(wal_cfg, sync),
+            None => Wal::open(wal_cfg),
+        }
+        .expect("log opens");
+        let sim = Sim::start(SimConfig::default()).await.expect("sim starts");
+        let client = GenesysClient::new(ClientConfig::new(
+            sim.base_url(),
+            sim.base_url(),
+            "sim-client",
+            SecretSource::Static("sim-secret".into()),
+            Target::Workflow {
+                flow_id: "flow-1".into(),
+                flow_version: None,
+            },
+        ))
+        .expect("client builds");
+        let mapper = Arc::new(Mapper::new(&MappingConfig::default()).expect("default mapping"));
+        let counters = Arc::new(Counters::default());
+        let drain = Drain::new(cfg, wal.clone(), client, mapper, counters.clone());
+        Rig {
+            _dir: dir,
+            wal,
+            sim,
+            counters,
+            drain: Some(drain),
+        }
+    }
+
+    async fn rig() -> Rig {
+        rig_with(delivery(|_| {}), None).await
+    }
+
+    fn record(id: &str, payload: &[u8], received_at_ms: u64) -> Record {
+        Record {
+            alert_id: id.into(),
+            topic: "plant/north/alerts/d1".into(),
+            payload: payload.to_vec(),
+            priority: PRIORITY_NORMAL,
+            received_at_ms,
+            attempts: 0,
+            first_attempt_ms: None,
+            last_attempt_ms: None,
+            next_attempt_ms: 0,
+            last_error: None,
+        }
+    }
+
+    fn alert(n: usize) -> Record {
+        let id = format!("a-{n}");
+        let payload =
+            serde_json::json!({"alert_id": id, "device_id": "d1", "alert_level": "major"});
+        record(&id, payload.to_string().as_bytes(), now_ms())
+    }
+
+    impl Rig {
+        fn append(&self, records: Vec<Record>) {
+            let entries = records.into_iter().map(Entry::Pending).collect();
+            let _ = self.wal.append_batch(entries).expect("append");
+        }
+
+        /// Run the drain until `until` holds (checked every 10 ms, 10 s at most), then stop it.
+        async fn run_until(&mut self, what: &str, until: impl Fn(&Rig) -> bool) {
+            let drain = self.drain.take().expect("the drain runs once");
+            let (_feed, feed_rx) = mpsc::unbounded_channel();
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(drain.run(feed_rx, cancel.clone()));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !until(self) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cancel.cancel();
+            task.await.expect("drain task").expect("drain ends cleanly");
+        }
+    }
 
     #[test]
     fn status_is_read_from_a_reason() {
@@ -1070,5 +1264,62 @@ mod tests {
         gate.extend(t0 + Duration::from_millis(10)); // shorter: no effect
         gate.wait().await;
         assert!(t0.elapsed() >= Duration::from_millis(80));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alerts_in_the_log_are_delivered_once_each_and_removed() {
+        let mut rig = rig().await;
+        rig.append((0..50).map(alert).collect());
+        rig.run_until("50 deliveries", |r| r.sim.accepted().len() >= 50)
+            .await;
+        let mut ids: Vec<String> = rig
+            .sim
+            .accepted()
+            .into_iter()
+            .filter_map(|a| a.alert_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 50);
+        assert_eq!(rig.wal.stats().expect("stats").pending, 0);
+    }
+
+    /// Issue 9, item 5: the drain called the log synchronously inside its async task, so a
+    /// slow fsync (a dead letter is fsynced; an SD card under load takes hundreds of ms) held a
+    /// runtime worker: on a single-core board that starves the MQTT keep-alives. Now every log
+    /// call runs on the blocking pool. On a current-thread runtime, a ticker task keeps ticking
+    /// while the drain dead-letters a malformed record behind a 400 ms fsync.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_fsync_does_not_stall_the_runtime() {
+        let slow = Arc::new(AtomicBool::new(false));
+        let sync = SlowSync {
+            slow: slow.clone(),
+            delay: Duration::from_millis(400),
+        };
+        let mut rig = rig_with(delivery(|_| {}), Some(Box::new(sync))).await;
+        rig.append(vec![record("bad", b"not json", now_ms())]);
+        slow.store(true, Ordering::Relaxed);
+        let longest_gap = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let longest_gap = longest_gap.clone();
+            tokio::spawn(async move {
+                let mut last = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let gap = last.elapsed().as_millis() as u64;
+                    longest_gap.fetch_max(gap, Ordering::Relaxed);
+                    last = Instant::now();
+                }
+            })
+        };
+        rig.run_until("the dead letter", |r| {
+            r.counters.dead_lettered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        ticker.abort();
+        let gap = longest_gap.load(Ordering::Relaxed);
+        assert!(gap < 200, "the runtime stood still for {gap} ms");
+        slow.store(false, Ordering::Relaxed);
+        assert_eq!(rig.wal.stats().expect("stats").dead_letters, 1);
     }
 }

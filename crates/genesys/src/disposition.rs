@@ -85,7 +85,13 @@ impl Disposition {
 
     /// Whether this is a `Retry` after a request that went out and got no answer in time.
     pub fn timed_out(&self) -> bool {
-        matches!(self, Disposition::Retry { timed_out: true, .. })
+        matches!(
+            self,
+            Disposition::Retry {
+                timed_out: true,
+                ..
+            }
+        )
     }
 
     /// The server-requested wait of a `Retry` or `Pause`.
