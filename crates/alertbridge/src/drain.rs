@@ -64,7 +64,7 @@ use crate::events::{
 };
 use crate::ingest::now_ms;
 use crate::limiter::{Breaker, Hold, Limiter, Transition};
-use crate::schedule::{self, Queue};
+use crate::schedule::{self, Queue, Sighting};
 
 // The drain's storm state lives in its own file; it is the drain's alone (lib.rs stays as is).
 #[path = "coalesce.rs"]
@@ -132,6 +132,72 @@ where
 /// A record that passed its checks and what the mapper made of it.
 type Prepared = (Record, Mapped);
 
+/// A wall-clock jump bigger than this (wall time moved that much more or less than monotonic
+/// time since the last look) is logged and counted.
+const CLOCK_JUMP_LOGGED: Duration = Duration::from_secs(2);
+
+/// Where the wall clock is read: the system clock, or a test's faked one.
+type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The drain's two clocks (see `schedule.rs`, "Two clocks"). Scheduling — the queue's retry
+/// times, storm windows, TTL ages, wake-ups — runs on [`Clock::sched_ms`]: `Instant` (monotonic)
+/// as ms, starting at the wall time the drain started, so its values read like unix ms in logs
+/// but never jump. The wall clock is read for what is stored or shown (attempt, receipt and
+/// dead-letter times, the persisted `next_attempt_ms`) and for an alert's age when the drain
+/// first reads it.
+#[derive(Clone)]
+struct Clock {
+    origin: Instant,
+    origin_ms: u64,
+    wall: WallClock,
+    /// `wall - sched` at the last look, for the jump warning.
+    skew_ms: i64,
+}
+
+impl Clock {
+    fn new(wall: WallClock) -> Clock {
+        let origin_ms = wall();
+        Clock {
+            origin: Instant::now(),
+            origin_ms,
+            wall,
+            skew_ms: 0,
+        }
+    }
+
+    fn system() -> Clock {
+        Clock::new(Arc::new(now_ms))
+    }
+
+    /// Monotonic ms (see the type's doc).
+    fn sched_ms(&self) -> u64 {
+        self.origin_ms
+            .saturating_add(self.origin.elapsed().as_millis() as u64)
+    }
+
+    /// Unix ms by the wall clock.
+    fn wall_ms(&self) -> u64 {
+        (self.wall)()
+    }
+
+    /// By how much the wall clock jumped since the last call, if more than
+    /// [`CLOCK_JUMP_LOGGED`] (positive: ahead).
+    fn jumped(&mut self) -> Option<i64> {
+        let skew = self.wall_ms() as i64 - self.sched_ms() as i64;
+        let jump = skew - self.skew_ms;
+        self.skew_ms = skew;
+        (jump.unsigned_abs() > CLOCK_JUMP_LOGGED.as_millis() as u64).then_some(jump)
+    }
+}
+
+/// A record the drain holds, with when it first read it (its TTL age runs on the monotonic
+/// clock from there, S1 in `schedule.rs`).
+#[derive(Debug, Clone)]
+struct Held {
+    record: Record,
+    seen: Sighting,
+}
+
 /// What one request was for.
 enum Job {
     /// One alert.
@@ -195,7 +261,7 @@ pub(crate) struct Drain {
     /// in flight, or absorbed by a storm window. A key is held from the moment a cursor read
     /// it until it is settled in the log; a cursor that meets a held key again (a retry
     /// re-appended under its new key) skips it, so no alert is ever dispatched twice at once.
-    held: HashMap<Key, Record>,
+    held: HashMap<Key, Held>,
     /// Held keys per lane, and payload bytes held, for the window bounds.
     held_per_lane: BTreeMap<Priority, usize>,
     held_bytes: usize,
@@ -222,6 +288,8 @@ pub(crate) struct Drain {
     /// Storm coalescing state; `None` when `[mapping.coalesce]` is off (the default). Holds the
     /// absorbed alerts' keys and built summaries only: dropping it leaves them pending in the log.
     storm: Option<Storm>,
+    /// Scheduling (monotonic) and wall clocks.
+    clock: Clock,
 }
 
 impl Drain {
@@ -252,6 +320,7 @@ impl Drain {
             reprobe: Arc::new(Notify::new()),
             next_sweep: now,
             storm: mapper.coalesce().map(Storm::new),
+            clock: Clock::system(),
             cfg,
             wal,
             client,
@@ -260,30 +329,36 @@ impl Drain {
         }
     }
 
+    /// Reads the wall clock from `wall` instead of the system clock (tests jump it).
+    #[cfg(test)]
+    fn set_wall_clock(&mut self, wall: WallClock) {
+        self.clock = Clock::new(wall);
+    }
+
     /// A handle that makes a paused drain (or an open breaker) probe at once instead of at the
     /// end of its cool-down: notify it after the operator fixed something (e.g. on SIGHUP).
     pub(crate) fn reprobe_handle(&self) -> Arc<Notify> {
         self.reprobe.clone()
     }
 
-    /// Takes `record` under `key` into the window.
-    fn hold(&mut self, key: Key, record: Record) {
+    /// Takes `record` under `key` into the window; `seen` is when the drain first read it.
+    fn hold(&mut self, key: Key, record: Record, seen: Sighting) {
         self.held_bytes += record.payload.len();
-        if let Some(old) = self.held.insert(key, record) {
-            self.held_bytes -= old.payload.len();
+        if let Some(old) = self.held.insert(key, Held { record, seen }) {
+            self.held_bytes -= old.record.payload.len();
         } else {
             *self.held_per_lane.entry(key.priority).or_default() += 1;
         }
     }
 
     /// Lets go of `key` (settled in the log, or re-keyed by an update).
-    fn release(&mut self, key: Key) -> Option<Record> {
-        let record = self.held.remove(&key)?;
-        self.held_bytes -= record.payload.len();
+    fn release(&mut self, key: Key) -> Option<Held> {
+        let held = self.held.remove(&key)?;
+        self.held_bytes -= held.record.payload.len();
         if let Some(n) = self.held_per_lane.get_mut(&key.priority) {
             *n = n.saturating_sub(1);
         }
-        Some(record)
+        Some(held)
     }
 
     /// Ingest appended: every lane's cursor may find more.
@@ -293,11 +368,13 @@ impl Drain {
     }
 
     /// Tops up each lane's window from the log, in seq order, each alert at its persisted next
-    /// attempt time (so a restart does not turn a backlog in backoff into a retry stampede).
-    /// Undecodable records become dead letters of kind `Corrupt` (I4): counted and visible,
-    /// never a panic, never a stuck cursor. Returns how many records were taken in.
+    /// attempt time (so a restart does not turn a backlog in backoff into a retry stampede),
+    /// but never more than `backoff_max` from now (S2: the wall clock may have been set back
+    /// since it was written). Undecodable records become dead letters of kind `Corrupt` (I4):
+    /// counted and visible, never a panic, never a stuck cursor. Returns how many records were
+    /// taken in.
     async fn refill(&mut self) -> Result<usize, DrainError> {
-        let now = now_ms();
+        let now = self.clock.sched_ms();
         let mut taken = 0;
         if self.lanes_stale {
             self.lanes = wal_call(&self.wal, "lanes", |w| w.lanes()).await?;
@@ -330,11 +407,15 @@ impl Drain {
                         if self.held.contains_key(&key) {
                             continue;
                         }
-                        self.queue.insert(key, record.next_attempt_ms, now);
-                        self.hold(key, record);
+                        let wall = self.clock.wall_ms();
+                        let due =
+                            schedule::due_in(record.next_attempt_ms, wall, self.cfg.backoff.max);
+                        self.queue.insert(key, now + due.as_millis() as u64, now);
+                        let seen = Sighting::new(record.received_at_ms, wall, now);
+                        self.hold(key, record, seen);
                         taken += 1;
                     }
-                    Err(corrupt) => self.dead_letter_corrupt(corrupt, now).await?,
+                    Err(corrupt) => self.dead_letter_corrupt(corrupt).await?,
                 }
             }
         }
@@ -352,12 +433,13 @@ impl Drain {
     /// Check a queued key's record before sending: `None` when it was settled here
     /// (dead-lettered as corrupt, expired or malformed) or is no longer pending.
     async fn prepare(&mut self, key: Key, now: u64) -> Result<Option<Prepared>, DrainError> {
-        let Some(record) = self.held.get(&key).cloned() else {
+        let Some(Held { record, seen }) = self.held.get(&key).cloned() else {
             return Ok(None);
         };
         if let Some(ttl) = self.ttl(key) {
-            if schedule::expired(record.received_at_ms, now, Some(ttl)) {
-                self.expire(key, &record, ttl, now).await?;
+            let age = seen.age_ms(now);
+            if schedule::expired(age, Some(ttl)) {
+                self.expire(key, &record, ttl, age).await?;
                 return Ok(None);
             }
         }
@@ -383,7 +465,7 @@ impl Drain {
     async fn dispatch(&mut self) -> Result<Option<Duration>, DrainError> {
         loop {
             let now_i = Instant::now();
-            let now = now_ms();
+            let now = self.clock.sched_ms();
             self.queue.promote(now);
             let summary_ready = self.storm.as_ref().is_some_and(|s| s.has_ready(now));
             if self.tasks.len() >= self.cfg.max_in_flight
@@ -419,9 +501,10 @@ impl Drain {
                             continue;
                         }
                     }
+                    let wall = self.clock.wall_ms();
                     record.attempts += 1;
-                    record.first_attempt_ms.get_or_insert(now);
-                    record.last_attempt_ms = Some(now);
+                    record.first_attempt_ms.get_or_insert(wall);
+                    record.last_attempt_ms = Some(wall);
                     let id = record.alert_id.clone();
                     (Job::Alert { key, record }, id, mapped.data)
                 }
@@ -486,10 +569,9 @@ impl Drain {
             api_message,
         };
         // The record carries the attempt history, so the dead letter shows it.
-        let (owned, dead) = (record.clone(), reason.clone());
+        let (owned, dead, wall) = (record.clone(), reason.clone(), self.clock.wall_ms());
         let moved = wal_call(&self.wal, "dead_letter_record", move |w| {
-            w.dead_letter_record(key, &owned, dead, now_ms())
-                .map(|_| ())
+            w.dead_letter_record(key, &owned, dead, wall).map(|_| ())
         })
         .await?;
         self.release(key);
@@ -508,11 +590,8 @@ impl Drain {
         Ok(())
     }
 
-    async fn dead_letter_corrupt(
-        &mut self,
-        corrupt: CorruptPending,
-        now: u64,
-    ) -> Result<(), DrainError> {
+    async fn dead_letter_corrupt(&mut self, corrupt: CorruptPending) -> Result<(), DrainError> {
+        let now = self.clock.wall_ms();
         let reason = DeadReason {
             kind: DeadKind::Corrupt,
             message: format!("record could not be decoded: {}", corrupt.error),
@@ -537,14 +616,15 @@ impl Drain {
         Ok(())
     }
 
+    /// Dead-letter an alert of age `age_ms` (S1) that passed its lane's `ttl`.
     async fn expire(
         &mut self,
         key: Key,
         record: &Record,
         ttl: Duration,
-        now: u64,
+        age_ms: u64,
     ) -> Result<(), DrainError> {
-        let age = Duration::from_millis(now.saturating_sub(record.received_at_ms));
+        let age = Duration::from_millis(age_ms);
         let lane = if key.priority == PRIORITY_CRITICAL {
             "critical"
         } else {
@@ -569,7 +649,7 @@ impl Drain {
     /// wait (breaker open, paused, backlog). Stops at the first one still young: `seq` grows
     /// with arrival, so the rest of the lane is younger.
     async fn sweep_expired(&mut self) -> Result<(), DrainError> {
-        let now = now_ms();
+        let now = self.clock.sched_ms();
         for critical in [true, false] {
             let ttl = if critical {
                 self.cfg.ttl_critical
@@ -587,8 +667,8 @@ impl Drain {
                     continue;
                 };
                 match self.held.get(&key).cloned() {
-                    Some(rec) if schedule::expired(rec.received_at_ms, now, Some(ttl)) => {
-                        self.expire(key, &rec, ttl, now).await?;
+                    Some(h) if schedule::expired(h.seen.age_ms(now), Some(ttl)) => {
+                        self.expire(key, &h.record, ttl, h.seen.age_ms(now)).await?;
                         swept += 1;
                     }
                     Some(_) => break,
@@ -618,13 +698,14 @@ impl Drain {
             }
         };
         let now_i = Instant::now();
-        let now = now_ms();
+        let now = self.clock.sched_ms();
+        let wall = self.clock.wall_ms();
         match disposition {
             Disposition::Delivered(r) => {
                 let receipt = Receipt {
                     alert_id: record.alert_id.clone(),
                     seq: key.seq,
-                    delivered_at_ms: now,
+                    delivered_at_ms: wall,
                     status: r.status,
                     execution_id: r.execution_id.clone(),
                     correlation_id: r.correlation_id.clone(),
@@ -641,7 +722,7 @@ impl Drain {
                         seq: key.seq,
                         status: r.status,
                         execution_id: r.execution_id.as_deref(),
-                        latency: Duration::from_millis(now.saturating_sub(record.received_at_ms)),
+                        latency: Duration::from_millis(wall.saturating_sub(record.received_at_ms)),
                         attempts: record.attempts,
                     }
                     .emit(&self.counters);
@@ -655,17 +736,17 @@ impl Drain {
                 ..
             } => {
                 let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
-                let next = self.next_retry_ms(record.attempts, after, now);
-                record.next_attempt_ms = next;
+                let delay = self.retry_delay(record.attempts, after);
+                record.next_attempt_ms = wall.saturating_add(delay.as_millis() as u64);
                 record.last_error = Some(reason.clone());
                 if let Some(key) = self.rekey(key, record.clone()).await? {
-                    self.queue.insert(key, next, now);
+                    self.queue.insert(key, now + delay.as_millis() as u64, now);
                     DeliveryRetried {
                         alert_id: &record.alert_id,
                         reason: &reason,
                         status,
                         attempts: record.attempts,
-                        after: Duration::from_millis(next.saturating_sub(now)),
+                        after: delay,
                     }
                     .emit(&self.counters);
                 }
@@ -713,10 +794,16 @@ impl Drain {
     async fn rekey(&mut self, key: Key, record: Record) -> Result<Option<Key>, DrainError> {
         let owned = record.clone();
         let updated = wal_call(&self.wal, "update", move |w| w.update(key, &owned)).await?;
-        self.release(key);
+        let seen = self.release(key).map(|h| h.seen).unwrap_or_else(|| {
+            Sighting::new(
+                record.received_at_ms,
+                self.clock.wall_ms(),
+                self.clock.sched_ms(),
+            )
+        });
         match updated {
             Ok(new) => {
-                self.hold(new, record);
+                self.hold(new, record, seen);
                 Ok(Some(new))
             }
             Err(e) => {
@@ -799,7 +886,8 @@ impl Drain {
         sent_at: Instant,
     ) -> Result<(), DrainError> {
         let now_i = Instant::now();
-        let now = now_ms();
+        let now = self.clock.sched_ms();
+        let wall = self.clock.wall_ms();
         match disposition {
             Disposition::Delivered(r) => {
                 // The receipt has no field for "covered by summary X": its correlation id says
@@ -813,7 +901,7 @@ impl Drain {
                     let receipt = Receipt {
                         alert_id: m.alert_id.clone(),
                         seq: m.key.seq,
-                        delivered_at_ms: now,
+                        delivered_at_ms: wall,
                         status: r.status,
                         execution_id: r.execution_id.clone(),
                         correlation_id: Some(correlation.clone()),
@@ -832,7 +920,7 @@ impl Drain {
                             seq: m.key.seq,
                             status: r.status,
                             execution_id: r.execution_id.as_deref(),
-                            latency: Duration::from_millis(now.saturating_sub(m.received_at_ms)),
+                            latency: Duration::from_millis(wall.saturating_sub(m.received_at_ms)),
                             attempts: batch.attempts,
                         }
                         .emit(&self.counters);
@@ -857,14 +945,14 @@ impl Drain {
                 ..
             } => {
                 let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
-                let next = self.next_retry_ms(batch.attempts, after, now);
-                batch.next_attempt_ms = next;
+                let delay = self.retry_delay(batch.attempts, after);
+                batch.next_attempt_ms = now + delay.as_millis() as u64;
                 DeliveryRetried {
                     alert_id: &batch.summary_id,
                     reason: &reason,
                     status,
                     attempts: batch.attempts,
-                    after: Duration::from_millis(next.saturating_sub(now)),
+                    after: delay,
                 }
                 .emit(&self.counters);
                 self.keep_summary(batch);
@@ -890,11 +978,11 @@ impl Drain {
                         api_message: api_message.clone(),
                     };
                     let key = m.key;
-                    let record = self.release(key);
+                    let record = self.release(key).map(|h| h.record);
                     let moved = wal_call(&self.wal, "dead_letter_record", move |w| {
                         match record {
-                            Some(record) => w.dead_letter_record(key, &record, dead, now),
-                            None => w.dead_letter(key, dead, now),
+                            Some(record) => w.dead_letter_record(key, &record, dead, wall),
+                            None => w.dead_letter(key, dead, wall),
                         }
                         .map(|_| ())
                     })
@@ -946,9 +1034,9 @@ impl Drain {
         self.api_answered(probe);
     }
 
-    /// When a job (alert or storm summary) that failed `attempts` times may go again.
-    fn next_retry_ms(&self, attempts: u32, after: Option<Duration>, now: u64) -> u64 {
-        schedule::next_attempt_ms(&self.cfg.backoff, attempts, after, now, fastrand::f64())
+    /// How long a job (alert or storm summary) that failed `attempts` times waits.
+    fn retry_delay(&self, attempts: u32, after: Option<Duration>) -> Duration {
+        schedule::retry_delay(&self.cfg.backoff, attempts, after, fastrand::f64())
     }
 
     fn api_answered(&mut self, probe: Option<u64>) {
@@ -1025,12 +1113,15 @@ impl Drain {
                 self.sweep_expired().await?;
                 self.next_sweep = Instant::now() + EXPIRY_SWEEP;
             }
+            if let Some(jump) = self.clock.jumped() {
+                events::clock_jumped(&self.counters, jump);
+            }
             if let Some(storm) = self.storm.as_mut() {
-                storm.flush_due(now_ms(), &self.mapper);
+                storm.flush_due(self.clock.sched_ms(), &self.mapper);
             }
             // One `now` for dispatch and the wake-up: a retry time falling between two reads of
             // the clock would be neither ready in dispatch nor counted as a wake-up (review F2).
-            let now = now_ms();
+            let now = self.clock.sched_ms();
             let held = self.dispatch().await?;
             let sweep_in =
                 sweeping.then(|| self.next_sweep.saturating_duration_since(Instant::now()));
@@ -1282,6 +1373,87 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 50);
         assert_eq!(rig.wal.stats().expect("stats").pending, 0);
+    }
+
+    /// A wall clock that is the system's shifted by `offset` ms (a test moves it).
+    fn faked_wall(offset: &Arc<std::sync::atomic::AtomicI64>) -> WallClock {
+        let offset = offset.clone();
+        Arc::new(move || (now_ms() as i64 + offset.load(Ordering::Relaxed)) as u64)
+    }
+
+    const HOUR_MS: i64 = 3_600_000;
+
+    /// Issue 9, item 5: the TTL age was `wall now - received_at_ms`, so when NTP moved the wall
+    /// clock of a gateway without RTC hours ahead, every alert received seconds before was
+    /// dead-lettered as expired. The drain reads 5 alerts, the faked wall clock jumps 5 h ahead,
+    /// the TTL is 60 s: the sweep expires nothing and all 5 are delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wall_clock_jump_of_hours_ahead_expires_no_fresh_alert() {
+        let mut rig = rig_with(delivery(|d| d.ttl_normal_secs = Some(60)), None).await;
+        let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let drain = rig.drain.as_mut().expect("drain");
+        drain.set_wall_clock(faked_wall(&offset));
+        rig.append((0..5).map(alert).collect());
+        let drain = rig.drain.as_mut().expect("drain");
+        assert_eq!(drain.refill().await.expect("refill"), 5);
+        offset.store(5 * HOUR_MS, Ordering::Relaxed);
+        drain.sweep_expired().await.expect("sweep");
+        assert_eq!(rig.counters.expired.load(Ordering::Relaxed), 0);
+        rig.run_until("5 deliveries", |r| r.sim.accepted().len() >= 5)
+            .await;
+        assert_eq!(rig.counters.expired.load(Ordering::Relaxed), 0);
+        assert_eq!(rig.counters.clock_jumps.load(Ordering::Relaxed), 1);
+        assert_eq!(rig.wal.stats().expect("stats").dead_letters, 0);
+    }
+
+    /// Issue 9, item 5: retry times lived on the wall clock, so NTP setting it back 5 h put
+    /// every alert in backoff to sleep for 5 h. The API fails (503) until 3 retries are
+    /// scheduled; then the faked wall clock goes back 5 h and the API recovers: everything is
+    /// delivered within the (200 ms) backoff, nothing waits for the wall clock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wall_clock_set_back_hours_does_not_put_retries_to_sleep() {
+        let mut rig = rig_with(delivery(|d| d.breaker_failures = Some(1000)), None).await;
+        let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        rig.drain
+            .as_mut()
+            .expect("drain")
+            .set_wall_clock(faked_wall(&offset));
+        rig.sim.update_faults(|f| f.error_rate_503 = 1.0);
+        rig.append((0..3).map(alert).collect());
+        let started = Instant::now();
+        rig.run_until("3 deliveries after the clock went back", |r| {
+            if r.counters.retried.load(Ordering::Relaxed) >= 3
+                && offset.load(Ordering::Relaxed) == 0
+            {
+                offset.store(-5 * HOUR_MS, Ordering::Relaxed);
+                r.sim.set_faults(genesys_sim::Faults::default());
+            }
+            r.sim.accepted().len() >= 3
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(offset.load(Ordering::Relaxed), -5 * HOUR_MS);
+    }
+
+    /// Issue 9, item 5: a retry time persisted while the wall clock ran 5 h ahead (then NTP set
+    /// it back) parked the alert for 5 h. Read back it is due within `backoff_max` (200 ms).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_time_persisted_hours_ahead_is_due_within_the_longest_backoff() {
+        let mut rig = rig().await;
+        let ahead = now_ms() + 5 * HOUR_MS as u64;
+        let records = (0..3)
+            .map(|n| {
+                let mut r = alert(n);
+                r.attempts = 1;
+                r.next_attempt_ms = ahead;
+                r
+            })
+            .collect();
+        rig.append(records);
+        let started = Instant::now();
+        rig.run_until("3 deliveries", |r| r.sim.accepted().len() >= 3)
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     /// Issue 9, item 5: the drain called the log synchronously inside its async task, so a

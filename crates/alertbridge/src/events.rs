@@ -45,6 +45,8 @@ pub struct Counters {
     pub backpressure: AtomicBool,
     /// Broker connection up.
     pub connected: AtomicBool,
+    /// Wall-clock jumps the drain saw (scheduling is monotonic: logged, harmless).
+    pub clock_jumps: AtomicU64,
     latencies_ms: Mutex<Vec<u32>>,
     last_pause_reason: Mutex<Option<String>>,
 }
@@ -79,6 +81,7 @@ impl Counters {
             rate_per_sec: g(&self.rate_millis) as f64 / 1000.0,
             backpressure: self.backpressure.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
+            clock_jumps: g(&self.clock_jumps),
         }
     }
 
@@ -160,6 +163,8 @@ pub struct Snapshot {
     pub rate_per_sec: f64,
     pub backpressure: bool,
     pub connected: bool,
+    /// Wall-clock jumps over 2 s seen by the drain (NTP after a boot without RTC).
+    pub clock_jumps: u64,
 }
 
 /// A group commit returned: `persisted` new alerts, `duplicates` recognised, `dead_lettered`
@@ -508,6 +513,18 @@ pub fn backpressure_changed(c: &Counters, reason: Option<&str>, size: u64) {
             None => tracing::warn!(size_bytes = size, "disk budget ok again: ingest resumed"),
         }
     }
+}
+
+/// The wall clock jumped by `jump_ms` (positive: ahead) relative to the monotonic clock — NTP
+/// correcting a gateway that booted without RTC, or an operator. The drain schedules on the
+/// monotonic clock, so no alert expires and no retry sleeps because of it; logged so the jump
+/// is visible next to any time stamps it skews.
+pub fn clock_jumped(c: &Counters, jump_ms: i64) {
+    Counters::add(&c.clock_jumps, 1);
+    tracing::warn!(
+        jump_ms,
+        "wall clock jumped; delivery schedules on the monotonic clock (TTL ages and retry times unaffected); times shown before and after differ by the jump"
+    );
 }
 
 /// Broker connection closed on purpose (shutdown).

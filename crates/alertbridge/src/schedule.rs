@@ -1,6 +1,17 @@
 //! Pure scheduling decisions: when to try an alert again, which alert goes next, whether it
 //! expired. No I/O and no clock: callers pass `now_ms` and a jitter sample, so every rule is a
 //! table-driven test.
+//!
+//! # Two clocks
+//! The drain schedules on a **monotonic** clock (its `sched` ms: an `Instant` expressed as ms,
+//! starting at the wall time the drain started) and reads the **wall** clock only for what is
+//! stored or shown. A gateway without a real-time clock boots with an old wall time and NTP
+//! later jumps it hours ahead (or back); what must stay true through such a jump:
+//! - S1 A jump never expires an alert: its age is the age it had when the drain first read it
+//!   plus monotonic time since ([`Sighting`]). A jump *after* that changes nothing.
+//! - S2 A jump never puts the backlog to sleep: retry times in memory are monotonic; a retry
+//!   time read back from the log (wall ms, persisted) is due at most `backoff_max` from now
+//!   ([`due_in`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -30,12 +41,26 @@ impl Backoff {
     }
 }
 
-/// When to try again after a retryable failure: "full jitter" (a uniform sample in
+/// How long to wait after a retryable failure: "full jitter" (a uniform sample in
 /// `[0, ceiling]`, AWS architecture blog) so a thousand alerts that failed together do not retry
-/// together, but never earlier than the server's `Retry-After`.
+/// together, but never less than the server's `Retry-After`.
 ///
-/// `jitter` is a sample in `[0, 1)`; the result is absolute unix ms and is persisted in the record,
-/// so a restart does not turn a backlog into a retry stampede.
+/// `jitter` is a sample in `[0, 1)`. The drain adds the delay to its monotonic clock for the
+/// queue and to the wall clock for the persisted `next_attempt_ms`, so a restart does not turn
+/// a backlog into a retry stampede.
+pub fn retry_delay(
+    backoff: &Backoff,
+    attempts: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let ceiling = backoff.ceiling(attempts).as_millis() as f64;
+    let jittered = (ceiling * jitter.clamp(0.0, 1.0)) as u64;
+    let floor = retry_after.map(|d| d.as_millis() as u64).unwrap_or(0);
+    Duration::from_millis(jittered.max(floor))
+}
+
+/// [`retry_delay`] from `now_ms`, as an absolute time.
 pub fn next_attempt_ms(
     backoff: &Backoff,
     attempts: u32,
@@ -43,16 +68,55 @@ pub fn next_attempt_ms(
     now_ms: u64,
     jitter: f64,
 ) -> u64 {
-    let ceiling = backoff.ceiling(attempts).as_millis() as f64;
-    let jittered = (ceiling * jitter.clamp(0.0, 1.0)) as u64;
-    let floor = retry_after.map(|d| d.as_millis() as u64).unwrap_or(0);
-    now_ms.saturating_add(jittered.max(floor))
+    let delay = retry_delay(backoff, attempts, retry_after, jitter).as_millis() as u64;
+    now_ms.saturating_add(delay)
 }
 
-/// Whether a record is past its lane's max age.
-pub fn expired(received_at_ms: u64, now_ms: u64, ttl: Option<Duration>) -> bool {
+/// How long from now a retry time read back from the log is due (S2). `next_attempt_ms` is
+/// wall-clock ms as persisted (0 = now); one more than `max` ahead (the wall clock was set back
+/// since, or it was wrong when the time was written) counts as due `max` from now, so no
+/// clock jump can park an alert for longer than the longest backoff.
+pub fn due_in(next_attempt_ms: u64, wall_now_ms: u64, max: Duration) -> Duration {
+    Duration::from_millis(next_attempt_ms.saturating_sub(wall_now_ms)).min(max)
+}
+
+/// When the drain first read an alert: how old it was then (by the wall clock: now minus its
+/// `received_at_ms`) and the drain's monotonic time then. Its age later is that age plus the
+/// monotonic time since (S1), so a wall-clock jump after the first read neither ages nor
+/// rejuvenates it. Kept in memory with the record the drain holds, across its re-keys.
+///
+/// What it cannot fix: an alert first read after a jump that happened between its receipt and
+/// the read (e.g. received with the wrong boot time, read after a restart once NTP corrected
+/// it) gets the wall clock's view of its age, like before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sighting {
+    /// Age when first read, ms.
+    age_ms: u64,
+    /// The drain's monotonic ms at that read.
+    at_ms: u64,
+}
+
+impl Sighting {
+    /// First read now: `wall_now_ms` by the wall clock, `mono_now_ms` by the monotonic one. A
+    /// receive time in the future (the wall clock was set back since) counts as age 0.
+    pub fn new(received_at_ms: u64, wall_now_ms: u64, mono_now_ms: u64) -> Sighting {
+        Sighting {
+            age_ms: wall_now_ms.saturating_sub(received_at_ms),
+            at_ms: mono_now_ms,
+        }
+    }
+
+    /// Age at monotonic time `mono_now_ms`.
+    pub fn age_ms(&self, mono_now_ms: u64) -> u64 {
+        self.age_ms
+            .saturating_add(mono_now_ms.saturating_sub(self.at_ms))
+    }
+}
+
+/// Whether an alert of age `age_ms` is past its lane's max age.
+pub fn expired(age_ms: u64, ttl: Option<Duration>) -> bool {
     match ttl {
-        Some(ttl) => now_ms.saturating_sub(received_at_ms) > ttl.as_millis() as u64,
+        Some(ttl) => age_ms > ttl.as_millis() as u64,
         None => false,
     }
 }
@@ -268,9 +332,69 @@ mod tests {
 
     #[test]
     fn ttl_expiry() {
-        assert!(!expired(0, 10_000, None));
-        assert!(!expired(0, 10_000, Some(Duration::from_secs(10))));
-        assert!(expired(0, 10_001, Some(Duration::from_secs(10))));
+        assert!(!expired(10_000, None));
+        assert!(!expired(10_000, Some(Duration::from_secs(10))));
+        assert!(expired(10_001, Some(Duration::from_secs(10))));
+    }
+
+    const HOUR: u64 = 3_600_000;
+
+    /// Issue 9, item 5 (S1): the TTL age was `wall now - received_at`, so NTP jumping the wall
+    /// clock of an RTC-less gateway hours ahead expired alerts received seconds before. A faked
+    /// wall clock jumps 5 h ahead after the first read: the age follows the monotonic clock.
+    #[test]
+    fn a_forward_wall_clock_jump_of_hours_does_not_age_an_alert_received_seconds_ago() {
+        let received = 100 * HOUR;
+        let (wall, mono) = (received + 2_000, 50_000);
+        let seen = Sighting::new(received, wall, mono);
+        assert_eq!(seen.age_ms(mono), 2_000);
+        // 3 s later by the monotonic clock; the wall clock now says 5 h later
+        let wall_after_jump = wall + 5 * HOUR;
+        let age = seen.age_ms(mono + 3_000);
+        assert_eq!(age, 5_000);
+        let ttl = Some(Duration::from_secs(60));
+        assert!(!expired(age, ttl), "fresh alert expired by a clock jump");
+        // the old rule would have expired it
+        assert!(expired(wall_after_jump + 3_000 - received, ttl));
+        // a jump back leaves the age alone too, and a receive time "in the future" is age 0
+        assert_eq!(seen.age_ms(mono + 61_000), 63_000);
+        assert!(expired(seen.age_ms(mono + 61_000), ttl));
+        assert_eq!(Sighting::new(received, received - HOUR, 0).age_ms(10), 10);
+    }
+
+    /// Issue 9, item 5 (S2): a persisted retry time far ahead of the wall clock (set back by
+    /// NTP, or written while the clock was ahead) used to park the alert until the wall clock
+    /// caught up, hours later. Read back, it is due at most `backoff_max` from now.
+    #[test]
+    fn a_persisted_retry_time_is_due_at_most_the_longest_backoff_from_now() {
+        let max = B.max;
+        let now = 10 * HOUR;
+        let table = [
+            (0, 0),                    // never tried
+            (now - 5_000, 0),          // past: due now (the clock jumped ahead)
+            (now + 20_000, 20_000),    // an ordinary backoff
+            (now + 300_000, 300_000),  // exactly the longest backoff
+            (now + 5 * HOUR, 300_000), // the clock was set back 5 h: clamped
+            (u64::MAX, 300_000),
+        ];
+        for (next, due) in table {
+            assert_eq!(
+                due_in(next, now, max),
+                Duration::from_millis(due),
+                "next_attempt_ms {next}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_delay_is_the_next_attempt_minus_now() {
+        for (attempts, after, jitter) in [(1, None, 0.3), (4, Some(Duration::from_secs(50)), 0.1)] {
+            let d = retry_delay(&B, attempts, after, jitter);
+            assert_eq!(
+                next_attempt_ms(&B, attempts, after, 7_000, jitter),
+                7_000 + d.as_millis() as u64
+            );
+        }
     }
 
     #[test]
