@@ -354,6 +354,12 @@ fn print_status(s: &Status) {
         if let Some(r) = &c.pause_reason {
             println!("  pause reason:   {r}");
         }
+        if c.drain_repairs + c.tasks_failed + c.clock_jumps > 0 {
+            println!(
+                "  anomalies:      drain repairs {} failed delivery tasks {} clock jumps {} (see the log)",
+                c.drain_repairs, c.tasks_failed, c.clock_jumps
+            );
+        }
     }
 }
 

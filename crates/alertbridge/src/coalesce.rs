@@ -205,6 +205,21 @@ impl Storm {
         }
     }
 
+    /// The keys of every alert held here: absorbed into an open window, or a member of a
+    /// summary waiting to be sent (the drain's reconcile accounts for them).
+    pub(crate) fn member_keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.absorbed
+            .values()
+            .flatten()
+            .chain(self.batches.iter().flat_map(|b| b.members.iter()))
+            .map(|m| m.key)
+    }
+
+    /// Nothing absorbed and no summary waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.absorbed.is_empty() && self.batches.is_empty()
+    }
+
     /// The next time after `now_ms` something here needs the drain: a window ending or a
     /// summary's retry (summaries ready now but held by the breaker or the limiter are the
     /// drain's `held` wait, not a wake-up: that would spin).

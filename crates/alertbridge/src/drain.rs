@@ -31,6 +31,19 @@
 //! Every dead letter carries the attempts made and the first/last attempt times (the record is
 //! updated before the move).
 //!
+//! # Nothing stalls
+//! - The mapping runs under `catch_unwind`: a record that makes the mapper panic becomes a
+//!   `Malformed` dead letter with the reason, not a crash loop (D3).
+//! - A delivery task that fails to join (a panic, an abort) hands its alerts back to the queue
+//!   and, if it was the breaker's probe, counts as a failed probe, so the breaker never stays
+//!   half-open for good (D4).
+//! - Every [`RECONCILE_EVERY`] the drain checks itself against the log (D4): every record it
+//!   holds must be queued, in flight or in a storm window (a stranded one is put back in the
+//!   queue); and when it holds nothing and its cursors have caught up, the log must have nothing
+//!   pending. If it has (twice, [`RECONCILE_CONFIRM`] apart, so an append racing the check is
+//!   not mistaken for a loss), the drain lost track of something: logged at error, counted
+//!   (`drain_repairs`), and the cursors start again from the start of the log.
+//!
 //! # Storm coalescing (`[mapping.coalesce]`, off by default)
 //! When enabled, an alert about to be sent for the first time is offered to the storm state
 //! (`coalesce.rs`); an absorbed alert is not sent and stays pending in the log, held in memory
@@ -42,18 +55,18 @@
 //! with no attempt made: the next run offers them again. With coalescing off nothing of this
 //! runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alertbridge_genesys::{Disposition, GenesysClient, MAX_RATE_LIMIT_WAIT};
-use alertbridge_payload::{Mapped, Mapper};
+use alertbridge_payload::{Mapped, Mapper, Rejection};
 use alertbridge_wal::{
     CorruptPending, Cursor, DeadKind, DeadReason, Key, Priority, Receipt, Record, Wal, WalError,
     PRIORITY_CRITICAL,
 };
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use self::coalesce::{Batch, Storm};
@@ -89,6 +102,13 @@ const SWEEP_MAX: usize = 1000;
 /// How often removals are made durable while delivering: bounds what a power cut can undo (a
 /// delivered alert delivered again, never a loss).
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// How often the drain checks itself against the log (D4 in the module doc).
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+
+/// A suspicious check is confirmed this much later before the drain repairs anything: by then
+/// an alert appended while the first check ran has been read (or delivered).
+const RECONCILE_CONFIRM: Duration = Duration::from_secs(1);
 
 /// Longest client-wide hold a `Retry-After` imposes. A 429 asking for more is turned into a
 /// pause by the client already; a 503 asking for more still floors that alert's next attempt.
@@ -131,6 +151,53 @@ where
 
 /// A record that passed its checks and what the mapper made of it.
 type Prepared = (Record, Mapped);
+
+/// How the drain maps a stored payload: [`Mapper::map`], or a test's stand-in (a mapper that
+/// panics).
+type MapFn = fn(&Mapper, &str, &[u8]) -> Result<Mapped, Rejection>;
+
+/// Why a payload did not map.
+#[derive(Debug)]
+enum MapFailure {
+    /// The mapping rejected it (the reason says why).
+    Rejected(Rejection),
+    /// The mapper panicked: a bug, caught (D3). The panic's message.
+    Panicked(String),
+}
+
+/// Runs `map` under `catch_unwind` (D3). The mapper is pure, total and fuzzed, but a panic in it
+/// on one stored record would otherwise kill the drain, and the restarted agent would meet the
+/// same record first again: a crash loop with every alert behind it stuck. The mapper holds no
+/// state a panic could leave half-changed (it maps `&self`), so unwinding past it is sound.
+fn map_guarded(
+    map: MapFn,
+    mapper: &Mapper,
+    topic: &str,
+    payload: &[u8],
+) -> Result<Mapped, MapFailure> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map(mapper, topic, payload))) {
+        Ok(Ok(mapped)) => Ok(mapped),
+        Ok(Err(rejection)) => Err(MapFailure::Rejected(rejection)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            Err(MapFailure::Panicked(message))
+        }
+    }
+}
+
+/// What a delivery task carries, kept by task id so a task that fails to join gives its alerts
+/// back (D4).
+#[derive(Debug, Clone)]
+struct InFlight {
+    /// The alert's key, or a storm summary's members.
+    keys: Vec<Key>,
+    /// The breaker's probe number if the request was the probe.
+    probe: Option<u64>,
+}
 
 /// A wall-clock jump bigger than this (wall time moved that much more or less than monotonic
 /// time since the last look) is logged and counted.
@@ -281,6 +348,14 @@ pub(crate) struct Drain {
     /// Delivery tasks; at most `max_in_flight`. Aborted at the end of the shutdown grace: their
     /// alerts stay pending.
     tasks: JoinSet<Done>,
+    /// What each delivery task carries, by task id (removed when it joins).
+    in_flight: HashMap<tokio::task::Id, InFlight>,
+    /// How payloads are mapped ([`map_guarded`]).
+    map: MapFn,
+    /// When the drain next checks itself against the log, and whether the last check found it
+    /// idle with alerts pending in the log (to be confirmed, D4).
+    next_reconcile: Instant,
+    reconcile_suspect: bool,
     not_before: NotBefore,
     /// Notified to probe at once during a pause or an open breaker (SIGHUP after a fix).
     reprobe: Arc<Notify>,
@@ -316,6 +391,10 @@ impl Drain {
             limiter: Limiter::new(cfg.rate_per_sec, cfg.burst, now),
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            map: Mapper::map,
+            next_reconcile: now + RECONCILE_EVERY,
+            reconcile_suspect: false,
             not_before: NotBefore::default(),
             reprobe: Arc::new(Notify::new()),
             next_sweep: now,
@@ -443,7 +522,7 @@ impl Drain {
                 return Ok(None);
             }
         }
-        match self.mapper.map(&record.topic, &record.payload) {
+        match map_guarded(self.map, &self.mapper, &record.topic, &record.payload) {
             Ok(m) => {
                 if !m.notes.is_empty() {
                     // what the mapping changed on the way (stripped blob, truncated catch-all,
@@ -452,8 +531,22 @@ impl Drain {
                 }
                 Ok(Some((record, m)))
             }
-            Err(rej) => {
+            Err(MapFailure::Rejected(rej)) => {
                 self.dead_letter(key, &record, DeadKind::Malformed, rej.reason, None, None)
+                    .await?;
+                Ok(None)
+            }
+            Err(MapFailure::Panicked(panic)) => {
+                tracing::error!(
+                    alert_id = %record.alert_id,
+                    seq = key.seq,
+                    panic = %panic,
+                    "payload mapper panicked on a stored alert; it is dead-lettered, delivery goes on"
+                );
+                let reason = format!(
+                    "the payload mapper failed on this payload (a bug: please report it with this dead letter): {panic}"
+                );
+                self.dead_letter(key, &record, DeadKind::Malformed, reason, None, None)
                     .await?;
                 Ok(None)
             }
@@ -524,7 +617,11 @@ impl Drain {
             self.limiter.take(now_i);
             let client = self.client.clone();
             let gate = self.not_before.clone();
-            self.tasks.spawn(async move {
+            let keys = match &job {
+                Job::Alert { key, .. } => vec![*key],
+                Job::Summary(batch) => batch.members.iter().map(|m| m.key).collect(),
+            };
+            let task = self.tasks.spawn(async move {
                 gate.wait().await;
                 let sent_at = Instant::now();
                 // The request runs in a task of its own so that a panic in it (a bug in a
@@ -549,7 +646,114 @@ impl Drain {
                     sent_at,
                 }
             });
+            self.in_flight.insert(task.id(), InFlight { keys, probe });
         }
+    }
+
+    /// A delivery task ended: settle its answer, or, if it failed to join (panicked, aborted),
+    /// give its alerts back to the queue (they are still pending and held) and, if it was the
+    /// probe, count a failed probe so the breaker re-opens instead of waiting for good (D4).
+    async fn joined(
+        &mut self,
+        joined: Result<(tokio::task::Id, Done), JoinError>,
+    ) -> Result<(), DrainError> {
+        match joined {
+            Ok((id, done)) => {
+                self.in_flight.remove(&id);
+                self.settle(done).await
+            }
+            Err(e) => {
+                let Some(lost) = self.in_flight.remove(&e.id()) else {
+                    tracing::error!(error = %e, "delivery task failed; the reconcile puts its alerts back");
+                    return Ok(());
+                };
+                let now = self.clock.sched_ms();
+                let mut ids = Vec::new();
+                for key in &lost.keys {
+                    if let Some(h) = self.held.get(key) {
+                        ids.push(h.record.alert_id.clone());
+                        self.queue.insert(*key, now, now);
+                    }
+                }
+                events::delivery_task_failed(&self.counters, &e.to_string(), &ids);
+                if let Some(probe) = lost.probe {
+                    let t = self.breaker.on_failure(Instant::now(), Some(probe));
+                    self.breaker_moved(t, "the probe's delivery task failed");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks the drain against the log (D4 in the module doc); returns whether it repaired
+    /// something.
+    async fn reconcile(&mut self) -> Result<bool, DrainError> {
+        // 1. Every held record is queued, in flight, or a storm member.
+        let mut accounted: HashSet<Key> = self
+            .in_flight
+            .values()
+            .flat_map(|f| f.keys.iter().copied())
+            .collect();
+        if let Some(storm) = &self.storm {
+            accounted.extend(storm.member_keys());
+        }
+        let stranded: Vec<Key> = self
+            .held
+            .keys()
+            .filter(|k| !accounted.contains(k) && !self.queue.contains(**k))
+            .copied()
+            .collect();
+        if !stranded.is_empty() {
+            let now = self.clock.sched_ms();
+            let ids: Vec<String> = stranded
+                .iter()
+                .filter_map(|k| self.held.get(k).map(|h| h.record.alert_id.clone()))
+                .collect();
+            for key in stranded {
+                self.queue.insert(key, now, now);
+            }
+            events::drain_repaired(
+                &self.counters,
+                "alerts held in memory but neither queued, in flight nor in a storm window: queued again",
+                ids.len() as u64,
+                &ids,
+            );
+            return Ok(true);
+        }
+        // 2. Holding nothing with every cursor at the end means nothing is pending.
+        let idle = self.held.is_empty()
+            && self.tasks.is_empty()
+            && self.storm.as_ref().is_none_or(Storm::is_empty)
+            && !self.lanes_stale
+            && self
+                .lanes
+                .iter()
+                .all(|l| self.caught_up.get(l).copied().unwrap_or(false));
+        if !idle {
+            self.reconcile_suspect = false;
+            return Ok(false);
+        }
+        let pending = wal_call(&self.wal, "stats", |w| w.stats()).await??.pending;
+        if pending == 0 {
+            self.reconcile_suspect = false;
+            return Ok(false);
+        }
+        if !self.reconcile_suspect {
+            // An append may have raced this check: look again shortly.
+            self.reconcile_suspect = true;
+            return Ok(false);
+        }
+        self.reconcile_suspect = false;
+        events::drain_repaired(
+            &self.counters,
+            "alerts pending in the log that the drain had lost track of: reading the log again from the start",
+            pending,
+            &[],
+        );
+        self.cursors.clear();
+        self.caught_up.clear();
+        self.lanes_stale = true;
+        Ok(true)
     }
 
     /// Persist the record (attempt history), then move it to dead letters with the reason.
@@ -1113,6 +1317,17 @@ impl Drain {
                 self.sweep_expired().await?;
                 self.next_sweep = Instant::now() + EXPIRY_SWEEP;
             }
+            if Instant::now() >= self.next_reconcile {
+                if self.reconcile().await? {
+                    self.refill().await?;
+                }
+                let every = if self.reconcile_suspect {
+                    RECONCILE_CONFIRM
+                } else {
+                    RECONCILE_EVERY
+                };
+                self.next_reconcile = Instant::now() + every;
+            }
             if let Some(jump) = self.clock.jumped() {
                 events::clock_jumped(&self.counters, jump);
             }
@@ -1131,6 +1346,10 @@ impl Drain {
                     .next_wakeup_ms()
                     .map(|at| Duration::from_millis(at.saturating_sub(now))),
                 sweep_in,
+                Some(
+                    self.next_reconcile
+                        .saturating_duration_since(Instant::now()),
+                ),
                 self.unflushed
                     .then(|| self.next_flush.saturating_duration_since(Instant::now())),
                 self.storm
@@ -1146,11 +1365,8 @@ impl Drain {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    match done {
-                        Ok(done) => self.settle(done).await?,
-                        Err(e) => tracing::error!(error = %e, "delivery task failed; the alert stays pending"),
-                    }
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.joined(joined).await?;
                 }
                 k = feed.recv(), if feed_open => match k {
                     Some(_) => self.appended(),
@@ -1177,8 +1393,8 @@ impl Drain {
                     self.tasks.abort_all();
                     break;
                 }
-                Some(done) = self.tasks.join_next() => {
-                    if let Ok(done) = done { self.settle(done).await?; }
+                Some(joined) = self.tasks.join_next_with_id() => {
+                    if let Ok((_, done)) = joined { self.settle(done).await?; }
                 }
             }
         }
@@ -1454,6 +1670,175 @@ mod tests {
         rig.run_until("3 deliveries", |r| r.sim.accepted().len() >= 3)
             .await;
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A mapper with a bug: it panics on any payload containing `PANIC`.
+    fn buggy_map(mapper: &Mapper, topic: &str, payload: &[u8]) -> Result<Mapped, Rejection> {
+        if payload.windows(5).any(|w| w == b"PANIC") {
+            panic!("index out of bounds (test)");
+        }
+        mapper.map(topic, payload)
+    }
+
+    #[test]
+    fn a_panicking_mapper_is_caught_with_its_message() {
+        let mapper = Mapper::new(&MappingConfig::default()).expect("default mapping");
+        let ok = map_guarded(buggy_map, &mapper, "t", br#"{"a": 1}"#);
+        assert!(ok.is_ok(), "{ok:?}");
+        match map_guarded(buggy_map, &mapper, "t", br#"{"a": "PANIC"}"#) {
+            Err(MapFailure::Panicked(m)) => assert!(m.contains("index out of bounds"), "{m}"),
+            other => panic!("not caught: {other:?}"),
+        }
+        assert!(matches!(
+            map_guarded(buggy_map, &mapper, "t", b"not json"),
+            Err(MapFailure::Rejected(_))
+        ));
+    }
+
+    /// Issue 9, item 5: ingest guards its mapping, the drain did not. A stored record that made
+    /// the mapper panic killed the drain (the agent exits, restarts, meets the same record
+    /// first: a crash loop, every alert behind it stuck), e.g. after `replay --all` by a build
+    /// with a mapper bug. Now it is a `Malformed` dead letter with the reason and the alerts
+    /// around it are delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_that_panics_the_mapper_is_dead_lettered_and_delivery_goes_on() {
+        let mut rig = rig().await;
+        rig.drain.as_mut().expect("drain").map = buggy_map;
+        let mut records: Vec<Record> = (0..3).map(alert).collect();
+        let bad = br#"{"alert_id": "bad", "device_id": "PANIC"}"#;
+        records.insert(1, record("bad", bad, now_ms()));
+        rig.append(records);
+        rig.run_until("3 deliveries and 1 dead letter", |r| {
+            r.sim.accepted().len() >= 3 && r.counters.dead_lettered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        let dead: Vec<_> = rig
+            .wal
+            .dead_letters()
+            .map(|d| d.expect("dead letter"))
+            .collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason.kind, DeadKind::Malformed);
+        assert!(
+            dead[0].reason.message.contains("mapper failed")
+                && dead[0].reason.message.contains("index out of bounds"),
+            "{:?}",
+            dead[0].reason
+        );
+        assert_eq!(
+            dead[0].record.as_ref().map(|r| r.alert_id.as_str()),
+            Some("bad")
+        );
+        assert_eq!(rig.wal.stats().expect("stats").pending, 0);
+    }
+
+    /// Throws away everything the drain knows about the alerts it read, keeping its cursors at
+    /// the end of the log: the state a lost scan result or a forgotten key leaves behind.
+    fn lose_track(drain: &mut Drain) {
+        drain.held.clear();
+        drain.held_per_lane.clear();
+        drain.held_bytes = 0;
+        drain.queue = Queue::new(drain.cfg.normal_every);
+    }
+
+    /// Issue 9, item 5: an alert the drain had forgotten (read by a cursor, then lost from
+    /// memory) stayed in the log until the next restart, with nothing saying so. The periodic
+    /// reconcile finds the drain idle with alerts pending in the log, confirms it on a second
+    /// look, logs at error, counts it and reads the log again from the start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_alerts_the_drain_lost_track_of_are_found_by_the_reconcile_and_delivered() {
+        let mut rig = rig().await;
+        rig.append((0..5).map(alert).collect());
+        let drain = rig.drain.as_mut().expect("drain");
+        assert_eq!(drain.refill().await.expect("refill"), 5);
+        assert_eq!(drain.refill().await.expect("refill"), 0, "caught up");
+        lose_track(drain);
+        assert_eq!(
+            drain.refill().await.expect("refill"),
+            0,
+            "the cursors do not see them"
+        );
+        assert!(
+            !drain.reconcile().await.expect("reconcile"),
+            "first look: only suspect"
+        );
+        assert_eq!(rig.counters.drain_repairs.load(Ordering::Relaxed), 0);
+        assert!(
+            drain.reconcile().await.expect("reconcile"),
+            "confirmed: repaired"
+        );
+        assert_eq!(rig.counters.drain_repairs.load(Ordering::Relaxed), 1);
+        rig.run_until("5 deliveries", |r| r.sim.accepted().len() >= 5)
+            .await;
+        assert_eq!(rig.wal.stats().expect("stats").pending, 0);
+    }
+
+    /// A record held in memory but in no queue, task or storm window (the state a delivery task
+    /// that vanished leaves) is queued again by the reconcile at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_alert_that_is_in_no_queue_is_queued_again_by_the_reconcile() {
+        let mut rig = rig().await;
+        rig.append((0..3).map(alert).collect());
+        let drain = rig.drain.as_mut().expect("drain");
+        drain.refill().await.expect("refill");
+        drain.queue = Queue::new(drain.cfg.normal_every);
+        assert!(drain.reconcile().await.expect("reconcile"));
+        assert_eq!(drain.queue.len(), 3);
+        assert_eq!(rig.counters.drain_repairs.load(Ordering::Relaxed), 1);
+        rig.run_until("3 deliveries", |r| r.sim.accepted().len() >= 3)
+            .await;
+    }
+
+    /// The reconcile repairs nothing while alerts legitimately wait (a retry time ahead) or the
+    /// drain is simply not caught up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reconcile_leaves_a_waiting_backlog_alone() {
+        let mut rig = rig_with(delivery(|d| d.backoff_max_ms = Some(60_000)), None).await;
+        let later = now_ms() + 30_000;
+        rig.append(
+            (0..3)
+                .map(|n| {
+                    let mut r = alert(n);
+                    r.next_attempt_ms = later;
+                    r
+                })
+                .collect(),
+        );
+        let drain = rig.drain.as_mut().expect("drain");
+        assert!(
+            !drain.reconcile().await.expect("reconcile"),
+            "not read yet: not idle"
+        );
+        drain.refill().await.expect("refill");
+        for _ in 0..3 {
+            assert!(!drain.reconcile().await.expect("reconcile"));
+        }
+        assert_eq!(drain.queue.waiting_len(), 3);
+        assert_eq!(rig.counters.drain_repairs.load(Ordering::Relaxed), 0);
+    }
+
+    /// Issue 9, item 5: a delivery task that failed to join (panic, abort) left its alert held
+    /// and in no queue until restart, and if it was the breaker's probe the breaker stayed
+    /// half-open for good. Now its alert is queued again and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_alert_whose_delivery_task_failed_is_queued_again() {
+        let mut rig = rig().await;
+        rig.sim.update_faults(|f| f.latency_ms = 2_000);
+        rig.append(vec![alert(0)]);
+        let drain = rig.drain.as_mut().expect("drain");
+        drain.refill().await.expect("refill");
+        drain.dispatch().await.expect("dispatch");
+        assert_eq!(drain.tasks.len(), 1);
+        drain.tasks.abort_all();
+        let joined = drain.tasks.join_next_with_id().await.expect("a task");
+        assert!(joined.is_err(), "aborted");
+        drain.joined(joined).await.expect("joined");
+        assert_eq!(drain.queue.ready_len(), 1);
+        assert!(drain.in_flight.is_empty());
+        assert_eq!(rig.counters.tasks_failed.load(Ordering::Relaxed), 1);
+        rig.sim.set_faults(genesys_sim::Faults::default());
+        rig.run_until("the delivery", |r| !r.sim.accepted().is_empty())
+            .await;
     }
 
     /// Issue 9, item 5: the drain called the log synchronously inside its async task, so a

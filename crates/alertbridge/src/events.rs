@@ -47,6 +47,10 @@ pub struct Counters {
     pub connected: AtomicBool,
     /// Wall-clock jumps the drain saw (scheduling is monotonic: logged, harmless).
     pub clock_jumps: AtomicU64,
+    /// Delivery tasks that failed to join (panic, abort); their alerts were queued again.
+    pub tasks_failed: AtomicU64,
+    /// Times the drain's reconcile found it had lost track of pending alerts and repaired it.
+    pub drain_repairs: AtomicU64,
     latencies_ms: Mutex<Vec<u32>>,
     last_pause_reason: Mutex<Option<String>>,
 }
@@ -82,6 +86,8 @@ impl Counters {
             backpressure: self.backpressure.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
             clock_jumps: g(&self.clock_jumps),
+            tasks_failed: g(&self.tasks_failed),
+            drain_repairs: g(&self.drain_repairs),
         }
     }
 
@@ -165,6 +171,11 @@ pub struct Snapshot {
     pub connected: bool,
     /// Wall-clock jumps over 2 s seen by the drain (NTP after a boot without RTC).
     pub clock_jumps: u64,
+    /// Delivery tasks that failed to join; their alerts were queued again (a bug if not 0).
+    pub tasks_failed: u64,
+    /// Times the drain found pending alerts it had lost track of and repaired it (a bug if
+    /// not 0; each logged at error).
+    pub drain_repairs: u64,
 }
 
 /// A group commit returned: `persisted` new alerts, `duplicates` recognised, `dead_lettered`
@@ -524,6 +535,30 @@ pub fn clock_jumped(c: &Counters, jump_ms: i64) {
     tracing::warn!(
         jump_ms,
         "wall clock jumped; delivery schedules on the monotonic clock (TTL ages and retry times unaffected); times shown before and after differ by the jump"
+    );
+}
+
+/// A delivery task failed to join (it panicked or was aborted): its alerts (`alert_ids`) are
+/// still pending and were queued again. A bug if it happens: logged at error and counted.
+pub fn delivery_task_failed(c: &Counters, error: &str, alert_ids: &[String]) {
+    Counters::add(&c.tasks_failed, 1);
+    tracing::error!(
+        error,
+        alert_ids = ?alert_ids,
+        "delivery task failed; its alerts stay pending and are queued again"
+    );
+}
+
+/// The drain's reconcile found it had lost track of `alerts` pending alerts (`alert_ids` when
+/// known) and repaired it (`what` says how). A bug if it happens: logged at error and counted,
+/// so a stall is never silent.
+pub fn drain_repaired(c: &Counters, what: &str, alerts: u64, alert_ids: &[String]) {
+    Counters::add(&c.drain_repairs, 1);
+    tracing::error!(
+        alerts,
+        alert_ids = ?&alert_ids[..alert_ids.len().min(20)],
+        repair = what,
+        "DRAIN REPAIRED: it had lost track of pending alerts (please report this with the log)"
     );
 }
 

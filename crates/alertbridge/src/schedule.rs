@@ -256,6 +256,11 @@ impl Queue {
         Some(key)
     }
 
+    /// Whether `key` is queued (ready or waiting).
+    pub fn contains(&self, key: Key) -> bool {
+        self.members.contains_key(&key)
+    }
+
     /// Keys ready now.
     pub fn ready_len(&self) -> usize {
         self.ready.len()
