@@ -304,7 +304,16 @@ async fn crash_before_the_summary_is_accepted_loses_no_absorbed_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_summary_dead_letters_each_of_its_alerts_with_the_reason() {
     let sim = failing_sim(400).await;
-    let mut rig = start(sim, "plant-coalesce-400").await;
+    // Every request of the burst is rejected alike: with the default `pause_after_rejections`
+    // delivery would pause after five of them (tests/e2e/wrong_config.rs) and the summary would
+    // wait. This test is about what a rejected summary does to its members, so it turns the
+    // pause off.
+    let opts = AgentOptions {
+        extra: COALESCE.into(),
+        delivery_extra: "pause_after_rejections = 0".into(),
+        ..AgentOptions::default()
+    };
+    let mut rig = Scenario::start_subscribed("plant-coalesce-400", sim, &opts).await;
     let sent = burst("rj");
     publish(&rig.plant, &sent).await;
     let logs_dead = |a: &Agent| a.logs().matches("alert moved to dead letters").count();

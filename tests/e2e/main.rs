@@ -15,3 +15,4 @@ mod spine;
 mod storm;
 mod tokens;
 mod wide_payload;
+mod wrong_config;

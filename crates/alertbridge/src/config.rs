@@ -292,6 +292,8 @@ pub struct RawDelivery {
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before one probe.
     pub breaker_cooldown_ms: Option<u64>,
+    /// Identical permanent rejections in a row that pause delivery (0 = never).
+    pub pause_after_rejections: Option<u32>,
     /// One normal alert is sent after this many critical ones when both wait.
     pub normal_every: Option<u32>,
     /// Max age of a critical alert before it is dead-lettered as expired (none by default).
@@ -428,6 +430,9 @@ pub struct DeliveryConfig {
     pub breaker_failures: u32,
     /// Breaker cool-down.
     pub breaker_cooldown: Duration,
+    /// Permanent rejections in a row with the same status and API code that pause delivery
+    /// instead of dead-lettering the backlog (0 = never).
+    pub pause_after_rejections: u32,
     /// Fairness between lanes.
     pub normal_every: u32,
     /// TTL of critical alerts.
@@ -909,6 +914,7 @@ pub(crate) fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, Conf
         },
         breaker_failures,
         breaker_cooldown: Duration::from_millis(raw.breaker_cooldown_ms.unwrap_or(30_000)),
+        pause_after_rejections: raw.pause_after_rejections.unwrap_or(5),
         normal_every,
         ttl_critical: raw.ttl_critical_secs.map(Duration::from_secs),
         ttl_normal: raw.ttl_normal_secs.map(Duration::from_secs),
@@ -977,6 +983,22 @@ flow_id = "f-1"
             assert!(msg.contains(key), "{extra}: {msg}");
             assert!(msg.contains("fix:"), "{extra}: {msg}");
         }
+    }
+
+    #[test]
+    fn pause_after_rejections_defaults_to_5_and_0_turns_it_off() {
+        assert_eq!(
+            parse(MINIMAL)
+                .expect("valid")
+                .delivery
+                .pause_after_rejections,
+            5
+        );
+        let c = parse(&format!(
+            "{MINIMAL}\n[delivery]\npause_after_rejections = 0\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.delivery.pause_after_rejections, 0);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! | 429 | retried after `max(Retry-After, jittered backoff)`, persisted | rate halved once per episode; `Retry-After` holds the **whole client** (L1); the breaker is not counted (the API is up) |
 //! | 503 with `Retry-After` | as 5xx, and the whole client waits (capped at 180 s) | counts toward the breaker |
 //! | other retryable (5xx, timeout, connect, token endpoint down) | retried after the jittered backoff, persisted | counts toward the breaker; a failed probe re-opens it |
-//! | 400/413/415/422 | dead letter `Rejected` with status and API message | the API is up |
+//! | 408/409/423/425 | retried after `max(Retry-After, jittered backoff)`, persisted | the breaker is not counted (the API answered: a busy or locked resource) |
+//! | 400/413/415/422 | dead letter `Rejected` with status and API message | the API is up; the `pause_after_rejections`-th identical one (same status and API code) in a row pauses delivery, and later ones with the same answer stay pending until a request passes (R1 in `limiter.rs`) |
 //! | 403/404/410/501, second 401, bad credentials | kept pending, **not** an attempt | delivery paused: one probe per `breaker_cooldown` (or the server's wait) until it passes |
 //!
 //! Before a request goes, the record is checked: undecodable → dead letter `Corrupt`; older than
@@ -76,7 +77,7 @@ use crate::events::{
     Counters, DeliveryPaused, DeliveryRetried, Throttled,
 };
 use crate::ingest::now_ms;
-use crate::limiter::{Breaker, Hold, Limiter, Transition};
+use crate::limiter::{Breaker, Hold, Limiter, Rejections, Transition, Verdict};
 use crate::schedule::{self, Queue, Sighting};
 
 // The drain's storm state lives in its own file; it is the drain's alone (lib.rs stays as is).
@@ -345,6 +346,9 @@ pub(crate) struct Drain {
     next_flush: Instant,
     limiter: Limiter,
     breaker: Breaker,
+    /// The run of identical permanent rejections (R1): pauses delivery instead of
+    /// dead-lettering the backlog when the configuration, not the alerts, is wrong.
+    rejections: Rejections,
     /// Delivery tasks; at most `max_in_flight`. Aborted at the end of the shutdown grace: their
     /// alerts stay pending.
     tasks: JoinSet<Done>,
@@ -390,6 +394,7 @@ impl Drain {
             next_flush: now,
             limiter: Limiter::new(cfg.rate_per_sec, cfg.burst, now),
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+            rejections: Rejections::new(cfg.pause_after_rejections),
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
             map: Mapper::map,
@@ -931,6 +936,7 @@ impl Drain {
                     }
                     .emit(&self.counters);
                 }
+                self.rejections.on_accepted();
                 self.accepted(probe);
             }
             Disposition::Retry {
@@ -939,7 +945,7 @@ impl Drain {
                 status,
                 ..
             } => {
-                let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
+                self.pace_retry(after, status, &reason, sent_at, now_i);
                 let delay = self.retry_delay(record.attempts, after);
                 record.next_attempt_ms = wall.saturating_add(delay.as_millis() as u64);
                 record.last_error = Some(reason.clone());
@@ -954,26 +960,48 @@ impl Drain {
                     }
                     .emit(&self.counters);
                 }
-                self.retry_breaker(throttled, probe, &reason, now_i);
+                self.retry_breaker(status, probe, &reason, now_i);
             }
             Disposition::DeadLetter {
                 status,
                 reason,
                 api_message,
-                ..
-            } => {
-                self.dead_letter(
-                    key,
-                    &record,
-                    DeadKind::Rejected,
-                    reason,
-                    Some(status),
-                    api_message,
-                )
-                .await?;
-                // a permanent rejection is an answer: the API is up
-                self.api_answered(probe);
-            }
+                code,
+            } => match self.rejections.on_rejection(status, code.as_deref()) {
+                Verdict::Hold { count } => {
+                    // The same rejection as the run that paused delivery: the configuration,
+                    // not this alert. Keep it, not as an attempt, ready when the pause ends.
+                    record.attempts = record.attempts.saturating_sub(1);
+                    record.last_error = Some(reason.clone());
+                    record.next_attempt_ms = 0;
+                    if let Some(key) = self.rekey(key, record).await? {
+                        self.queue.insert(key, now, now);
+                    }
+                    let why = self.rejection_pause_reason(status, code.as_deref(), count, &reason);
+                    self.pause(&why, Some(status), None, now_i);
+                }
+                verdict => {
+                    let last = reason.clone();
+                    self.dead_letter(
+                        key,
+                        &record,
+                        DeadKind::Rejected,
+                        reason,
+                        Some(status),
+                        api_message,
+                    )
+                    .await?;
+                    match verdict {
+                        Verdict::DeadLetterAndPause { count } => {
+                            let why =
+                                self.rejection_pause_reason(status, code.as_deref(), count, &last);
+                            self.pause(&why, Some(status), None, now_i);
+                        }
+                        // a permanent rejection is an answer: the API is up
+                        _ => self.api_answered(probe),
+                    }
+                }
+            },
             Disposition::Pause {
                 reason,
                 status,
@@ -1018,7 +1046,7 @@ impl Drain {
     }
 
     /// Pacing after a retryable answer: a `Retry-After` of a 429/503 holds the whole client, a
-    /// 429 lowers the rate. Returns whether it was a 429.
+    /// 429 lowers the rate.
     fn pace_retry(
         &mut self,
         after: Option<Duration>,
@@ -1026,7 +1054,7 @@ impl Drain {
         reason: &str,
         sent_at: Instant,
         now_i: Instant,
-    ) -> bool {
+    ) {
         let throttled = status == Some(429);
         if let Some(a) = after.filter(|_| matches!(status, Some(429 | 503))) {
             let hold = a.min(MAX_CLIENT_WIDE_WAIT);
@@ -1046,13 +1074,20 @@ impl Drain {
             }
             .emit(&self.counters);
         }
-        throttled
     }
 
-    /// The breaker after a retryable answer: a 429 is an answer (the API is up; the limiter
-    /// deals with the rate), anything else counts as a failure.
-    fn retry_breaker(&mut self, throttled: bool, probe: Option<u64>, reason: &str, now_i: Instant) {
-        if throttled {
+    /// The breaker after a retryable answer: a 429 (the limiter deals with the rate) and a
+    /// 408/409/423/425 (a busy or locked resource: transient by definition) are answers — the
+    /// API is up, and counting them would open the breaker and hold every other alert for an
+    /// API that works. Anything else (5xx, timeout, connect error) counts as a failure.
+    fn retry_breaker(
+        &mut self,
+        status: Option<u16>,
+        probe: Option<u64>,
+        reason: &str,
+        now_i: Instant,
+    ) {
+        if matches!(status, Some(408 | 409 | 423 | 425 | 429)) {
             self.api_answered(probe);
         } else {
             let t = self.breaker.on_failure(now_i, probe);
@@ -1076,6 +1111,21 @@ impl Drain {
             retry_in: wait,
         }
         .emit(&self.counters);
+    }
+
+    /// The pause reason of a run of identical rejections (R1), shown in status.
+    fn rejection_pause_reason(
+        &self,
+        status: u16,
+        code: Option<&str>,
+        count: u32,
+        last: &str,
+    ) -> String {
+        let code = code.map(|c| format!(" {c}")).unwrap_or_default();
+        format!(
+            "{count} requests in a row rejected alike (HTTP {status}{code}): the configuration, not the alerts, is the likely cause (e.g. the flow's input schema or the mapping changed); the first {} are dead letters (replay them after the fix), the rest stay pending; last answer: {last}",
+            self.cfg.pause_after_rejections
+        )
     }
 
     /// Apply a storm summary's outcome to every alert it covers (I3 per member): accepted →
@@ -1140,6 +1190,7 @@ impl Drain {
                     attempts = batch.attempts,
                     "storm summary delivered; its alerts are removed with its receipt"
                 );
+                self.rejections.on_accepted();
                 self.accepted(probe);
             }
             Disposition::Retry {
@@ -1148,7 +1199,7 @@ impl Drain {
                 status,
                 ..
             } => {
-                let throttled = self.pace_retry(after, status, &reason, sent_at, now_i);
+                self.pace_retry(after, status, &reason, sent_at, now_i);
                 let delay = self.retry_delay(batch.attempts, after);
                 batch.next_attempt_ms = now + delay.as_millis() as u64;
                 DeliveryRetried {
@@ -1160,14 +1211,24 @@ impl Drain {
                 }
                 .emit(&self.counters);
                 self.keep_summary(batch);
-                self.retry_breaker(throttled, probe, &reason, now_i);
+                self.retry_breaker(status, probe, &reason, now_i);
             }
             Disposition::DeadLetter {
                 status,
                 reason,
                 api_message,
-                ..
+                code,
             } => {
+                let verdict = self.rejections.on_rejection(status, code.as_deref());
+                if let Verdict::Hold { count } = verdict {
+                    // as for a single alert: kept, not an attempt, ready when the pause ends
+                    batch.attempts = batch.attempts.saturating_sub(1);
+                    batch.next_attempt_ms = 0;
+                    self.keep_summary(batch);
+                    let why = self.rejection_pause_reason(status, code.as_deref(), count, &reason);
+                    self.pause(&why, Some(status), None, now_i);
+                    return Ok(());
+                }
                 let message = format!(
                     "coalesced into storm summary {} (site {}, {} alerts), which Genesys rejected: {reason}",
                     batch.summary_id,
@@ -1202,7 +1263,14 @@ impl Drain {
                         .emit(&self.counters);
                     }
                 }
-                self.api_answered(probe);
+                match verdict {
+                    Verdict::DeadLetterAndPause { count } => {
+                        let why =
+                            self.rejection_pause_reason(status, code.as_deref(), count, &reason);
+                        self.pause(&why, Some(status), None, now_i);
+                    }
+                    _ => self.api_answered(probe),
+                }
             }
             Disposition::Pause {
                 reason,
@@ -1839,6 +1907,72 @@ mod tests {
         rig.sim.set_faults(genesys_sim::Faults::default());
         rig.run_until("the delivery", |r| !r.sim.accepted().is_empty())
             .await;
+    }
+
+    /// Issue 9, item 4: an API that answers 400 to everything (a flow's inputs changed in
+    /// Architect) dead-lettered the whole backlog at full rate. Now the 5th identical rejection
+    /// pauses delivery: 5 dead letters, the other 195 stay pending (also the requests that were
+    /// in flight when it paused), the pause is named in status; once the API accepts again the
+    /// probe passes and everything else is delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_400_to_every_request_pauses_after_five_dead_letters_and_the_rest_wait_for_the_fix() {
+        let mut rig = rig_with(delivery(|d| d.max_in_flight = Some(16)), None).await;
+        rig.sim.update_faults(|f| f.force_status = Some(400));
+        rig.append((0..200).map(alert).collect());
+        let probes_while_paused = Arc::new(AtomicU64::new(0));
+        let seen = probes_while_paused.clone();
+        rig.run_until("the pause, probes, then the fix and 195 deliveries", |r| {
+            if r.counters.paused.load(Ordering::Relaxed) {
+                let answered_400 =
+                    r.sim.requests().iter().filter(|q| q.status == 400).count() as u64;
+                seen.store(answered_400, Ordering::Relaxed);
+                // the in-flight answers and three probes met the 400: fix it
+                if answered_400 >= 16 + 3 {
+                    r.sim.set_faults(genesys_sim::Faults::default());
+                }
+            }
+            r.sim.accepted().len() >= 195
+        })
+        .await;
+        assert!(probes_while_paused.load(Ordering::Relaxed) >= 19);
+        let dead: Vec<_> = rig
+            .wal
+            .dead_letters()
+            .map(|d| d.expect("dead letter"))
+            .collect();
+        assert_eq!(dead.len(), 5, "{dead:#?}");
+        assert!(dead.iter().all(|d| d.reason.status == Some(400)));
+        assert_eq!(rig.wal.stats().expect("stats").pending, 0);
+        let snap = rig.counters.snapshot();
+        assert!(!snap.paused, "resumed by itself");
+        assert_eq!(snap.dead_lettered, 5);
+    }
+
+    /// Issue 9, item 4: 408/409/423/425 are retried now, but the drain counted them toward the
+    /// breaker like a 5xx, so an API that answered "conflict" opened it and held every other
+    /// alert. With a threshold of 3, twenty 409s leave it closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_4xx_answers_do_not_open_the_breaker() {
+        let mut rig = rig_with(delivery(|d| d.breaker_failures = Some(3)), None).await;
+        rig.sim.update_faults(|f| f.force_status = Some(409));
+        rig.append((0..5).map(alert).collect());
+        let opened = Arc::new(AtomicBool::new(false));
+        let seen = opened.clone();
+        rig.run_until("20 retries, then the deliveries", |r| {
+            if r.counters.breaker_open.load(Ordering::Relaxed) {
+                seen.store(true, Ordering::Relaxed);
+            }
+            if r.counters.retried.load(Ordering::Relaxed) >= 20 {
+                r.sim.set_faults(genesys_sim::Faults::default());
+            }
+            r.sim.accepted().len() >= 5
+        })
+        .await;
+        assert!(
+            !opened.load(Ordering::Relaxed),
+            "the breaker opened on 409s"
+        );
+        assert_eq!(rig.wal.stats().expect("stats").dead_letters, 0);
     }
 
     /// Issue 9, item 5: the drain called the log synchronously inside its async task, so a

@@ -33,6 +33,8 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Delivery paused by a configuration fault.
     pub paused: AtomicBool,
+    /// Times delivery went into a pause (configuration fault or a run of identical rejections).
+    pub pauses: AtomicU64,
     /// Breaker open or half-open (held by failures; a pause shows in `paused`).
     pub breaker_open: AtomicBool,
     /// [`BreakerView`] as a number (see [`BreakerView::from_u8`]).
@@ -78,6 +80,7 @@ impl Counters {
             dead_lettered: g(&self.dead_lettered),
             expired: g(&self.expired),
             paused: self.paused.load(Ordering::Relaxed),
+            pauses: g(&self.pauses),
             pause_reason: self.last_pause_reason.lock().ok().and_then(|g| g.clone()),
             breaker_open: self.breaker_open.load(Ordering::Relaxed),
             breaker: BreakerView::from_u8(self.breaker_state.load(Ordering::Relaxed)),
@@ -159,6 +162,8 @@ pub struct Snapshot {
     pub dead_lettered: u64,
     pub expired: u64,
     pub paused: bool,
+    /// Times delivery went into a pause since start.
+    pub pauses: u64,
     pub pause_reason: Option<String>,
     pub breaker_open: bool,
     /// Circuit breaker state.
@@ -357,6 +362,7 @@ impl DeliveryPaused<'_> {
                 "delivery still paused: configuration fault; alerts stay in the log"
             );
         } else {
+            Counters::add(&c.pauses, 1);
             tracing::error!(
                 reason = self.reason,
                 status = self.status.unwrap_or(0),

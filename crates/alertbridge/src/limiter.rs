@@ -13,6 +13,10 @@
 //!   says nothing new ([`Limiter::on_throttled`]).
 //! - B1 While the breaker is open nothing is sent; after the cool-down exactly one request (the
 //!   probe) goes, and only the probe's answer closes or re-opens it ([`Breaker::begin`]).
+//! - R1 A wrong configuration does not dead-letter the backlog: after `pause_after_rejections`
+//!   permanent rejections in a row with the same status and API error code, delivery pauses,
+//!   and until an accepted request (or a different rejection) ends the run, no alert answered
+//!   with that same rejection is dead-lettered: it stays pending ([`Rejections`]).
 
 use std::time::{Duration, Instant};
 
@@ -180,6 +184,77 @@ pub enum BreakerState {
         /// The probe's number ([`Breaker::begin`]); only its answer counts.
         probe: u64,
     },
+}
+
+/// The run of identical permanent rejections (R1).
+///
+/// Why: a 400 means "this alert can never succeed as it is" — unless every alert gets it, which
+/// means the request shape no longer fits (a flow's input schema changed in Architect, an
+/// events integration was reconfigured). Dead-lettering the whole backlog at full rate would
+/// turn one configuration change into an operator replaying thousands of alerts; pausing keeps
+/// them pending, says so loudly, and probes at the breaker's cool-down until the fix lands.
+/// "Same" is the status and the API's error `code` (the message may carry per-alert detail).
+/// Retryable answers and pauses neither extend nor end a run.
+#[derive(Debug, Clone)]
+pub struct Rejections {
+    /// Rejections in a row that pause; 0 = never pause (every rejection is a dead letter).
+    threshold: u32,
+    /// The current run: its status, code and length.
+    run: Option<(u16, Option<String>, u32)>,
+}
+
+/// What to do with a permanently rejected alert ([`Rejections::on_rejection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A dead letter; delivery goes on (the run is shorter than the threshold).
+    DeadLetter,
+    /// A dead letter, and delivery pauses: it is the `count`-th identical rejection in a row.
+    DeadLetterAndPause {
+        /// Length of the run (the threshold).
+        count: u32,
+    },
+    /// Not a dead letter: kept pending (not an attempt), delivery stays paused. The run that
+    /// paused goes on (`count` long now): a late answer of a request sent before the pause, or
+    /// a probe that met the same rejection.
+    Hold {
+        /// Length of the run.
+        count: u32,
+    },
+}
+
+impl Rejections {
+    /// No run yet. `threshold` 0 never pauses.
+    pub fn new(threshold: u32) -> Rejections {
+        Rejections {
+            threshold,
+            run: None,
+        }
+    }
+
+    /// A permanent rejection with `status` and the API's error `code`.
+    pub fn on_rejection(&mut self, status: u16, code: Option<&str>) -> Verdict {
+        let count = match &mut self.run {
+            Some((s, c, n)) if *s == status && c.as_deref() == code => {
+                *n = n.saturating_add(1);
+                *n
+            }
+            _ => {
+                self.run = Some((status, code.map(str::to_owned), 1));
+                1
+            }
+        };
+        match self.threshold {
+            0 => Verdict::DeadLetter,
+            t if count < t => Verdict::DeadLetter,
+            t if count == t => Verdict::DeadLetterAndPause { count },
+            _ => Verdict::Hold { count },
+        }
+    }
+
+    /// A request was accepted: the run (if any) is over.
+    pub fn on_accepted(&mut self) {
+        self.run = None;
+    }
 }
 
 /// Opens after `threshold` consecutive retryable failures, or for a given time on a
@@ -587,6 +662,47 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Issue 9, item 4: a 400 to every request dead-lettered the whole backlog at full rate.
+    /// Five identical rejections in a row pause; every further one is held, not dead-lettered,
+    /// until a request is accepted or a different rejection breaks the run.
+    #[test]
+    fn five_identical_rejections_in_a_row_pause_and_the_next_ones_are_held() {
+        use Verdict::*;
+        let mut r = Rejections::new(5);
+        let bad = |r: &mut Rejections| r.on_rejection(400, Some("bad.request"));
+        for _ in 0..4 {
+            assert_eq!(bad(&mut r), DeadLetter);
+        }
+        assert_eq!(bad(&mut r), DeadLetterAndPause { count: 5 });
+        assert_eq!(bad(&mut r), Hold { count: 6 });
+        assert_eq!(bad(&mut r), Hold { count: 7 });
+        // the fix: a request passes, the run is over
+        r.on_accepted();
+        assert_eq!(bad(&mut r), DeadLetter);
+        // a different code or status starts a new run
+        for _ in 0..3 {
+            bad(&mut r);
+        }
+        assert_eq!(r.on_rejection(400, Some("flow.input.invalid")), DeadLetter);
+        assert_eq!(r.on_rejection(422, Some("flow.input.invalid")), DeadLetter);
+        assert_eq!(r.on_rejection(422, None), DeadLetter);
+        for _ in 0..3 {
+            assert_eq!(r.on_rejection(422, None), DeadLetter);
+        }
+        assert_eq!(r.on_rejection(422, None), DeadLetterAndPause { count: 5 });
+    }
+
+    #[test]
+    fn a_threshold_of_zero_never_pauses() {
+        let mut r = Rejections::new(0);
+        for _ in 0..100 {
+            assert_eq!(
+                r.on_rejection(400, Some("bad.request")),
+                Verdict::DeadLetter
+            );
+        }
     }
 
     #[test]
