@@ -11,6 +11,7 @@ mod config;
 mod crash;
 mod enospc;
 mod pressure;
+mod slow_api;
 mod spine;
 mod storm;
 mod tokens;

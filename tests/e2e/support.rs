@@ -191,6 +191,8 @@ pub(crate) struct AgentOptions {
     pub(crate) backoff_max_ms: u64,
     pub(crate) breaker_failures: u32,
     pub(crate) breaker_cooldown_ms: u64,
+    /// `genesys.request_timeout_secs` (default 3).
+    pub(crate) request_timeout_secs: u64,
     /// More `[store]` keys, one per line (e.g. `"max_bytes = 1048576"`).
     pub(crate) store_extra: String,
     /// More `[delivery]` keys, one per line (e.g. `"normal_every = 3\nttl_normal_secs = 2"`).
@@ -211,6 +213,7 @@ impl Default for AgentOptions {
             backoff_max_ms: 1000,
             breaker_failures: 1000,
             breaker_cooldown_ms: 200,
+            request_timeout_secs: 3,
             store_extra: String::new(),
             delivery_extra: String::new(),
             admin: false,
@@ -279,7 +282,7 @@ api_url = "{url}"
 client_id = "e2e-client"
 client_secret_file = "{secret}"
 flow_id = "{FLOW}"
-request_timeout_secs = 3
+request_timeout_secs = {request_timeout}
 
 [delivery]
 rate_per_sec = {rate}
@@ -312,6 +315,7 @@ level = "info"
             bm = opts.backoff_max_ms,
             bf = opts.breaker_failures,
             bc = opts.breaker_cooldown_ms,
+            request_timeout = opts.request_timeout_secs,
             delivery_extra = opts.delivery_extra,
             store_extra = opts.store_extra,
             admin = admin.clone().unwrap_or_default(),

@@ -51,7 +51,11 @@ pub(crate) struct Batch {
     pub(crate) members: Vec<Member>,
     /// Requests made for it so far.
     pub(crate) attempts: u32,
-    /// Not before this time (unix ms; 0 = now).
+    /// Of those, requests that went unanswered within their timeout (the drain's T1 bound, as
+    /// for an alert: the next one waits longer, and `max_timeouts` of them end the summary's
+    /// members as `Unconfirmed` dead letters).
+    pub(crate) timeouts: u32,
+    /// Not before this time (the drain's monotonic ms; 0 = now).
     pub(crate) next_attempt_ms: u64,
     /// A member was critical (only with `include_critical`): goes ahead of other summaries.
     pub(crate) critical: bool,
@@ -170,6 +174,7 @@ impl Storm {
                 data: mapped.data,
                 members,
                 attempts: 0,
+                timeouts: 0,
                 next_attempt_ms: 0,
                 critical: summary.critical,
             });

@@ -294,6 +294,10 @@ pub struct RawDelivery {
     pub breaker_cooldown_ms: Option<u64>,
     /// Identical permanent rejections in a row that pause delivery (0 = never).
     pub pause_after_rejections: Option<u32>,
+    /// Longest request timeout after timed-out attempts (the timeout doubles per timeout).
+    pub max_request_timeout_ms: Option<u64>,
+    /// Timed-out attempts per alert before it is an `Unconfirmed` dead letter (0 = no limit).
+    pub max_timeouts: Option<u32>,
     /// One normal alert is sent after this many critical ones when both wait.
     pub normal_every: Option<u32>,
     /// Max age of a critical alert before it is dead-lettered as expired (none by default).
@@ -433,6 +437,11 @@ pub struct DeliveryConfig {
     /// Permanent rejections in a row with the same status and API code that pause delivery
     /// instead of dead-lettering the backlog (0 = never).
     pub pause_after_rejections: u32,
+    /// The request timeout doubles after each timed-out attempt of an alert, up to this.
+    pub max_request_timeout: Duration,
+    /// Timed-out attempts of one alert before it becomes an `Unconfirmed` dead letter (0 = no
+    /// limit): bounds how often a slow API launches the same alert.
+    pub max_timeouts: u32,
     /// Fairness between lanes.
     pub normal_every: u32,
     /// TTL of critical alerts.
@@ -895,6 +904,14 @@ pub(crate) fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, Conf
             "use ≥ 1 (default 5)",
         ));
     }
+    let max_request_timeout = Duration::from_millis(raw.max_request_timeout_ms.unwrap_or(60_000));
+    if max_request_timeout.is_zero() {
+        return Err(invalid(
+            "delivery.max_request_timeout_ms",
+            "is 0",
+            "use e.g. 60000 (at least genesys.request_timeout_secs; a smaller value keeps that)",
+        ));
+    }
     let normal_every = raw.normal_every.unwrap_or(10);
     if normal_every == 0 {
         return Err(invalid(
@@ -915,6 +932,8 @@ pub(crate) fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, Conf
         breaker_failures,
         breaker_cooldown: Duration::from_millis(raw.breaker_cooldown_ms.unwrap_or(30_000)),
         pause_after_rejections: raw.pause_after_rejections.unwrap_or(5),
+        max_request_timeout,
+        max_timeouts: raw.max_timeouts.unwrap_or(3),
         normal_every,
         ttl_critical: raw.ttl_critical_secs.map(Duration::from_secs),
         ttl_normal: raw.ttl_normal_secs.map(Duration::from_secs),
@@ -983,6 +1002,21 @@ flow_id = "f-1"
             assert!(msg.contains(key), "{extra}: {msg}");
             assert!(msg.contains("fix:"), "{extra}: {msg}");
         }
+    }
+
+    #[test]
+    fn timeout_limits_default_to_60_s_and_3() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.delivery.max_request_timeout, Duration::from_secs(60));
+        assert_eq!(c.delivery.max_timeouts, 3);
+        let err = parse(&format!(
+            "{MINIMAL}\n[delivery]\nmax_request_timeout_ms = 0\n"
+        ))
+        .expect_err("0 is refused");
+        assert!(
+            err.to_string().contains("delivery.max_request_timeout_ms"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | 429 | retried after `max(Retry-After, jittered backoff)`, persisted | rate halved once per episode; `Retry-After` holds the **whole client** (L1); the breaker is not counted (the API is up) |
 //! | 503 with `Retry-After` | as 5xx, and the whole client waits (capped at 180 s) | counts toward the breaker |
 //! | other retryable (5xx, timeout, connect, token endpoint down) | retried after the jittered backoff, persisted | counts toward the breaker; a failed probe re-opens it |
+//! | no answer within the request timeout (the request went out) | retried with a doubled timeout (up to `max_request_timeout_ms`); the `max_timeouts`-th timeout makes it a dead letter `Unconfirmed` (T1 in `schedule.rs`: Genesys may have launched it each time) | counts toward the breaker |
 //! | 408/409/423/425 | retried after `max(Retry-After, jittered backoff)`, persisted | the breaker is not counted (the API answered: a busy or locked resource) |
 //! | 400/413/415/422 | dead letter `Rejected` with status and API message | the API is up; the `pause_after_rejections`-th identical one (same status and API code) in a row pauses delivery, and later ones with the same answer stay pending until a request passes (R1 in `limiter.rs`) |
 //! | 403/404/410/501, second 401, bad credentials | kept pending, **not** an attempt | delivery paused: one probe per `breaker_cooldown` (or the server's wait) until it passes |
@@ -259,12 +260,17 @@ impl Clock {
 }
 
 /// A record the drain holds, with when it first read it (its TTL age runs on the monotonic
-/// clock from there, S1 in `schedule.rs`).
+/// clock from there, S1 in `schedule.rs`) and the correlation ids of the answers it got (for
+/// an `Unconfirmed` dead letter's reason; in memory only, so those of this run).
 #[derive(Debug, Clone)]
 struct Held {
     record: Record,
     seen: Sighting,
+    answers: Vec<String>,
 }
+
+/// At most this many correlation ids are kept per held alert.
+const MAX_ANSWERS_KEPT: usize = 8;
 
 /// What one request was for.
 enum Job {
@@ -425,10 +431,10 @@ impl Drain {
         self.reprobe.clone()
     }
 
-    /// Takes `record` under `key` into the window; `seen` is when the drain first read it.
-    fn hold(&mut self, key: Key, record: Record, seen: Sighting) {
-        self.held_bytes += record.payload.len();
-        if let Some(old) = self.held.insert(key, Held { record, seen }) {
+    /// Takes a record under `key` into the window.
+    fn hold(&mut self, key: Key, held: Held) {
+        self.held_bytes += held.record.payload.len();
+        if let Some(old) = self.held.insert(key, held) {
             self.held_bytes -= old.record.payload.len();
         } else {
             *self.held_per_lane.entry(key.priority).or_default() += 1;
@@ -496,7 +502,14 @@ impl Drain {
                             schedule::due_in(record.next_attempt_ms, wall, self.cfg.backoff.max);
                         self.queue.insert(key, now + due.as_millis() as u64, now);
                         let seen = Sighting::new(record.received_at_ms, wall, now);
-                        self.hold(key, record, seen);
+                        self.hold(
+                            key,
+                            Held {
+                                record,
+                                seen,
+                                answers: Vec::new(),
+                            },
+                        );
                         taken += 1;
                     }
                     Err(corrupt) => self.dead_letter_corrupt(corrupt).await?,
@@ -517,7 +530,7 @@ impl Drain {
     /// Check a queued key's record before sending: `None` when it was settled here
     /// (dead-lettered as corrupt, expired or malformed) or is no longer pending.
     async fn prepare(&mut self, key: Key, now: u64) -> Result<Option<Prepared>, DrainError> {
-        let Some(Held { record, seen }) = self.held.get(&key).cloned() else {
+        let Some(Held { record, seen, .. }) = self.held.get(&key).cloned() else {
             return Ok(None);
         };
         if let Some(ttl) = self.ttl(key) {
@@ -580,33 +593,39 @@ impl Drain {
             }
             // A due storm summary goes first: it stands for many alerts that already waited a
             // whole window.
-            let (job, alert_id, data) = match self.storm.as_mut().and_then(|s| s.take_ready(now)) {
-                Some(mut batch) => {
-                    batch.attempts += 1;
-                    let (id, data) = (batch.summary_id.clone(), batch.data.clone());
-                    (Job::Summary(batch), id, data)
-                }
-                None => {
-                    let Some(key) = self.queue.pick() else {
-                        return Ok(None);
-                    };
-                    let Some((mut record, mapped)) = self.prepare(key, now).await? else {
-                        continue;
-                    };
-                    if let Some(storm) = self.storm.as_mut() {
-                        if storm.offer(now, key, &record, &mapped) {
-                            // held for its window's summary; still pending in the log
-                            continue;
-                        }
+            let base = self.client.request_timeout();
+            let cap = self.cfg.max_request_timeout;
+            let (job, alert_id, data, timeout) =
+                match self.storm.as_mut().and_then(|s| s.take_ready(now)) {
+                    Some(mut batch) => {
+                        batch.attempts += 1;
+                        let (id, data) = (batch.summary_id.clone(), batch.data.clone());
+                        let timeout = schedule::request_timeout(base, batch.timeouts, cap);
+                        (Job::Summary(batch), id, data, timeout)
                     }
-                    let wall = self.clock.wall_ms();
-                    record.attempts += 1;
-                    record.first_attempt_ms.get_or_insert(wall);
-                    record.last_attempt_ms = Some(wall);
-                    let id = record.alert_id.clone();
-                    (Job::Alert { key, record }, id, mapped.data)
-                }
-            };
+                    None => {
+                        let Some(key) = self.queue.pick() else {
+                            return Ok(None);
+                        };
+                        let Some((mut record, mapped)) = self.prepare(key, now).await? else {
+                            continue;
+                        };
+                        if let Some(storm) = self.storm.as_mut() {
+                            if storm.offer(now, key, &record, &mapped) {
+                                // held for its window's summary; still pending in the log
+                                continue;
+                            }
+                        }
+                        let wall = self.clock.wall_ms();
+                        record.attempts += 1;
+                        record.first_attempt_ms.get_or_insert(wall);
+                        record.last_attempt_ms = Some(wall);
+                        let id = record.alert_id.clone();
+                        let timeouts = schedule::timeouts_in(record.last_error.as_deref());
+                        let timeout = schedule::request_timeout(base, timeouts, cap);
+                        (Job::Alert { key, record }, id, mapped.data, timeout)
+                    }
+                };
             // Only now, with a request that really goes, may the breaker hand out its probe:
             // a probe that is never sent would leave it half-open for good.
             let probe = match self.breaker.begin(now_i) {
@@ -633,17 +652,19 @@ impl Drain {
                 // dependency, say) still comes back as a `Done`: otherwise the job would vanish
                 // from memory (stuck until restart) and, if it was the breaker's probe, the
                 // breaker would stay half-open for good (found in review).
-                let disposition =
-                    match tokio::spawn(async move { client.deliver(&alert_id, &data).await }).await
-                    {
-                        Ok(d) => d,
-                        Err(e) => Disposition::Retry {
-                            after: None,
-                            reason: format!("delivery task failed: {e}"),
-                            status: None,
-                            timed_out: false,
-                        },
-                    };
+                let disposition = match tokio::spawn(async move {
+                    client.deliver_within(&alert_id, &data, timeout).await
+                })
+                .await
+                {
+                    Ok(d) => d,
+                    Err(e) => Disposition::Retry {
+                        after: None,
+                        reason: format!("delivery task failed: {e}"),
+                        status: None,
+                        timed_out: false,
+                    },
+                };
                 Done {
                     job,
                     disposition,
@@ -943,12 +964,28 @@ impl Drain {
                 after,
                 reason,
                 status,
-                ..
+                timed_out,
             } => {
                 self.pace_retry(after, status, &reason, sent_at, now_i);
+                if let (Some(h), Some(id)) = (self.held.get_mut(&key), correlation_in(&reason)) {
+                    if h.answers.len() < MAX_ANSWERS_KEPT {
+                        h.answers.push(id.to_owned());
+                    }
+                }
+                let timeouts =
+                    schedule::timeouts_in(record.last_error.as_deref()) + u32::from(timed_out);
+                record.last_error = Some(schedule::with_timeouts(&reason, timeouts));
+                if timed_out && self.cfg.max_timeouts > 0 && timeouts >= self.cfg.max_timeouts {
+                    // T1: it may have been launched each time; another request may launch it
+                    // once more. Not sent again.
+                    let message = self.unconfirmed_reason(key, &record.alert_id, timeouts);
+                    self.dead_letter(key, &record, DeadKind::Unconfirmed, message, None, None)
+                        .await?;
+                    self.retry_breaker(status, probe, &reason, now_i);
+                    return Ok(());
+                }
                 let delay = self.retry_delay(record.attempts, after);
                 record.next_attempt_ms = wall.saturating_add(delay.as_millis() as u64);
-                record.last_error = Some(reason.clone());
                 if let Some(key) = self.rekey(key, record.clone()).await? {
                     self.queue.insert(key, now + delay.as_millis() as u64, now);
                     DeliveryRetried {
@@ -972,7 +1009,8 @@ impl Drain {
                     // The same rejection as the run that paused delivery: the configuration,
                     // not this alert. Keep it, not as an attempt, ready when the pause ends.
                     record.attempts = record.attempts.saturating_sub(1);
-                    record.last_error = Some(reason.clone());
+                    let timeouts = schedule::timeouts_in(record.last_error.as_deref());
+                    record.last_error = Some(schedule::with_timeouts(&reason, timeouts));
                     record.next_attempt_ms = 0;
                     if let Some(key) = self.rekey(key, record).await? {
                         self.queue.insert(key, now, now);
@@ -1010,7 +1048,8 @@ impl Drain {
                 // Configuration fault: not this alert's fault. Keep it, not as an attempt, ready
                 // to go as soon as the pause ends.
                 record.attempts = record.attempts.saturating_sub(1);
-                record.last_error = Some(reason.clone());
+                let timeouts = schedule::timeouts_in(record.last_error.as_deref());
+                record.last_error = Some(schedule::with_timeouts(&reason, timeouts));
                 record.next_attempt_ms = 0;
                 if let Some(key) = self.rekey(key, record).await? {
                     self.queue.insert(key, 0, now);
@@ -1026,16 +1065,27 @@ impl Drain {
     async fn rekey(&mut self, key: Key, record: Record) -> Result<Option<Key>, DrainError> {
         let owned = record.clone();
         let updated = wal_call(&self.wal, "update", move |w| w.update(key, &owned)).await?;
-        let seen = self.release(key).map(|h| h.seen).unwrap_or_else(|| {
-            Sighting::new(
-                record.received_at_ms,
-                self.clock.wall_ms(),
-                self.clock.sched_ms(),
-            )
-        });
+        let (seen, answers) = match self.release(key) {
+            Some(h) => (h.seen, h.answers),
+            None => (
+                Sighting::new(
+                    record.received_at_ms,
+                    self.clock.wall_ms(),
+                    self.clock.sched_ms(),
+                ),
+                Vec::new(),
+            ),
+        };
         match updated {
             Ok(new) => {
-                self.hold(new, record, seen);
+                self.hold(
+                    new,
+                    Held {
+                        record,
+                        seen,
+                        answers,
+                    },
+                );
                 Ok(Some(new))
             }
             Err(e) => {
@@ -1197,9 +1247,24 @@ impl Drain {
                 after,
                 reason,
                 status,
-                ..
+                timed_out,
             } => {
                 self.pace_retry(after, status, &reason, sent_at, now_i);
+                batch.timeouts += u32::from(timed_out);
+                if timed_out && self.cfg.max_timeouts > 0 && batch.timeouts >= self.cfg.max_timeouts
+                {
+                    let message = format!(
+                        "coalesced into storm summary {} (site {}, {} alerts), which {}",
+                        batch.summary_id,
+                        batch.site,
+                        batch.members.len(),
+                        self.unconfirmed_reason_text(&batch.summary_id, batch.timeouts, &[])
+                    );
+                    self.dead_letter_members(&batch, DeadKind::Unconfirmed, &message, None, None)
+                        .await?;
+                    self.retry_breaker(status, probe, &reason, now_i);
+                    return Ok(());
+                }
                 let delay = self.retry_delay(batch.attempts, after);
                 batch.next_attempt_ms = now + delay.as_millis() as u64;
                 DeliveryRetried {
@@ -1235,34 +1300,14 @@ impl Drain {
                     batch.site,
                     batch.members.len()
                 );
-                for m in &batch.members {
-                    let dead = DeadReason {
-                        kind: DeadKind::Rejected,
-                        message: message.clone(),
-                        status: Some(status),
-                        api_message: api_message.clone(),
-                    };
-                    let key = m.key;
-                    let record = self.release(key).map(|h| h.record);
-                    let moved = wal_call(&self.wal, "dead_letter_record", move |w| {
-                        match record {
-                            Some(record) => w.dead_letter_record(key, &record, dead, wall),
-                            None => w.dead_letter(key, dead, wall),
-                        }
-                        .map(|_| ())
-                    })
-                    .await?;
-                    if still_pending(moved)? {
-                        AlertDeadLettered {
-                            alert_id: &m.alert_id,
-                            kind: DeadKind::Rejected,
-                            reason: &message,
-                            status: Some(status),
-                            attempts: batch.attempts,
-                        }
-                        .emit(&self.counters);
-                    }
-                }
+                self.dead_letter_members(
+                    &batch,
+                    DeadKind::Rejected,
+                    &message,
+                    Some(status),
+                    api_message,
+                )
+                .await?;
                 match verdict {
                     Verdict::DeadLetterAndPause { count } => {
                         let why =
@@ -1285,6 +1330,84 @@ impl Drain {
             }
         }
         Ok(())
+    }
+
+    /// Every member of a storm summary to dead letters with the same reason.
+    async fn dead_letter_members(
+        &mut self,
+        batch: &Batch,
+        kind: DeadKind,
+        message: &str,
+        status: Option<u16>,
+        api_message: Option<String>,
+    ) -> Result<(), DrainError> {
+        let wall = self.clock.wall_ms();
+        for m in &batch.members {
+            let dead = DeadReason {
+                kind,
+                message: message.to_owned(),
+                status,
+                api_message: api_message.clone(),
+            };
+            let key = m.key;
+            let record = self.release(key).map(|h| h.record);
+            let moved = wal_call(&self.wal, "dead_letter_record", move |w| {
+                match record {
+                    Some(record) => w.dead_letter_record(key, &record, dead, wall),
+                    None => w.dead_letter(key, dead, wall),
+                }
+                .map(|_| ())
+            })
+            .await?;
+            if still_pending(moved)? {
+                AlertDeadLettered {
+                    alert_id: &m.alert_id,
+                    kind,
+                    reason: message,
+                    status,
+                    attempts: batch.attempts,
+                }
+                .emit(&self.counters);
+            }
+        }
+        Ok(())
+    }
+
+    /// The reason of an `Unconfirmed` dead letter (T1) for a held alert.
+    fn unconfirmed_reason(&self, key: Key, alert_id: &str, timeouts: u32) -> String {
+        let answers = self
+            .held
+            .get(&key)
+            .map(|h| h.answers.clone())
+            .unwrap_or_default();
+        format!(
+            "alert {alert_id}: {}",
+            self.unconfirmed_reason_text(alert_id, timeouts, &answers)
+        )
+    }
+
+    /// "went unanswered N times …": what an operator needs before replaying it.
+    fn unconfirmed_reason_text(&self, alert_id: &str, timeouts: u32, answers: &[String]) -> String {
+        let base = self.client.request_timeout();
+        let waits: Vec<String> = (0..timeouts)
+            .map(|k| {
+                let t = schedule::request_timeout(base, k, self.cfg.max_request_timeout);
+                format!("{} s", t.as_secs_f64())
+            })
+            .collect();
+        let seen = if answers.is_empty() {
+            "no execution or correlation id was seen (no answer came back)".to_owned()
+        } else {
+            format!(
+                "correlation ids of its other answers: {}",
+                answers.join(", ")
+            )
+        };
+        format!(
+            "went unanswered within the request timeout {timeouts} times (waited {}; delivery.max_timeouts = {}): Genesys may have launched it up to {timeouts} times, so it is not sent again; check the flow's executions for alertId {alert_id} before replaying it; {seen}",
+            waits.join(", "),
+            self.cfg.max_timeouts
+        )
     }
 
     fn keep_summary(&mut self, batch: Batch) {
@@ -1484,6 +1607,14 @@ fn still_pending(r: Result<(), WalError>) -> Result<bool, DrainError> {
     }
 }
 
+/// The correlation id a Genesys reason ends with (`"… [correlation_id abc]"`), if any.
+fn correlation_in(reason: &str) -> Option<&str> {
+    let rest = &reason[reason.rfind("[correlation_id ")? + "[correlation_id ".len()..];
+    rest.split_once(']')
+        .map(|(id, _)| id)
+        .filter(|id| !id.is_empty())
+}
+
 /// The HTTP status a Genesys reason starts with (`"…: HTTP 503 …"`), for an expired alert's
 /// dead letter.
 fn status_in(reason: &str) -> Option<u16> {
@@ -1540,6 +1671,14 @@ mod tests {
     }
 
     async fn rig_with(cfg: DeliveryConfig, sync: Option<Box<dyn SyncTarget>>) -> Rig {
+        rig_timed(cfg, sync, ClientConfig::DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    async fn rig_timed(
+        cfg: DeliveryConfig,
+        sync: Option<Box<dyn SyncTarget>>,
+        request_timeout: Duration,
+    ) -> Rig {
         crate::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let wal_cfg = WalConfig::new(dir.path().join("wal"));
@@ -1549,7 +1688,7 @@ mod tests {
         }
         .expect("log opens");
         let sim = Sim::start(SimConfig::default()).await.expect("sim starts");
-        let client = GenesysClient::new(ClientConfig::new(
+        let mut client_cfg = ClientConfig::new(
             sim.base_url(),
             sim.base_url(),
             "sim-client",
@@ -1558,8 +1697,9 @@ mod tests {
                 flow_id: "flow-1".into(),
                 flow_version: None,
             },
-        ))
-        .expect("client builds");
+        );
+        client_cfg.request_timeout = request_timeout;
+        let client = GenesysClient::new(client_cfg).expect("client builds");
         let mapper = Arc::new(Mapper::new(&MappingConfig::default()).expect("default mapping"));
         let counters = Arc::new(Counters::default());
         let drain = Drain::new(cfg, wal.clone(), client, mapper, counters.clone());
@@ -1618,6 +1758,16 @@ mod tests {
             cancel.cancel();
             task.await.expect("drain task").expect("drain ends cleanly");
         }
+    }
+
+    #[test]
+    fn correlation_id_is_read_from_a_reason() {
+        assert_eq!(
+            correlation_in("server error: HTTP 503 service.unavailable [correlation_id c-9]"),
+            Some("c-9")
+        );
+        assert_eq!(correlation_in("timed out waiting for the answer"), None);
+        assert_eq!(correlation_in("[correlation_id ]"), None);
     }
 
     #[test]
@@ -1973,6 +2123,122 @@ mod tests {
             "the breaker opened on 409s"
         );
         assert_eq!(rig.wal.stats().expect("stats").dead_letters, 0);
+    }
+
+    fn timeouts_cfg() -> DeliveryConfig {
+        delivery(|d| {
+            d.max_request_timeout_ms = Some(800);
+            d.max_timeouts = Some(3);
+            d.breaker_failures = Some(1000);
+        })
+    }
+
+    /// Arrival times (ms since the first) of the launches of `alert_id` the simulator saw, and
+    /// how many it accepted.
+    fn launches_of(sim: &Sim, alert_id: &str) -> (Vec<u64>, usize) {
+        let accepted: Vec<_> = sim
+            .accepted()
+            .into_iter()
+            .filter(|a| a.alert_id.as_deref() == Some(alert_id))
+            .collect();
+        let at: Vec<u64> = accepted
+            .iter()
+            .map(|a| {
+                a.at.duration_since(accepted[0].at)
+                    .unwrap_or_default()
+                    .as_millis() as u64
+            })
+            .collect();
+        (at, accepted.len())
+    }
+
+    /// Issue 9, item 7: with an API slower than the request timeout, every retry (and every
+    /// probe) launched the alert again, without end. Now each timed-out attempt waits twice as
+    /// long (200, 400, 800 ms: the cap), and the 3rd timeout makes it an `Unconfirmed` dead
+    /// letter: Genesys launched it 3 times (the simulator accepts, then answers after 2 s), never
+    /// more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_alert_the_api_never_answers_in_time_is_launched_at_most_max_timeouts_times() {
+        let mut rig = rig_timed(timeouts_cfg(), None, Duration::from_millis(200)).await;
+        rig.sim.update_faults(|f| f.answer_latency_ms = 2_000);
+        rig.append(vec![alert(0)]);
+        rig.run_until("the dead letter", |r| {
+            r.counters.dead_lettered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        let (at, launched) = launches_of(&rig.sim, "a-0");
+        assert_eq!(launched, 3, "launches at {at:?}");
+        // each attempt waited its whole (doubled) timeout before the next went
+        assert!(
+            at[1] >= 200 && at[2] - at[1] >= 400,
+            "launches at {at:?} ms"
+        );
+        let dead: Vec<_> = rig
+            .wal
+            .dead_letters()
+            .map(|d| d.expect("dead letter"))
+            .collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason.kind, DeadKind::Unconfirmed);
+        let msg = &dead[0].reason.message;
+        for part in [
+            "3 times",
+            "0.2 s, 0.4 s, 0.8 s",
+            "alertId a-0",
+            "no execution or correlation id",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing: {msg}");
+        }
+        let record = dead[0].record.as_ref().expect("record kept");
+        assert_eq!(record.attempts, 3);
+        assert_eq!(schedule::timeouts_in(record.last_error.as_deref()), 3);
+        // nothing more goes for it
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(launches_of(&rig.sim, "a-0").1, 3);
+    }
+
+    /// The longer timeout is what lets a slow API answer: 300 ms answers, 200 ms timeout. The
+    /// first attempt times out, the second (400 ms) gets the 2xx: launched twice, delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_timeout_the_longer_timeout_lets_a_slow_answer_arrive() {
+        let mut rig = rig_timed(timeouts_cfg(), None, Duration::from_millis(200)).await;
+        rig.sim.update_faults(|f| f.answer_latency_ms = 300);
+        rig.append(vec![alert(0)]);
+        rig.run_until("the delivery", |r| {
+            r.counters.delivered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(launches_of(&rig.sim, "a-0").1, 2);
+        assert_eq!(rig.wal.stats().expect("stats").dead_letters, 0);
+    }
+
+    /// The count is in the persisted record (`last_error`), so a restart does not reset it: an
+    /// alert read back with 2 timeouts waits 800 ms on its next attempt, and one more timeout
+    /// makes it a dead letter after a single launch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_timeout_count_survives_a_restart() {
+        let mut rig = rig_timed(timeouts_cfg(), None, Duration::from_millis(200)).await;
+        rig.sim.update_faults(|f| f.answer_latency_ms = 2_000);
+        let mut r = alert(0);
+        r.attempts = 2;
+        r.last_error = Some(schedule::with_timeouts(
+            "timed out waiting for the answer",
+            2,
+        ));
+        rig.append(vec![r]);
+        let started = Instant::now();
+        rig.run_until("the dead letter", |r| {
+            r.counters.dead_lettered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert!(started.elapsed() >= Duration::from_millis(800));
+        assert_eq!(launches_of(&rig.sim, "a-0").1, 1);
+        let dead: Vec<_> = rig
+            .wal
+            .dead_letters()
+            .map(|d| d.expect("dead letter"))
+            .collect();
+        assert_eq!(dead[0].reason.kind, DeadKind::Unconfirmed);
     }
 
     /// Issue 9, item 5: the drain called the log synchronously inside its async task, so a

@@ -31,6 +31,8 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Of those, expired by TTL.
     pub expired: AtomicU64,
+    /// Of those, `Unconfirmed`: unanswered within the timeout `max_timeouts` times.
+    pub unconfirmed: AtomicU64,
     /// Delivery paused by a configuration fault.
     pub paused: AtomicBool,
     /// Times delivery went into a pause (configuration fault or a run of identical rejections).
@@ -79,6 +81,7 @@ impl Counters {
             retried: g(&self.retried),
             dead_lettered: g(&self.dead_lettered),
             expired: g(&self.expired),
+            unconfirmed: g(&self.unconfirmed),
             paused: self.paused.load(Ordering::Relaxed),
             pauses: g(&self.pauses),
             pause_reason: self.last_pause_reason.lock().ok().and_then(|g| g.clone()),
@@ -161,6 +164,8 @@ pub struct Snapshot {
     pub retried: u64,
     pub dead_lettered: u64,
     pub expired: u64,
+    /// Dead letters of kind `Unconfirmed` since start (a slow API, duplicates bounded).
+    pub unconfirmed: u64,
     pub paused: bool,
     /// Times delivery went into a pause since start.
     pub pauses: u64,
@@ -319,8 +324,10 @@ impl AlertDeadLettered<'_> {
     /// Record it.
     pub fn emit(self, c: &Counters) {
         Counters::add(&c.dead_lettered, 1);
-        if self.kind == alertbridge_wal::DeadKind::Expired {
-            Counters::add(&c.expired, 1);
+        match self.kind {
+            alertbridge_wal::DeadKind::Expired => Counters::add(&c.expired, 1),
+            alertbridge_wal::DeadKind::Unconfirmed => Counters::add(&c.unconfirmed, 1),
+            _ => {}
         }
         tracing::warn!(
             alert_id = self.alert_id,

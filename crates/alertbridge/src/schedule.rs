@@ -113,6 +113,46 @@ impl Sighting {
     }
 }
 
+/// The timeout of an attempt after `timeouts` timed-out ones: `base` doubled per timeout, at
+/// most `cap` (never less than `base`). A slow API then gets a longer wait for its answer
+/// instead of another launch of the same alert (T1).
+pub fn request_timeout(base: Duration, timeouts: u32, cap: Duration) -> Duration {
+    let factor = 1u32 << timeouts.min(16);
+    base.saturating_mul(factor).min(cap.max(base))
+}
+
+/// How an alert's timed-out attempts are counted (T1): in the persisted record's `last_error`,
+/// as a prefix `[timeouts N] ` before the reason. The record is the on-disk format and has no
+/// field for it; `last_error` is free text the agent alone writes (every reason starts with the
+/// agent's or the Genesys client's own words, never with this tag), so a record without the
+/// tag — written by an older release, or never timed out — counts 0, and an older release
+/// reading the tag shows it as part of the text. `docs/decisions.md` says why.
+const TIMEOUTS_TAG: &str = "[timeouts ";
+
+/// Timed-out attempts recorded in a `last_error` ([`with_timeouts`]).
+pub fn timeouts_in(last_error: Option<&str>) -> u32 {
+    last_error
+        .and_then(|e| e.strip_prefix(TIMEOUTS_TAG))
+        .and_then(|rest| rest.split_once("] "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `reason` as the `last_error` of an alert with `timeouts` timed-out attempts so far: tagged
+/// when there were any (the count outlives the reason of a later, different failure).
+pub fn with_timeouts(reason: &str, timeouts: u32) -> String {
+    // a reason that is itself tagged (it never is) would be counted twice: strip it
+    let reason = match reason.strip_prefix(TIMEOUTS_TAG) {
+        Some(rest) => rest.split_once("] ").map_or(reason, |(_, r)| r),
+        None => reason,
+    };
+    if timeouts == 0 {
+        reason.to_owned()
+    } else {
+        format!("{TIMEOUTS_TAG}{timeouts}] {reason}")
+    }
+}
+
 /// Whether an alert of age `age_ms` is past its lane's max age.
 pub fn expired(age_ms: u64, ttl: Option<Duration>) -> bool {
     match ttl {
@@ -388,6 +428,54 @@ mod tests {
                 Duration::from_millis(due),
                 "next_attempt_ms {next}"
             );
+        }
+    }
+
+    #[test]
+    fn the_timeout_doubles_per_timed_out_attempt_up_to_the_cap() {
+        let s = Duration::from_secs;
+        let table = [(0, 10), (1, 20), (2, 40), (3, 60), (30, 60)];
+        for (timeouts, secs) in table {
+            assert_eq!(
+                request_timeout(s(10), timeouts, s(60)),
+                s(secs),
+                "{timeouts}"
+            );
+        }
+        // a cap below the configured timeout never shortens it
+        assert_eq!(request_timeout(s(10), 2, s(5)), s(10));
+    }
+
+    /// Issue 9, item 7: the record has no field for timed-out attempts; the count lives in
+    /// `last_error` as a tag and survives a different failure in between.
+    #[test]
+    fn the_timeout_count_is_kept_in_last_error_and_survives_other_failures() {
+        assert_eq!(timeouts_in(None), 0);
+        assert_eq!(timeouts_in(Some("server error: HTTP 503")), 0);
+        let first = with_timeouts("timed out waiting for the answer", 1);
+        assert_eq!(first, "[timeouts 1] timed out waiting for the answer");
+        assert_eq!(timeouts_in(Some(&first)), 1);
+        // a 503 in between keeps the count
+        let then = with_timeouts(
+            "server error: HTTP 503 [correlation_id c-1]",
+            timeouts_in(Some(&first)),
+        );
+        assert_eq!(timeouts_in(Some(&then)), 1);
+        assert!(then.ends_with("HTTP 503 [correlation_id c-1]"));
+        assert_eq!(with_timeouts("x", 0), "x");
+        // never tagged twice
+        assert_eq!(
+            with_timeouts(&first, 2),
+            "[timeouts 2] timed out waiting for the answer"
+        );
+        // odd texts count 0
+        for odd in [
+            "[timeouts x] y",
+            "[timeouts 3]",
+            "[timeouts ] y",
+            " [timeouts 2] y",
+        ] {
+            assert_eq!(timeouts_in(Some(odd)), 0, "{odd}");
         }
     }
 

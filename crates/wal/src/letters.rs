@@ -34,6 +34,10 @@ pub enum DeadKind {
     Oversize,
     /// The retry budget is spent.
     Exhausted,
+    /// Requests for it kept going unanswered within their timeout (`delivery.max_timeouts`):
+    /// Genesys may have launched it, perhaps more than once, so it is not sent again. Check
+    /// the flow's executions before replaying it.
+    Unconfirmed,
 }
 
 /// Why a record became a dead letter, with what the API said, if anything.
