@@ -464,7 +464,6 @@ impl Drain {
     /// counted and visible, never a panic, never a stuck cursor. Returns how many records were
     /// taken in.
     async fn refill(&mut self) -> Result<usize, DrainError> {
-        let now = self.clock.sched_ms();
         let mut taken = 0;
         if self.lanes_stale {
             self.lanes = wal_call(&self.wal, "lanes", |w| w.lanes()).await?;
@@ -497,10 +496,18 @@ impl Drain {
                         if self.held.contains_key(&key) {
                             continue;
                         }
-                        let wall = self.clock.wall_ms();
+                        // Both clocks read together, after the page came in: a due time
+                        // computed from a later wall reading would otherwise fire early.
+                        let (now, wall) = (self.clock.sched_ms(), self.clock.wall_ms());
                         let due =
                             schedule::due_in(record.next_attempt_ms, wall, self.cfg.backoff.max);
-                        self.queue.insert(key, now + due.as_millis() as u64, now);
+                        // Each clock is read to the ms (truncated): one ms more so the alert
+                        // never goes before its persisted time.
+                        let due = match due.as_millis() as u64 {
+                            0 => 0,
+                            ms => ms + 1,
+                        };
+                        self.queue.insert(key, now + due, now);
                         let seen = Sighting::new(record.received_at_ms, wall, now);
                         self.hold(
                             key,
