@@ -10,6 +10,7 @@ mod coalesce;
 mod config;
 mod crash;
 mod enospc;
+mod identity;
 mod pressure;
 mod spine;
 mod storm;

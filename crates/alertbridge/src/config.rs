@@ -687,7 +687,7 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
         segment_bytes,
         cache_capacity_ignored: raw.cache_capacity_bytes.is_some(),
         dedup_window: raw.dedup_window.unwrap_or(100_000),
-        dedup_window_time: Duration::from_secs(raw.dedup_window_secs.unwrap_or(600)),
+        dedup_window_time: Duration::from_secs(raw.dedup_window_secs.unwrap_or(300)),
         delivered_keep: raw.delivered_keep.unwrap_or(10_000),
         batch_max,
         min_free_bytes: raw.min_free_bytes.unwrap_or(64 << 20),

@@ -192,6 +192,26 @@ impl BatchPersisted {
     }
 }
 
+/// A redelivered publish (MQTT DUP=1) whose alert was already persisted: acked, not stored again.
+pub struct DuplicateDropped<'a> {
+    /// Its alert id.
+    pub alert_id: &'a str,
+    /// The topic it came on (the identity is topic + alert id).
+    pub topic: &'a str,
+}
+
+impl DuplicateDropped<'_> {
+    /// Log it (counted by [`BatchPersisted`]).
+    pub fn emit(self) {
+        tracing::info!(
+            alert_id = self.alert_id,
+            topic = self.topic,
+            reason = "redelivery (MQTT DUP=1) of an alert already persisted within store.dedup_window_secs",
+            "duplicate acked, not stored again"
+        );
+    }
+}
+
 /// PUBACKs queued after a durable batch.
 pub struct Acked {
     /// Acks queued.

@@ -481,25 +481,38 @@ async fn batcher(
             break; // shutting down: the held batch stays with the broker
         }
         let now = now_ms();
-        let entries: Vec<Entry> = publishes
+        // The DUP flag goes with each entry: only a redelivery can be a duplicate.
+        let entries: Vec<(Entry, bool)> = publishes
             .iter()
-            .map(|(_, p)| entry_for(&mapper, &p.topic, &p.payload, now))
+            .map(|(_, p)| (entry_for(&mapper, &p.topic, &p.payload, now), p.dup))
             .collect();
         let unacked = UnackedBatch { publishes };
         let w = wal.clone();
         let started = Instant::now();
-        let durable = tokio::task::spawn_blocking(move || w.append_batch(entries))
+        let durable = tokio::task::spawn_blocking(move || w.append_publishes(entries))
             .await
             .map_err(|e| IngestError::Writer(e.to_string()))??;
+        if fault_exit_before_ack() {
+            // Test fault injection (see `fault_exit_before_ack`): die like a kill -9 between
+            // the fsync and the PUBACK.
+            std::process::abort();
+        }
         let (mut persisted, mut dup, mut dead) = (0, 0, 0);
-        for a in durable.get() {
+        for (a, (_, p)) in durable.get().iter().zip(&unacked.publishes) {
             match a {
                 Appended::Pending(key) => {
                     persisted += 1;
                     let _ = feed.send(*key);
                 }
                 Appended::DeadLettered(_) => dead += 1,
-                Appended::Duplicate { .. } => dup += 1,
+                Appended::Duplicate { alert_id } => {
+                    dup += 1;
+                    events::DuplicateDropped {
+                        alert_id,
+                        topic: &p.topic,
+                    }
+                    .emit();
+                }
             }
         }
         BatchPersisted {
@@ -515,6 +528,17 @@ async fn batcher(
         }
     }
     Ok(())
+}
+
+/// Fault injection for the end-to-end tests, never set in production: with
+/// `ALERTBRIDGE_FAULT_ABORT_AFTER_FSYNC=1` in its environment the agent aborts right after its
+/// first durable batch and before any PUBACK, which is the one crash window a kill -9 from
+/// outside cannot hit on purpose (the broker then redelivers with DUP=1).
+fn fault_exit_before_ack() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        std::env::var_os("ALERTBRIDGE_FAULT_ABORT_AFTER_FSYNC").is_some_and(|v| v == "1")
+    })
 }
 
 /// Why ingest holds back, if it must. Pure, so the rule is a table test.

@@ -6,7 +6,7 @@
 //! after the mutex is released (drain's removals never wait for ingest's fsync); a generation
 //! counter tells each caller whether an fsync that started after its write has completed.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -355,7 +355,23 @@ impl Wal {
         &self.inner.dir
     }
 
-    /// Group commit (invariant I1).
+    /// Group commit of entries that may all be redeliveries: like [`Wal::append_publishes`] with
+    /// every entry checked against the dedup window.
+    pub fn append_batch(&self, entries: Vec<Entry>) -> Result<Durable<Vec<Appended>>, WalError> {
+        self.append_publishes(entries.into_iter().map(|e| (e, true)).collect())
+    }
+
+    /// Group commit (invariant I1) of publishes, each with its MQTT DUP flag.
+    ///
+    /// **A repeat is a new alert, a redelivery is not.** An entry with `redelivery = false`
+    /// (DUP=0: the publisher sent it for the first time) is always stored, even when an identical
+    /// one was stored a second ago: a PLC repeating `{"alarm":"HIGH_TEMP"}` every minute raises an
+    /// alert every minute. An entry with `redelivery = true` (DUP=1) is a duplicate, not stored,
+    /// when its identity (topic, alert id) was stored within the dedup window (time and count
+    /// bounded); that is the broker resending a publish we made durable but whose PUBACK it did
+    /// not get. Residual case, accepted: a DUP=1 redelivery of a copy that never became durable,
+    /// identical to another alert of the same topic stored inside the window, is taken for that
+    /// alert (it needs a crash before the fsync *and* an identical alert within minutes).
     ///
     /// Appends every entry (pending records to the active segment, dead letters to the
     /// dead-letter log) in one write per file, then fsyncs the dead-letter log (if written) and
@@ -366,7 +382,10 @@ impl Wal {
     /// On a write or fsync failure the WAL is poisoned (invariant I5): this call returns the
     /// error, every later write [`WalError::Poisoned`]; the fsync is never retried. Ack nothing
     /// from the batch.
-    pub fn append_batch(&self, entries: Vec<Entry>) -> Result<Durable<Vec<Appended>>, WalError> {
+    pub fn append_publishes(
+        &self,
+        entries: Vec<(Entry, bool)>,
+    ) -> Result<Durable<Vec<Appended>>, WalError> {
         self.check_poison()?;
         if entries.is_empty() {
             return Ok(Durable::new(Vec::new()));
@@ -377,13 +396,13 @@ impl Wal {
             self.rotate_if_full(&mut st)?;
             let mut main = Vec::new();
             let mut dead = Vec::new();
-            let mut seen = HashSet::with_capacity(entries.len());
             let mut puts = Vec::new();
-            for entry in &entries {
+            for (entry, redelivery) in &entries {
                 let record = entry.record();
-                let hash = id_hash(&record.alert_id);
+                let hash = id_hash(&record.topic, &record.alert_id);
                 let now = record.received_at_ms;
-                if !seen.insert(hash) || st.dedup.contains(hash, now) {
+                // An entry earlier in this batch is already in the window.
+                if *redelivery && st.dedup.contains(hash, now) {
                     out.push(Appended::Duplicate {
                         alert_id: record.alert_id.clone(),
                     });
@@ -731,7 +750,7 @@ impl Wal {
             seq: new.seq,
             lane: new.priority,
             received_at_ms: record.received_at_ms,
-            id_hash: id_hash(&record.alert_id),
+            id_hash: id_hash(&record.topic, &record.alert_id),
             replaces: Some(key),
         }
         .encode(&mut main, &framed);
@@ -922,7 +941,7 @@ impl Wal {
                 seq: key.seq,
                 lane: key.priority,
                 received_at_ms: record.received_at_ms,
-                id_hash: id_hash(&record.alert_id),
+                id_hash: id_hash(&record.topic, &record.alert_id),
                 replaces: None,
             }
             .encode(&mut main, &framed);
@@ -1290,7 +1309,7 @@ impl Wal {
             let mut main = Vec::new();
             for (key, raw) in batch {
                 let (received_at_ms, id_hash) = match decode_record(raw) {
-                    Ok(r) => (r.received_at_ms, id_hash(&r.alert_id)),
+                    Ok(r) => (r.received_at_ms, id_hash(&r.topic, &r.alert_id)),
                     Err(_) => (0, 0),
                 };
                 PutHeader {

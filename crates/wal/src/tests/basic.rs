@@ -362,12 +362,87 @@ fn dedup_window_forgets_the_oldest_ids_beyond_its_size() {
 }
 
 #[test]
-fn dedup_window_of_zero_only_dedups_within_a_batch() {
+fn dedup_window_of_zero_disables_dedup_even_for_redeliveries_in_one_batch() {
     let dir = TempDir::new().unwrap();
     let wal = open_with(&dir, |c| c.dedup_window = 0);
     append_one(&wal, record("a", PRIORITY_NORMAL));
     append_one(&wal, record("a", PRIORITY_NORMAL));
-    assert_eq!(pending_ids(&wal), ["a", "a"]);
+    let out = wal
+        .append_publishes(vec![
+            (Entry::Pending(record("b", PRIORITY_NORMAL)), true),
+            (Entry::Pending(record("b", PRIORITY_NORMAL)), true),
+        ])
+        .unwrap()
+        .into_inner();
+    assert!(
+        out.iter().all(|a| matches!(a, Appended::Pending(_))),
+        "{out:?}"
+    );
+    assert_eq!(pending_ids(&wal), ["a", "a", "b", "b"]);
+    let wal2 = open_with(&TempDir::new().unwrap(), |c| c.dedup_window_ms = 0);
+    append_one(&wal2, record("c", PRIORITY_NORMAL));
+    append_one(&wal2, record("c", PRIORITY_NORMAL));
+    assert_eq!(
+        pending_ids(&wal2),
+        ["c", "c"],
+        "a zero time window disables it too"
+    );
+}
+
+/// Issue 9, point 1: a device that repeats a persisting alarm with a byte-identical payload
+/// (no timestamp) got every repeat acked and never delivered. A first publish (DUP=0) is always
+/// a new alert; only a redelivery (DUP=1) inside the window is a duplicate.
+#[test]
+fn a_repeat_is_a_new_alert_and_only_a_redelivery_inside_the_window_is_a_duplicate() {
+    let dir = TempDir::new().unwrap();
+    let wal = open_with(&dir, |c| c.dedup_window_ms = 60_000);
+    let at = |ms: u64| {
+        let mut r = record("pump-3-HIGH_TEMP", PRIORITY_NORMAL);
+        r.received_at_ms = 1_700_000_000_000 + ms;
+        Entry::Pending(r)
+    };
+    let out = |v: Vec<(Entry, bool)>| wal.append_publishes(v).unwrap().into_inner();
+    // Two first publishes, identical: two alerts.
+    let first = out(vec![(at(0), false)]);
+    let repeat = out(vec![(at(10_000), false)]);
+    assert!(matches!(first[0], Appended::Pending(_)) && matches!(repeat[0], Appended::Pending(_)));
+    // The broker redelivers the second (DUP=1) 5 s later: a duplicate.
+    let redelivered = out(vec![(at(15_000), true)]);
+    assert!(
+        matches!(redelivered[0], Appended::Duplicate { .. }),
+        "{redelivered:?}"
+    );
+    // A DUP=1 publish long after the window: stored (it cannot be a redelivery of ours).
+    let late = out(vec![(at(10_000 + 60_001), true)]);
+    assert!(matches!(late[0], Appended::Pending(_)), "{late:?}");
+    assert_eq!(wal.stats().unwrap().pending, 3);
+}
+
+#[test]
+fn the_same_alert_id_on_two_topics_is_two_alerts() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(dir.path());
+    let mut a = record("1", PRIORITY_NORMAL);
+    a.topic = "plant/pump-1/alerts".into();
+    let mut b = record("1", PRIORITY_NORMAL);
+    b.topic = "plant/pump-2/alerts".into();
+    let out = wal
+        .append_publishes(vec![
+            (Entry::Pending(a.clone()), true),
+            (Entry::Pending(b), true),
+        ])
+        .unwrap()
+        .into_inner();
+    assert!(
+        out.iter().all(|x| matches!(x, Appended::Pending(_))),
+        "{out:?}"
+    );
+    // ... while a redelivery on the first topic is still recognised.
+    let again = wal
+        .append_publishes(vec![(Entry::Pending(a), true)])
+        .unwrap()
+        .into_inner();
+    assert!(matches!(again[0], Appended::Duplicate { .. }));
 }
 
 #[test]
