@@ -9,6 +9,7 @@ mod budget;
 mod coalesce;
 mod config;
 mod crash;
+mod dead_budget;
 mod enospc;
 mod identity;
 mod pressure;

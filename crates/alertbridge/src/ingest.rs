@@ -163,21 +163,44 @@ fn entry_for_unguarded(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64
         )),
         Err(rej) => {
             let ident = mapper.identify(topic, payload);
-            let kind = match rej.kind {
-                RejectionKind::TooLarge => DeadKind::Oversize,
-                _ => DeadKind::Malformed,
+            let (kind, kept, message) = match rej.kind {
+                RejectionKind::TooLarge => {
+                    let (kept, note) = oversize_prefix(payload);
+                    (DeadKind::Oversize, kept, format!("{}; {note}", rej.reason))
+                }
+                _ => (DeadKind::Malformed, payload, rej.reason),
             };
             Entry::DeadLetter(
-                new_record(ident.alert_id, topic, payload, lane(ident.priority), now_ms),
+                new_record(ident.alert_id, topic, kept, lane(ident.priority), now_ms),
                 DeadReason {
                     kind,
-                    message: rej.reason,
+                    message,
                     status: None,
                     api_message: None,
                 },
             )
         }
     }
+}
+
+/// How much of an oversize payload its dead letter keeps.
+pub(crate) const OVERSIZE_PREFIX: usize = 1024;
+
+/// An oversize payload is dead-lettered as a bounded prefix plus its length and SHA-256, not in
+/// full: a device sending 5 MB payloads must not fill the dead-letter budget with them (and the
+/// digest still lets an operator match the original at the device).
+fn oversize_prefix(payload: &[u8]) -> (&[u8], String) {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(payload));
+    let kept = &payload[..payload.len().min(OVERSIZE_PREFIX)];
+    (
+        kept,
+        format!(
+            "payload of {} bytes (sha256 {digest}); only its first {} bytes are kept",
+            payload.len(),
+            kept.len()
+        ),
+    )
 }
 
 /// rumqttc's request channel carries our PUBACKs. It must hold the acks of several batches
@@ -766,6 +789,10 @@ mod tests {
             cache_capacity_ignored: false,
             dedup_window: 100,
             dedup_window_time: Duration::from_secs(600),
+            dead_letters_max: 1000,
+            dead_letters_max_bytes: 1 << 20,
+            dead_letters_export_dir: dir.path().join("export"),
+            dead_letters_export_files: 2,
             delivered_keep: 10,
             batch_max: 16,
             min_free_bytes: 0,

@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod events;
+pub mod export;
 pub mod ingest;
 pub mod limiter;
 pub mod plant;
@@ -89,12 +90,19 @@ pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
         dedup_window: config.store.dedup_window,
         dedup_window_ms: config.store.dedup_window_time.as_millis() as u64,
         delivered_keep: config.store.delivered_keep,
+        dead_max_count: config.store.dead_letters_max,
+        dead_max_bytes: config.store.dead_letters_max_bytes,
         ..WalConfig::default()
     };
-    Wal::open(cfg).map_err(|source| RunError::Open {
+    let wal = Wal::open(cfg).map_err(|source| RunError::Open {
         dir: config.store.dir.clone(),
         source,
-    })
+    })?;
+    wal.set_dead_letter_sink(Box::new(export::JsonlExport::new(
+        config.store.dead_letters_export_dir.clone(),
+        config.store.dead_letters_export_files,
+    )));
+    Ok(wal)
 }
 
 /// Build the Genesys client described by the config.

@@ -196,6 +196,28 @@ impl DeadLog {
         self.len
     }
 
+    /// Bytes of the dead letters kept (framed), what the dead-letter budget counts.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// The oldest ids to drop so that at most `max_count` dead letters of at most `max_bytes`
+    /// remain after `incoming` more bytes (and one more letter) arrive.
+    pub(crate) fn over_budget(&self, max_count: u64, max_bytes: u64) -> Vec<u64> {
+        let mut count = self.index.len() as u64;
+        let mut bytes = self.live_bytes;
+        let mut out = Vec::new();
+        for (id, slot) in &self.index {
+            if count <= max_count && bytes <= max_bytes {
+                break;
+            }
+            out.push(*id);
+            count -= 1;
+            bytes -= u64::from(slot.len);
+        }
+        out
+    }
+
     /// Rewrites the file with only the live entries when at least half of it (and 1 MiB) is
     /// dead weight. The new file is fsynced and renamed over the old one, then the directory is
     /// fsynced: a crash leaves either file whole.

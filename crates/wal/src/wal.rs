@@ -69,6 +69,20 @@ pub struct WalConfig {
     pub dedup_window_ms: u64,
     /// How many delivery receipts are kept (default 10 000); 0 keeps none.
     pub delivered_keep: usize,
+    /// Most dead letters kept (default 100 000). Beyond it, or beyond
+    /// [`WalConfig::dead_max_bytes`], the oldest are handed to the [`DeadLetterSink`] and then
+    /// dropped from the store: dead letters never hold up ingest.
+    pub dead_max_count: u64,
+    /// Most bytes of dead letters kept (default 64 MiB).
+    pub dead_max_bytes: u64,
+}
+
+/// Where dead letters go when the dead-letter budget is full (the agent writes JSON lines beside
+/// the store). `export` must have made them durable when it returns `Ok`: only then are they
+/// removed from the store. An `Err` keeps them (over budget) and is logged; nothing is lost.
+pub trait DeadLetterSink: Send + Sync + 'static {
+    /// Keeps `letters` somewhere a person can read and replay them.
+    fn export(&self, letters: &[DeadLetter]) -> io::Result<()>;
 }
 
 impl WalConfig {
@@ -91,6 +105,8 @@ impl Default for WalConfig {
             dedup_window: 100_000,
             dedup_window_ms: 600_000,
             delivered_keep: 10_000,
+            dead_max_count: 100_000,
+            dead_max_bytes: 64 << 20,
         }
     }
 }
@@ -149,6 +165,8 @@ pub struct WalStats {
     pub data_bytes: u64,
     /// Bytes of every file of the store (data plus receipts and checkpoint).
     pub size_on_disk: u64,
+    /// Bytes of the dead letters kept (their own budget, `dead_max_bytes`).
+    pub dead_bytes: u64,
 }
 
 /// A pending value that does not decode (invariant I4). Dead-letter it with
@@ -207,6 +225,8 @@ struct Inner {
     _lock: File,
     /// Only one checkpoint is written at a time.
     checkpointing: Mutex<()>,
+    /// Takes the oldest dead letters when the dead-letter budget is full.
+    sink: Mutex<Option<Box<dyn DeadLetterSink>>>,
     /// `oldest_pending_received_ms`, recomputed at most once a second.
     oldest: Mutex<Option<(Instant, Option<u64>)>>,
 }
@@ -227,6 +247,8 @@ struct State {
     synced_gen: u64,
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// Dead letters exported and removed by the budget since open.
+    dead_evicted: u64,
 }
 
 impl State {
@@ -342,12 +364,98 @@ impl Wal {
                 sync,
                 _lock: lock,
                 checkpointing: Mutex::new(()),
+                sink: Mutex::new(None),
                 oldest: Mutex::new(None),
             }),
         };
         wal.reconcile_dead_letters()?;
         wal.delete_empty_segments()?;
         Ok(wal)
+    }
+
+    /// Sets where dead letters beyond the budget go; without a sink they are kept over budget
+    /// (logged at warn), never dropped.
+    pub fn set_dead_letter_sink(&self, sink: Box<dyn DeadLetterSink>) {
+        *self
+            .inner
+            .sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sink);
+    }
+
+    /// Appends removals of dead letters `ids` (not fsynced).
+    fn remove_dead(&self, st: &mut State, ids: &[u64]) -> Result<(), WalError> {
+        let mut frames = Vec::new();
+        for id in ids {
+            DeadLog::encode_remove(&mut frames, *id);
+        }
+        self.write_dead(st, &frames)
+    }
+
+    /// Deletes the dead letters `matches` selects, durably; returns how many. For the operator's
+    /// `dead-letters purge` (the agent stopped or through its admin endpoint).
+    pub fn purge_dead_letters(
+        &self,
+        matches: impl Fn(&DeadLetter) -> bool,
+    ) -> Result<u64, WalError> {
+        self.check_poison()?;
+        let ids: Vec<u64> = self
+            .dead_letters()
+            .filter_map(|d| d.ok())
+            .filter(|d| matches(d))
+            .map(|d| d.id)
+            .collect();
+        let gen = {
+            let mut st = self.lock_state();
+            self.remove_dead(&mut st, &ids)?;
+            st.written_gen
+        };
+        self.make_durable(gen)?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Keeps the dead-letter log within its budget: the oldest go to the sink (durably), then
+    /// leave the store. Counted and logged at warn by the caller through the returned count.
+    fn enforce_dead_budget(&self, st: &mut State) -> Result<u64, WalError> {
+        let ids = st
+            .dead
+            .over_budget(self.inner.cfg.dead_max_count, self.inner.cfg.dead_max_bytes);
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sink = self
+            .inner
+            .sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(sink) = sink.as_ref() else {
+            warn!(
+                over = ids.len(),
+                "dead-letter budget exceeded and no export configured; keeping them"
+            );
+            return Ok(0);
+        };
+        let letters: Vec<DeadLetter> = ids
+            .iter()
+            .filter_map(|id| st.dead.get(*id).ok().flatten())
+            .filter_map(|raw| decode_dead_letter(&raw).ok())
+            .collect();
+        if let Err(e) = sink.export(&letters) {
+            warn!(error = %e, over = ids.len(), "exporting dead letters beyond the budget failed; keeping them");
+            return Ok(0);
+        }
+        self.remove_dead(st, &ids)?;
+        warn!(
+            evicted = ids.len(),
+            first_id = ids[0],
+            "dead-letter budget full: the oldest dead letters were exported and removed from the store"
+        );
+        Ok(ids.len() as u64)
+    }
+
+    /// Dead letters exported and removed by the budget since open.
+    pub fn dead_letters_evicted(&self) -> u64 {
+        self.lock_state().dead_evicted
     }
 
     /// The store's directory.
@@ -453,6 +561,10 @@ impl Wal {
             let active = st.active_mut();
             for key in puts {
                 active.set_live(key.seq, key.priority);
+            }
+            if !dead.is_empty() {
+                let evicted = self.enforce_dead_budget(&mut st)?;
+                st.dead_evicted += evicted;
             }
             st.written_gen
         };
@@ -865,6 +977,8 @@ impl Wal {
         let mut dead = Vec::new();
         DeadLog::encode_add(&mut dead, id, &framed);
         self.write_dead(&mut st, &dead)?;
+        let evicted = self.enforce_dead_budget(&mut st)?;
+        st.dead_evicted += evicted;
         // The dead letter must be on disk before the removal can be (page write-back order is
         // not write order). Under the mutex: dead letters are rare, correctness first.
         if let Err(source) = self.inner.sync.sync_data(st.dead.file()) {
@@ -1007,6 +1121,7 @@ impl Wal {
             oldest_pending_received_ms: self.oldest_pending_received_ms()?,
             data_bytes,
             size_on_disk: self.size_on_disk()?,
+            dead_bytes: self.lock_state().dead.live_bytes(),
         })
     }
 
@@ -1018,8 +1133,14 @@ impl Wal {
 
     /// Bytes of every file of the store.
     pub fn size_on_disk(&self) -> Result<u64, WalError> {
-        let receipts = self.lock_state().receipts.len();
-        Ok(self.data_bytes() + receipts + file_len(&self.inner.dir.join(crate::checkpoint::FILE)))
+        let (dead, receipts) = {
+            let st = self.lock_state();
+            (st.dead.len(), st.receipts.len())
+        };
+        Ok(self.data_bytes()
+            + dead
+            + receipts
+            + file_len(&self.inner.dir.join(crate::checkpoint::FILE)))
     }
 
     /// Makes everything written so far durable (fsync), deletes segments that emptied and writes
@@ -1592,11 +1713,12 @@ fn corrupt_reason(reason: &DeadReason, error: &RecordError) -> DeadReason {
     }
 }
 
-/// Segments and dead-letter log: what grows with undelivered data. Receipts are bounded by
-/// `delivered_keep` instead; counting them would let a small disk budget fill up with proof of
-/// deliveries and stop ingest for good.
+/// The segments: what grows with undelivered alerts. Dead letters have their own budget
+/// (`dead_max_*`, enforced by export), receipts are bounded by `delivered_keep`: counting either
+/// would let a flood of bad payloads, or proof of deliveries, fill the budget and stop ingest of
+/// every device for good.
 fn data_bytes_of(st: &State) -> u64 {
-    st.segment_bytes + st.dead.len()
+    st.segment_bytes
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -1901,6 +2023,7 @@ fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, 
         synced_gen: 0,
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
+        dead_evicted: 0,
     })
 }
 

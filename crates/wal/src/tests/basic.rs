@@ -498,7 +498,11 @@ fn data_bytes_are_the_data_files_and_fall_when_emptied_segments_are_deleted() {
         panic!("unexpected {out:?}")
     };
     assert!(wal.data_bytes() > 0);
-    assert_eq!(wal.data_bytes(), store_data_bytes(&wal));
+    assert_eq!(
+        wal.data_bytes(),
+        store_data_bytes(&wal),
+        "the dead letter is not counted"
+    );
     assert_eq!(wal.stats().unwrap().data_bytes, wal.data_bytes());
 
     // Fill several 64 KiB segments, deliver everything: the sealed segments are deleted and the
@@ -554,4 +558,72 @@ fn flush_succeeds_on_a_healthy_wal() {
     append_one(&wal, record("a", PRIORITY_NORMAL));
     wal.flush().unwrap();
     assert!(!wal.is_poisoned());
+}
+
+/// Issue 9, point 3: dead letters counted against the store budget, never evicted, could not be
+/// purged: a device flooding bad payloads stopped ingest of every device for good.
+#[test]
+fn dead_letters_over_their_budget_are_exported_oldest_first_then_removed() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default, Clone)]
+    struct Collect(Arc<Mutex<Vec<u64>>>);
+    impl crate::DeadLetterSink for Collect {
+        fn export(&self, letters: &[crate::DeadLetter]) -> std::io::Result<()> {
+            self.0.lock().unwrap().extend(letters.iter().map(|d| d.id));
+            Ok(())
+        }
+    }
+    let dir = TempDir::new().unwrap();
+    let wal = open_with(&dir, |c| c.dead_max_count = 3);
+    let sink = Collect::default();
+    wal.set_dead_letter_sink(Box::new(sink.clone()));
+    let before = wal.data_bytes();
+    for i in 0..5 {
+        append(
+            &wal,
+            vec![Entry::DeadLetter(
+                record(&format!("bad-{i}"), PRIORITY_NORMAL),
+                reason(DeadKind::Malformed),
+            )],
+        );
+    }
+    assert_eq!(
+        *sink.0.lock().unwrap(),
+        vec![1, 2],
+        "the two oldest exported"
+    );
+    let kept: Vec<u64> = wal.dead_letters().map(|d| d.unwrap().id).collect();
+    assert_eq!(kept, vec![3, 4, 5]);
+    assert_eq!(wal.dead_letters_evicted(), 2);
+    assert_eq!(
+        wal.data_bytes(),
+        before,
+        "dead letters never count toward the ingest budget"
+    );
+    // Kept across reopen.
+    drop(wal);
+    let wal = open_with(&dir, |c| c.dead_max_count = 3);
+    assert_eq!(wal.stats().unwrap().dead_letters, 3);
+}
+
+#[test]
+fn purge_removes_the_selected_dead_letters_durably() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(dir.path());
+    append(
+        &wal,
+        vec![
+            Entry::DeadLetter(record("m", PRIORITY_NORMAL), reason(DeadKind::Malformed)),
+            Entry::DeadLetter(record("o", PRIORITY_NORMAL), reason(DeadKind::Oversize)),
+            Entry::DeadLetter(record("m2", PRIORITY_NORMAL), reason(DeadKind::Malformed)),
+        ],
+    );
+    let n = wal
+        .purge_dead_letters(|d| d.reason.kind == DeadKind::Malformed)
+        .unwrap();
+    assert_eq!(n, 2);
+    wal.abandon();
+    let wal = open(dir.path());
+    let left: Vec<_> = wal.dead_letters().map(|d| d.unwrap().reason.kind).collect();
+    assert_eq!(left, vec![DeadKind::Oversize]);
 }

@@ -87,16 +87,24 @@ fn kill9_at_random_points_loses_no_acked_record() {
         let run_for = Duration::from_millis(40 + seed % 250);
         let mut child = spawn_writer(&exe, dir.path(), round);
         let stdout = child.stdout.take().expect("stdout");
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 match line {
-                    Ok(l) => lines.push(l),
+                    Ok(l) => {
+                        if lines.is_empty() {
+                            let _ = first_tx.send(());
+                        }
+                        lines.push(l)
+                    }
                     Err(_) => break,
                 }
             }
             lines
         });
+        // The random part starts once the writer runs (under qemu its start takes a while).
+        let _ = first_rx.recv_timeout(Duration::from_secs(60));
         let started = Instant::now();
         while started.elapsed() < run_for {
             std::thread::sleep(Duration::from_millis(5));
