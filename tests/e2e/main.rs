@@ -11,6 +11,7 @@ mod config;
 mod crash;
 mod dead_budget;
 mod enospc;
+mod hostile;
 mod identity;
 mod pressure;
 mod spine;

@@ -364,6 +364,12 @@ fn check(path: &Path) -> ExitCode {
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
     }
+    // MQTT 3.1.1 has no way to learn it, so say it every time.
+    eprintln!(
+        "note: the broker's message_size_limit is unknown to alertbridge: set it on the broker \
+         (e.g. 1048576 in mosquitto.conf) so absurd publishes are refused there; alertbridge \
+         reads any publish up to the MQTT maximum to dead-letter it, which costs that much memory"
+    );
     if ok {
         // URLs go through `display_url`: validation refuses credentials in them, and this line
         // could not show any even if one slipped through (the events URL is never shown).

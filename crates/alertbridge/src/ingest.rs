@@ -37,11 +37,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{MqttConfig, StoreConfig};
 use crate::events::{self, Acked, BatchPersisted, Counters};
 
-/// Largest MQTT packet accepted from the broker. Deliberately far above the payload limit of the
-/// mapping: a payload over the mapping's `max_payload_bytes` must *arrive* so it can be
-/// dead-lettered with a reason; if rumqttc refused it, the connection would drop and the broker
-/// would redeliver it forever (a stuck queue). Set `message_size_limit` on the broker below this.
-pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+/// Largest MQTT packet accepted from the broker: the largest MQTT allows (a remaining length of
+/// 268 435 455 bytes, MQTT 3.1.1 §2.2.3).
+///
+/// Why the protocol maximum: a payload over the mapping's `max_payload_bytes` must *arrive* so
+/// it can be dead-lettered (as a 1 KiB prefix + length + SHA-256) and acked. When rumqttc refuses
+/// a packet it drops the connection, and the persistent session resends the same publish on
+/// every reconnect: one publish over the client's limit used to stop all ingest for good (with
+/// the earlier 16 MiB limit; mosquitto's default `message_size_limit` is unlimited). The cost is
+/// memory for one such packet while it is read; `docs/operations.md` tells operators to set the
+/// broker's `message_size_limit` (e.g. 1 MiB), which keeps such publishes off the gateway.
+pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 
 /// Capacity of the publish channel between the connection task and the batcher. Full means the
 /// connection task waits, i.e. stops reading the socket: back-pressure to the broker.

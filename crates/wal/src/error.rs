@@ -43,6 +43,16 @@ pub enum WalError {
         /// What failed.
         message: String,
     },
+    /// The store directory or the active segment is no longer the one this process opened
+    /// (deleted, unmounted, replaced): writing on would ack alerts into files nobody will read.
+    /// The WAL is poisoned; exit non-zero, the broker keeps every unacked alert.
+    #[error("the store at {dir} vanished or was replaced while running ({what}); stopping before acking anything more")]
+    StoreVanished {
+        /// The store directory.
+        dir: PathBuf,
+        /// What was found instead.
+        what: String,
+    },
     /// Creating or syncing the WAL directory or its files at open failed. Fix the path or the
     /// permissions; the agent exits.
     #[error("opening the WAL at {path}")]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -227,6 +227,8 @@ struct Inner {
     checkpointing: Mutex<()>,
     /// Takes the oldest dead letters when the dead-letter budget is full.
     sink: Mutex<Option<Box<dyn DeadLetterSink>>>,
+    /// (device, inode) of the store directory at open: checked before every group commit.
+    dir_id: (u64, u64),
     /// `oldest_pending_received_ms`, recomputed at most once a second.
     oldest: Mutex<Option<(Instant, Option<u64>)>>,
 }
@@ -355,8 +357,12 @@ impl Wal {
             open_ms = started.elapsed().as_millis() as u64,
             "WAL opened"
         );
+        let dir_id = fs::metadata(&dir)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(io_err("reading the store directory", &dir))?;
         let wal = Wal {
             inner: Arc::new(Inner {
+                dir_id,
                 dir,
                 cfg,
                 state: Mutex::new(state),
@@ -501,6 +507,7 @@ impl Wal {
         let mut out = Vec::with_capacity(entries.len());
         let gen = {
             let mut st = self.lock_state();
+            self.check_store_present(&st)?;
             self.rotate_if_full(&mut st)?;
             let mut main = Vec::new();
             let mut dead = Vec::new();
@@ -1168,6 +1175,31 @@ impl Wal {
             Err(WalError::Poisoned)
         } else {
             Ok(())
+        }
+    }
+
+    /// Invariant I10: a group commit (and so an ack) happens only into the store this process
+    /// opened. Deleting or unmounting the directory leaves our descriptors writing into files
+    /// nobody will read: compare the directory's (device, inode) and the active segment's inode
+    /// on disk with ours, two `stat`s per group commit.
+    fn check_store_present(&self, st: &State) -> Result<(), WalError> {
+        let vanished = |what: String| {
+            self.poisoned_by(WalError::StoreVanished {
+                dir: self.inner.dir.clone(),
+                what,
+            })
+        };
+        match fs::metadata(&self.inner.dir) {
+            Ok(m) if (m.dev(), m.ino()) == self.inner.dir_id => {}
+            Ok(_) => return Err(vanished("another directory is at its path".into())),
+            Err(e) => return Err(vanished(format!("directory: {e}"))),
+        }
+        let seg = &st.segments[&st.active];
+        let ours = seg.file.metadata().map(|m| m.ino()).ok();
+        match fs::metadata(segment::path(&self.inner.dir, seg.id)) {
+            Ok(m) if Some(m.ino()) == ours => Ok(()),
+            Ok(_) => Err(vanished("the active segment was replaced".into())),
+            Err(e) => Err(vanished(format!("active segment: {e}"))),
         }
     }
 

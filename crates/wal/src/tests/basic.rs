@@ -379,7 +379,8 @@ fn dedup_window_of_zero_disables_dedup_even_for_redeliveries_in_one_batch() {
         "{out:?}"
     );
     assert_eq!(pending_ids(&wal), ["a", "a", "b", "b"]);
-    let wal2 = open_with(&TempDir::new().unwrap(), |c| c.dedup_window_ms = 0);
+    let dir2 = TempDir::new().unwrap();
+    let wal2 = open_with(&dir2, |c| c.dedup_window_ms = 0);
     append_one(&wal2, record("c", PRIORITY_NORMAL));
     append_one(&wal2, record("c", PRIORITY_NORMAL));
     assert_eq!(
