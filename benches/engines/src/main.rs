@@ -54,7 +54,8 @@
 //!     --engines redb,wal --n 20000 --cycle 20000
 //! ```
 //!
-//! Flags: `--engines a,b,..` (default all), `--n 20000,200000,..`, `--cycle N` (0 = none),
+//! Flags: `--engines a,b,..` (default all), `--n 20000,200000,..` (`none`: cycle only),
+//! `--cycle N` (0 = none),
 //! `--timeout-min M` (per engine and N, fill + reopen + drain; default 15; a run that exceeds it
 //! is killed and reported as such), `--dir-root PATH` (default a new temporary directory).
 //! The markdown report goes to stdout, progress to stderr.
@@ -269,11 +270,16 @@ fn cycle_phase(engine: &str, n: u64, dir: &Path, out: &mut Out) -> Res<()> {
     let mut e = engines::open(engine, dir)?;
     let mut seq = 1;
     let mut quiet = Out { progress: false };
+    // Bytes written while filling, while draining, and in the background while settling.
+    let (mut w_fill, mut w_drain, mut w_idle, mut idle_s) = (0, 0, 0, 0.0);
     let t = Instant::now();
     for c in 1..=CYCLES {
+        let w0 = probe::io().written;
         fill(e.as_mut(), seq, seq + per_cycle, rec_len, &mut quiet)?;
         seq += per_cycle;
-        probe::settle(SETTLE_MAX);
+        let w1 = probe::io().written;
+        idle_s += probe::settle(SETTLE_MAX).as_secs_f64();
+        let w2 = probe::io().written;
         let (apparent, allocated) = probe::dir_size(dir)?;
         out.put(
             &format!("cycle_{c}_fill"),
@@ -283,15 +289,24 @@ fn cycle_phase(engine: &str, n: u64, dir: &Path, out: &mut Out) -> Res<()> {
         if removed != per_cycle {
             return Err(format!("cycle {c}: drained {removed}, expected {per_cycle}").into());
         }
-        probe::settle(SETTLE_MAX);
+        let w3 = probe::io().written;
+        idle_s += probe::settle(SETTLE_MAX).as_secs_f64();
+        let w4 = probe::io().written;
         let (apparent, allocated) = probe::dir_size(dir)?;
         out.put(
             &format!("cycle_{c}_drain"),
             format!("{apparent}/{allocated}"),
         );
+        w_fill += w1 - w0;
+        w_drain += w3 - w2;
+        w_idle += (w2 - w1) + (w4 - w3);
     }
     out.put("cycle_s", t.elapsed().as_secs_f64());
     out.put("cycle_written", probe::io().written - io0.written);
+    out.put("cycle_fill_written", w_fill);
+    out.put("cycle_drain_written", w_drain);
+    out.put("cycle_idle_written", w_idle);
+    out.put("cycle_idle_s", idle_s);
     let (rss, peak) = probe::rss();
     out.put("cycle_rss", rss);
     out.put("cycle_peak", peak);
@@ -433,6 +448,7 @@ fn parse_options(args: &[String]) -> Res<Options> {
         }
     }
     let ns = match flag(args, "--n") {
+        Some("none") => Vec::new(),
         Some(s) => s
             .split(',')
             .map(|v| v.replace('_', "").parse::<u64>())
@@ -664,6 +680,8 @@ fn print_report(
         }
         let mut closed = "| closed |".to_owned();
         let mut wamp = "| write amp (all cycles) |".to_owned();
+        let mut split = "| write amp: filling / draining / background while idle |".to_owned();
+        let mut idle = "| idle seconds (settling, max 30 s per step) |".to_owned();
         let mut rss = "| RSS end / peak MiB |".to_owned();
         let mut secs = "| seconds |".to_owned();
         for (_, run) in cycles {
@@ -675,6 +693,16 @@ fn print_report(
                 " {} |",
                 fixed(amp(run.num("cycle_written"), opts.cycle_n, rec_len), 2)
             ));
+            split.push_str(&format!(
+                " {} / {} / {} |",
+                fixed(amp(run.num("cycle_fill_written"), opts.cycle_n, rec_len), 2),
+                fixed(
+                    amp(run.num("cycle_drain_written"), opts.cycle_n, rec_len),
+                    2
+                ),
+                fixed(amp(run.num("cycle_idle_written"), opts.cycle_n, rec_len), 2),
+            ));
+            idle.push_str(&format!(" {} |", fixed(run.num("cycle_idle_s"), 0)));
             rss.push_str(&format!(
                 " {} / {} |",
                 mib(run.num("cycle_rss")),
@@ -682,7 +710,7 @@ fn print_report(
             ));
             secs.push_str(&format!(" {} |", fixed(run.num("cycle_s"), 0)));
         }
-        println!("{closed}\n{wamp}\n{rss}\n{secs}");
+        println!("{closed}\n{wamp}\n{split}\n{idle}\n{rss}\n{secs}");
         for (engine, run) in cycles {
             if let Some(f) = &run.failure {
                 println!("\n{engine} cycle: **{f}**");
