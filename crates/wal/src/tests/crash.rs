@@ -76,7 +76,12 @@ fn crash_child_writer() {
 #[test]
 fn kill9_at_random_points_loses_no_acked_record() {
     let dir = TempDir::new().unwrap();
-    let exe = std::env::current_exe().expect("test binary");
+    // argv[0], not current_exe(): under qemu-user /proc/self/exe may name the emulator.
+    let exe = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| std::env::current_exe().expect("test binary"));
     let mut acked: HashSet<String> = HashSet::new();
     let mut removed: HashSet<String> = HashSet::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
