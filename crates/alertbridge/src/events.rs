@@ -510,6 +510,34 @@ pub fn backpressure_changed(c: &Counters, reason: Option<&str>, size: u64) {
     }
 }
 
+/// Connection attempts to the broker keep failing: the first at once, then at a bounded rate.
+pub struct BrokerUnreachable<'a> {
+    /// `host:port`.
+    pub broker: &'a str,
+    /// Failed attempts so far.
+    pub attempts: u64,
+    /// Since the first failed attempt.
+    pub failing_for: Duration,
+    /// The last attempt's error.
+    pub error: &'a str,
+    /// Wait before the next attempt.
+    pub retry_in: Duration,
+}
+
+impl BrokerUnreachable<'_> {
+    /// Record it.
+    pub fn emit(self) {
+        tracing::warn!(
+            broker = self.broker,
+            attempts = self.attempts,
+            failing_for_secs = self.failing_for.as_secs(),
+            error = self.error,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "cannot connect to the MQTT broker; retrying with backoff (alerts wait at the broker or the devices)"
+        );
+    }
+}
+
 /// Broker connection closed on purpose (shutdown).
 pub fn disconnected_for_shutdown(c: &Counters) {
     if c.connected.swap(false, Ordering::Relaxed) {

@@ -35,7 +35,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttConfig, StoreConfig};
-use crate::events::{self, Acked, BatchPersisted, Counters};
+use crate::events::{self, Acked, BatchPersisted, BrokerUnreachable, Counters};
+use crate::session::{reconnect_delay, ConnectFailures};
 
 /// Largest MQTT packet accepted from the broker. Deliberately far above the payload limit of the
 /// mapping: a payload over the mapping's `max_payload_bytes` must *arrive* so it can be
@@ -286,6 +287,8 @@ pub(crate) async fn run(
 }
 
 /// The connection task. Never blocks the event loop on our I/O; acks are queued here only.
+/// Reconnects wait a jittered exponential backoff between `mqtt.reconnect_min_ms` and
+/// `reconnect_max_ms`; failed attempts warn at once, then at a bounded rate.
 async fn connection(
     cfg: MqttConfig,
     client: AsyncClient,
@@ -296,7 +299,10 @@ async fn connection(
     batcher_done: CancellationToken,
 ) -> Result<(), IngestError> {
     let mut epoch: u64 = 0;
-    let mut delay = cfg.reconnect_min;
+    let broker = crate::config::display_url(&format!("{}:{}", cfg.host, cfg.port)).into_owned();
+    let mut failures = ConnectFailures::default();
+    // A CONNACK was seen since the last connection error.
+    let mut up = false;
     let topics: Vec<rumqttc::SubscribeFilter> = cfg
         .topics
         .iter()
@@ -333,8 +339,14 @@ async fn connection(
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     epoch += 1;
-                    delay = cfg.reconnect_min;
-                    events::connection_changed(&counters, true, &format!("session_present={}", ack.session_present));
+                    up = true;
+                    let failed = failures.on_connack();
+                    let detail = if failed > 0 {
+                        format!("session_present={} after {failed} failed attempts", ack.session_present)
+                    } else {
+                        format!("session_present={}", ack.session_present)
+                    };
+                    events::connection_changed(&counters, true, &detail);
                     // A resumed session keeps its subscriptions; subscribing again would make
                     // the broker resend every retained alert on each reconnect (MQTT 3.1.1 §3.8.4).
                     if !ack.session_present {
@@ -381,13 +393,29 @@ async fn connection(
                     }
                     // I2: anything acked from now on must come from the next connection.
                     epoch += 1;
-                    events::connection_changed(&counters, false, &e.to_string());
+                    let error = e.to_string();
+                    let (errors, unreachable) = if std::mem::take(&mut up) {
+                        events::connection_changed(&counters, false, &error);
+                        (failures.on_lost(), None)
+                    } else {
+                        failures.on_attempt_failed(now())
+                    };
+                    let delay = reconnect_delay(cfg.reconnect_min, cfg.reconnect_max, errors, fastrand::f64());
+                    if let Some(u) = unreachable {
+                        BrokerUnreachable {
+                            broker: &broker,
+                            attempts: u.attempts,
+                            failing_for: u.for_,
+                            error: &error,
+                            retry_in: delay,
+                        }
+                        .emit();
+                    }
                     tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection error");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = batcher_done.cancelled() => {}
                     }
-                    delay = (delay * 2).min(cfg.reconnect_max);
                     if batcher_done.is_cancelled() && pub_tx.is_none() {
                         // no broker and shutting down: nothing can be acked anyway
                         let mut dropped = ack_backlog.len() as u64;
@@ -416,6 +444,11 @@ async fn connection(
     }
     events::disconnected_for_shutdown(&counters);
     Ok(())
+}
+
+/// Now on tokio's clock, for the pure session rules (which take `std` instants).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Queue PUBACKs for publishes of the current epoch only (I2), as many as rumqttc's request
