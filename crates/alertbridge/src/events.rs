@@ -574,7 +574,7 @@ impl SubscriptionRefused<'_> {
         Counters::add(&c.subscription_errors, 1);
         let cause = match self.granted_qos {
             None => "SUBACK 0x80: the broker's ACL does not let this client/user subscribe to the filter, or the broker rejects the filter",
-            Some(_) => "granted QoS 0 instead of 1: the broker caps QoS (e.g. mosquitto max_qos 0); it may lose alerts on this filter",
+            Some(_) => "granted QoS 0 instead of 1: the broker caps QoS (a max_qos-style setting); it may lose alerts on this filter",
         };
         if self.again {
             tracing::warn!(
