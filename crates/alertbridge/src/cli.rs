@@ -451,6 +451,21 @@ fn print_status(s: &Status) {
         if let Some(r) = &c.pause_reason {
             println!("  pause reason:   {r}");
         }
+        if c.subscriptions_wanted > 0 {
+            println!(
+                "  subscriptions:  {}/{} held at QoS 1{}",
+                c.subscriptions_held,
+                c.subscriptions_wanted,
+                if c.subscribed() {
+                    ""
+                } else {
+                    " (NOT READY: alerts on a filter not held never reach alertbridge)"
+                }
+            );
+        }
+        if let Some(e) = &c.subscription_error {
+            println!("  subscription error: {e}");
+        }
     }
 }
 

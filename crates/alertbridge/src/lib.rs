@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod limiter;
 pub mod plant;
 pub mod schedule;
+mod session;
 
 use std::future::Future;
 use std::sync::Arc;
