@@ -441,6 +441,13 @@ impl Drain {
             .wal
             .dead_letter_record(key, record, reason.clone(), now_ms())
             .map(|_| ());
+        if let Err(WalError::NoSpace { .. }) = moved {
+            // Not written: it stays pending (and held), tried again when space may be back.
+            tracing::warn!(alert_id = %record.alert_id, "filesystem full: the dead letter waits; retrying in 5 s");
+            self.hold(key, record.clone());
+            self.queue.insert(key, now_ms() + 5_000, now_ms());
+            return Ok(());
+        }
         self.release(key);
         self.queue.remove(key);
         if !still_pending(moved)? {
@@ -653,6 +660,12 @@ impl Drain {
             Ok(new) => {
                 self.hold(new, record);
                 Ok(Some(new))
+            }
+            // Not persisted (a full disk): the attempt fields live in memory under the old key;
+            // a crash forgets them, which only repeats an attempt.
+            Err(WalError::NoSpace { .. }) => {
+                self.hold(key, record);
+                Ok(Some(key))
             }
             Err(e) => {
                 still_pending(Err(e))?;

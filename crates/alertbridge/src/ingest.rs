@@ -656,11 +656,10 @@ async fn batcher(
             })
             .collect();
         let unacked = UnackedBatch { publishes };
-        let w = wal.clone();
         let started = Instant::now();
-        let durable = tokio::task::spawn_blocking(move || w.append_publishes(entries))
-            .await
-            .map_err(|e| IngestError::Writer(e.to_string()))??;
+        let Some(durable) = append_when_space(&wal, entries, &counters, &cancel).await? else {
+            break; // shutting down: the held batch stays with the broker
+        };
         if fault_exit_before_ack() {
             // Test fault injection (see `fault_exit_before_ack`): die like a kill -9 between
             // the fsync and the PUBACK.
@@ -697,6 +696,53 @@ async fn batcher(
         }
     }
     Ok(())
+}
+
+/// Appends a batch, holding it (unacked: the broker keeps it) while the filesystem is full.
+///
+/// `min_free_bytes` normally holds ingest back before the disk fills; this covers space taken by
+/// something else at the last moment. A full disk is backpressure, not a failure: the WAL wrote
+/// nothing of the batch and stays usable, the drain keeps delivering what is pending. `None`
+/// when cancelled while waiting.
+async fn append_when_space(
+    wal: &Wal,
+    entries: Vec<(Entry, bool)>,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> Result<Option<Durable<Vec<Appended>>>, IngestError> {
+    let mut held_since: Option<Instant> = None;
+    loop {
+        let w = wal.clone();
+        let batch = entries.clone();
+        let result = tokio::task::spawn_blocking(move || w.append_publishes(batch))
+            .await
+            .map_err(|e| IngestError::Writer(e.to_string()))?;
+        match result {
+            Ok(durable) => {
+                if held_since.is_some() {
+                    events::backpressure_changed(counters, None, wal.data_bytes());
+                }
+                return Ok(Some(durable));
+            }
+            Err(alertbridge_wal::WalError::NoSpace { op }) => {
+                if held_since.is_none() {
+                    held_since = Some(Instant::now());
+                    events::backpressure_changed(
+                        counters,
+                        Some(&format!(
+                            "the store's filesystem is full ({op}); holding the batch unacked"
+                        )),
+                        wal.data_bytes(),
+                    );
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Fault injection for the end-to-end tests, never set in production: with
@@ -1094,6 +1140,10 @@ mod tests {
                 cache_capacity_ignored: false,
                 dedup_window: 100,
                 dedup_window_time: Duration::from_secs(600),
+                dead_letters_max: 1000,
+                dead_letters_max_bytes: 1 << 20,
+                dead_letters_export_dir: dir.path().join("export"),
+                dead_letters_export_files: 2,
                 delivered_keep: 10,
                 batch_max: 16,
                 min_free_bytes: 0,

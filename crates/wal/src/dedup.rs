@@ -72,6 +72,27 @@ impl Dedup {
         self.evict(at_ms);
     }
 
+    /// Takes back the `n` newest inserts (a batch that was not written after all). Entries they
+    /// evicted stay evicted: the window then forgets a little early, which can only let a
+    /// redelivery through as a duplicate delivery, never drop an alert.
+    pub(crate) fn undo_last(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((id, at)) = self.order.pop_back() else {
+                return;
+            };
+            if self.latest.get(&id) == Some(&at) {
+                match self.order.iter().rev().find(|(i, _)| *i == id) {
+                    Some(&(_, older)) => {
+                        self.latest.insert(id, older);
+                    }
+                    None => {
+                        self.latest.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
     /// Drops entries older than the window (relative to `now_ms`) or beyond the count.
     pub(crate) fn evict(&mut self, now_ms: u64) {
         while let Some(&(id, at)) = self.order.front() {
@@ -135,6 +156,19 @@ mod tests {
         assert_eq!(id_hash("plant/pump-1", "1"), id_hash("plant/pump-1", "1"));
         // The separator keeps ("a/b", "c") and ("a", "b/c")-like splits apart.
         assert_ne!(id_hash("ab", "c"), id_hash("a", "bc"));
+    }
+
+    #[test]
+    fn undo_takes_back_the_newest_inserts_only() {
+        let mut d = Dedup::new(10, 60_000);
+        d.insert(id_hash("t", "a"), 1_000);
+        d.insert(id_hash("t", "b"), 1_001);
+        d.insert(id_hash("t", "c"), 1_002);
+        d.undo_last(2);
+        assert!(d.contains(id_hash("t", "a"), 1_003));
+        assert!(!d.contains(id_hash("t", "b"), 1_003));
+        assert!(!d.contains(id_hash("t", "c"), 1_003));
+        assert_eq!(d.entries(), vec![(id_hash("t", "a"), 1_000)]);
     }
 
     #[test]

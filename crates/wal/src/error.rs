@@ -53,6 +53,14 @@ pub enum WalError {
         /// What was found instead.
         what: String,
     },
+    /// The filesystem is full: nothing of this call was written (a partial write was cut off
+    /// again) and the WAL is **not** poisoned. Ingest holds back (the broker keeps the alerts),
+    /// the drain retries later; removals are kept in memory and written when space returns.
+    #[error("no space left on the store's filesystem ({op})")]
+    NoSpace {
+        /// What the WAL was doing.
+        op: &'static str,
+    },
     /// Creating or syncing the WAL directory or its files at open failed. Fix the path or the
     /// permissions; the agent exits.
     #[error("opening the WAL at {path}")]

@@ -251,6 +251,8 @@ struct State {
     last_checkpoint: Instant,
     /// Dead letters exported and removed by the budget since open.
     dead_evicted: u64,
+    /// Removals that met a full filesystem: written before the next frames that fit.
+    unwritten_acks: Vec<Key>,
 }
 
 impl State {
@@ -512,11 +514,14 @@ impl Wal {
             let mut main = Vec::new();
             let mut dead = Vec::new();
             let mut puts = Vec::new();
+            // Entries enter the window as they are taken (the window is exact per entry); if
+            // the batch is then not written (a full disk) they are taken back, so its retry
+            // does not find itself in the window.
+            let mut inserted = 0;
             for (entry, redelivery) in &entries {
                 let record = entry.record();
                 let hash = id_hash(&record.topic, &record.alert_id);
                 let now = record.received_at_ms;
-                // An entry earlier in this batch is already in the window.
                 if *redelivery && st.dedup.contains(hash, now) {
                     out.push(Appended::Duplicate {
                         alert_id: record.alert_id.clone(),
@@ -561,10 +566,32 @@ impl Wal {
                         out.push(Appended::DeadLettered(id));
                     }
                 }
-                st.dedup.insert(hash, now);
+                if st.dedup.enabled() {
+                    st.dedup.insert(hash, now);
+                    inserted += 1;
+                }
             }
-            self.write_dead(&mut st, &dead)?;
-            self.write_main(&mut st, &main)?;
+            let dead_len = st.dead.len();
+            if let Err(e) = self.write_dead(&mut st, &dead) {
+                st.dedup.undo_last(inserted);
+                return Err(e);
+            }
+            if let Err(e) = self.write_main(&mut st, &main) {
+                st.dedup.undo_last(inserted);
+                if !dead.is_empty() {
+                    // All or nothing: the batch is not acked, so its dead letters go too.
+                    let dir = self.inner.dir.clone();
+                    if let Err(source) = st.dead.cut_to(&dir, dead_len) {
+                        return Err(self.poisoned_by(WalError::Io {
+                            op: "cutting back the dead-letter log",
+                            path: dir.join(crate::deadlog::FILE),
+                            source,
+                        }));
+                    }
+                }
+                return Err(e);
+            }
+
             let active = st.active_mut();
             for key in puts {
                 active.set_live(key.seq, key.priority);
@@ -894,12 +921,25 @@ impl Wal {
         }
         let mut main = Vec::new();
         encode_ack(&mut main, &[key]);
-        self.write_main(&mut st, &main)?;
+        match self.write_main(&mut st, &main) {
+            Ok(()) => {}
+            // Delivered all the same: the removal waits in memory and goes with the next write
+            // that finds space. A crash before that delivers the alert again (a duplicate,
+            // never a loss), exactly like a removal not yet fsynced.
+            Err(WalError::NoSpace { .. }) => {
+                st.unwritten_acks.push(key);
+                if st.unwritten_acks.len() == 1 {
+                    warn!("filesystem full: removals of delivered alerts are kept in memory until space returns");
+                }
+            }
+            Err(e) => return Err(e),
+        }
         st.clear(key);
-        let dir = self.inner.dir.clone();
-        st.receipts
-            .push(&framed)
-            .map_err(io_err("writing a receipt", &dir))?;
+        // A receipt is proof for the operator, not part of any guarantee: failing to keep one
+        // (a full disk) must not stop delivery.
+        if let Err(e) = st.receipts.push(&framed) {
+            warn!(alert_id = %receipt.alert_id, error = %e, "could not keep a delivery receipt");
+        }
         Ok(())
     }
 
@@ -1155,7 +1195,17 @@ impl Wal {
     /// drain calls it periodically to bound what a power cut can undo of its removals; shutdown
     /// calls [`Wal::close`]. Poisons the WAL on failure, like [`Wal::append_batch`].
     pub fn flush(&self) -> Result<(), WalError> {
-        let gen = self.lock_state().written_gen;
+        let gen = {
+            let mut st = self.lock_state();
+            if !st.unwritten_acks.is_empty() {
+                // Still no space: they keep waiting, nothing is lost.
+                match self.write_main(&mut st, &[]) {
+                    Ok(()) | Err(WalError::NoSpace { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            st.written_gen
+        };
         self.make_durable(gen)
     }
 
@@ -1220,20 +1270,41 @@ impl Wal {
 
     /// Appends `frames` to the active segment. A failed write poisons: the file may now end in a
     /// partial frame, and nothing after it could be trusted.
+    ///
+    /// A full filesystem is not a failure of the log: the partial write is cut off again (a
+    /// truncation needs no space) and [`WalError::NoSpace`] returned, the WAL stays usable.
+    /// Removals that could not be written before are written first (see [`Wal::remove`]).
     fn write_main(&self, st: &mut State, frames: &[u8]) -> Result<(), WalError> {
-        if frames.is_empty() {
+        if frames.is_empty() && st.unwritten_acks.is_empty() {
             return Ok(());
         }
+        let owned;
+        let frames = if st.unwritten_acks.is_empty() {
+            frames
+        } else {
+            let mut buf = Vec::new();
+            encode_ack(&mut buf, &st.unwritten_acks);
+            buf.extend_from_slice(frames);
+            owned = buf;
+            &owned[..]
+        };
         let active = st.active_mut();
         let at = active.len;
         if let Err(source) = active.file.write_all_at(frames, at) {
             let path = segment::path(&self.inner.dir, active.id);
+            if is_no_space(&source) && active.file.set_len(at).is_ok() {
+                return Err(WalError::NoSpace {
+                    op: "appending to a segment",
+                });
+            }
             return Err(self.poisoned_by(WalError::Io {
                 op: "appending to a segment",
                 path,
                 source,
             }));
         }
+        st.unwritten_acks.clear();
+        let active = st.active_mut();
         active.len += frames.len() as u64;
         st.segment_bytes += frames.len() as u64;
         st.since_checkpoint += frames.len() as u64;
@@ -1246,6 +1317,11 @@ impl Wal {
             return Ok(());
         }
         if let Err(source) = st.dead.write(frames) {
+            if is_no_space(&source) {
+                return Err(WalError::NoSpace {
+                    op: "appending to the dead-letter log",
+                });
+            }
             return Err(self.poisoned_by(WalError::Io {
                 op: "appending to the dead-letter log",
                 path: self.inner.dir.join(crate::deadlog::FILE),
@@ -1256,10 +1332,15 @@ impl Wal {
         Ok(())
     }
 
-    /// Seals the active segment when full.
+    /// Seals the active segment when full. On a full filesystem the new segment cannot be
+    /// created: the active one grows past its size instead (the write may then meet
+    /// [`WalError::NoSpace`] itself).
     fn rotate_if_full(&self, st: &mut State) -> Result<(), WalError> {
         if st.segments[&st.active].len >= self.inner.cfg.segment_bytes.max(1) {
-            self.rotate(st)?;
+            match self.rotate(st) {
+                Err(WalError::NoSpace { .. }) => {}
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -1271,8 +1352,16 @@ impl Wal {
             return Err(self.poisoned_by(WalError::SyncFailed { source }));
         }
         let id = st.active + 1;
-        let (file, len) =
-            create_segment(&self.inner.dir, id, st.next_seq).map_err(|e| self.poisoned_by(e))?;
+        let (file, len) = match create_segment(&self.inner.dir, id, st.next_seq) {
+            Ok(created) => created,
+            Err(WalError::Io { source, .. }) if is_no_space(&source) => {
+                let _ = fs::remove_file(segment::path(&self.inner.dir, id));
+                return Err(WalError::NoSpace {
+                    op: "starting a segment",
+                });
+            }
+            Err(e) => return Err(self.poisoned_by(e)),
+        };
         st.segments
             .insert(id, Segment::new(id, st.next_seq, len, Arc::new(file)));
         st.segment_bytes += len;
@@ -1335,7 +1424,11 @@ impl Wal {
             let mut st = self.lock_state();
             let active = &st.segments[&st.active];
             if active.live_total() == 0 && active.len > SEGMENT_START_LEN {
-                self.rotate(&mut st)?;
+                match self.rotate(&mut st) {
+                    // No room for a new segment: the emptied one stays active for now.
+                    Err(WalError::NoSpace { .. }) => {}
+                    other => other?,
+                }
             }
             st.segments
                 .values()
@@ -1410,21 +1503,18 @@ impl Wal {
         if let Err(source) = self.inner.sync.sync_data(&main) {
             return Err(self.poisoned_by(WalError::SyncFailed { source }));
         }
-        cp.store(&self.inner.dir).map_err(|source| {
-            self.poisoned_by(WalError::Io {
-                op: "writing the checkpoint",
-                path: self.inner.dir.join(crate::checkpoint::FILE),
-                source,
-            })
-        })?;
+        // A checkpoint and a compaction only save work at the next open: failing one (a full
+        // disk, say) loses nothing, so it is logged and the next one is tried later.
+        if let Err(e) = cp.store(&self.inner.dir) {
+            warn!(error = %e, "writing the checkpoint failed; the next open replays more");
+            let tmp = format!("{}.tmp", crate::checkpoint::FILE);
+            let _ = fs::remove_file(self.inner.dir.join(tmp));
+        }
         let compacted = self.lock_state().dead.compact_if_worth_it(&self.inner.dir);
-        compacted.map_err(|source| {
-            self.poisoned_by(WalError::Io {
-                op: "compacting the dead-letter log",
-                path: self.inner.dir.join(crate::deadlog::FILE),
-                source,
-            })
-        })
+        if let Err(e) = compacted {
+            warn!(error = %e, "compacting the dead-letter log failed; it stays as it is");
+        }
+        Ok(())
     }
 
     fn oldest_pending_received_ms(&self) -> Result<Option<u64>, WalError> {
@@ -1723,6 +1813,11 @@ impl Iterator for PendingIter<'_> {
             }
         }
     }
+}
+
+/// ENOSPC or EDQUOT: the filesystem (or the quota) is full.
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
 fn encode_err(error: RecordError) -> WalError {
@@ -2056,6 +2151,7 @@ fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, 
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
         dead_evicted: 0,
+        unwritten_acks: Vec::new(),
     })
 }
 
