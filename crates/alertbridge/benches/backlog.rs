@@ -265,11 +265,26 @@ async fn raw_subscriber(
                 got += 1;
                 if got == n {
                     let d = start.map(|s| s.elapsed()).unwrap_or_default();
-                    while let Some(p) = unacked.pop_front() {
-                        let _ = client.ack(&p).await;
+                    // Tens of thousands of acks may still wait here, more than the request
+                    // channel holds: keep the event loop polled while they go (awaiting `ack`
+                    // with nobody polling would never return).
+                    while !unacked.is_empty() {
+                        while let Some(p) = unacked.front() {
+                            if client.try_ack(p).is_err() {
+                                break;
+                            }
+                            unacked.pop_front();
+                        }
+                        let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
                     }
-                    let _ = client.disconnect().await;
-                    let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+                    let _ = client.try_disconnect();
+                    let flush_until = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < flush_until {
+                        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+                            Ok(Ok(_)) => {}
+                            _ => break,
+                        }
+                    }
                     return d;
                 }
             }
