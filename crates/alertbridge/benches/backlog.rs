@@ -763,6 +763,17 @@ struct Row {
     publish_rate: Option<f64>,
     end_mem: Mem,
     batches: u64,
+    /// Status counters at the end of ingest: received, persisted, duplicates, stale acks
+    /// skipped, and the pending count.
+    received: u64,
+    persisted: u64,
+    duplicates: u64,
+    stale: u64,
+    pending: u64,
+    reconnects: usize,
+    /// Largest `received − acked − stale acks skipped` seen while polling: publishes the agent
+    /// held unacked (the broker's window as the agent saw it).
+    max_unacked: u64,
     shutdown: Option<Duration>,
     pending_after_restart: Option<u64>,
     note: String,
@@ -782,8 +793,9 @@ fn ms(d: Option<Duration>) -> String {
 }
 
 impl Row {
+    /// Per-alert figures divide by the unique alerts acked: N, or fewer for a partial row.
     fn per_alert(&self) -> f64 {
-        self.acked.max(1) as f64
+        self.acked.min(self.n as u64).max(1) as f64
     }
 
     fn print_row(&self) {
@@ -793,6 +805,12 @@ impl Row {
             format!("{} of {} (partial)", self.acked, self.n)
         } else {
             self.n.to_string()
+        };
+        // redeliveries stored again (beyond the duplicate window) show as extra pending
+        let n = if self.n > 0 && self.pending != self.n as u64 {
+            format!("{n}, {} stored", self.pending)
+        } else {
+            n
         };
         let restart = match (self.rss_ready_kb, self.rss_settled_kb) {
             (Some(a), Some(b)) => format!(
@@ -848,6 +866,8 @@ impl Row {
         println!(
             "- {} N={n}: record {:.0} B (data_bytes/pending); write_bytes {} B, wchar {} B ({:.0} B/alert); store files {} B, allocated {} B; \
              RSS at end: anon {} MB, file {} MB, VmHWM {} MB; group commits {}; publisher {}/s; \
+             at the end of ingest: received {}, persisted {}, duplicates {}, stale acks skipped {}, broker connections lost {}, pending {}; \
+             most publishes held unacked {}; \
              start milestones (ms from spawn): status {}, connected {}, subscribed {}, first delivery attempt {}; \
              shutdown before restart {} ms; pending after restart {}{}{}",
             self.label,
@@ -864,6 +884,13 @@ impl Row {
             self.publish_rate
                 .map(|r| format!("{r:.0}"))
                 .unwrap_or_else(|| "-".into()),
+            self.received,
+            self.persisted,
+            self.duplicates,
+            self.stale,
+            self.reconnects,
+            self.pending,
+            self.max_unacked,
             ms(self.ready.status),
             ms(self.ready.connected),
             ms(self.ready.subscribed),
@@ -1006,6 +1033,10 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
             if started.is_none() && counter(st, "received") > 0 {
                 started = Some(now);
             }
+            row.max_unacked = row.max_unacked.max(
+                counter(st, "received")
+                    .saturating_sub(counter(st, "acked") + counter(st, "stale_acks_skipped")),
+            );
             if counter(st, "acked") >= n as u64 {
                 last = Some(st.clone());
                 break;
@@ -1023,10 +1054,15 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
         }
         if now > next_progress {
             next_progress = now + Duration::from_secs(10);
-            let acked = last.as_ref().map(|s| counter(s, "acked")).unwrap_or(0);
+            let c = |k| last.as_ref().map(|s| counter(s, k)).unwrap_or(0);
             let el = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
             progress(&format!(
-                "{run}: acked {acked} in {el:.0} s, RSS {} MB",
+                "{run}: {el:.0} s: received {} persisted {} acked {} stale {} duplicates {}, RSS {} MB",
+                c("received"),
+                c("persisted"),
+                c("acked"),
+                c("stale_acks_skipped"),
+                c("duplicates"),
                 mb(rss)
             ));
         }
@@ -1038,11 +1074,17 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
     let st = last.unwrap_or(Value::Null);
     row.acked = counter(&st, "acked");
     row.batches = counter(&st, "batches");
+    row.received = counter(&st, "received");
+    row.persisted = counter(&st, "persisted");
+    row.duplicates = counter(&st, "duplicates");
+    row.stale = counter(&st, "stale_acks_skipped");
+    row.reconnects = agent.logs().matches("broker connection lost").count();
     row.ingest_rate = row.acked as f64
         / t_end
             .duration_since(started.unwrap_or(t_spawn))
             .as_secs_f64();
     let pending = st["pending"].as_u64().unwrap_or(0);
+    row.pending = pending;
     let data = st["data_bytes"].as_u64().unwrap_or(0);
     row.record_bytes = if pending > 0 {
         data as f64 / pending as f64
