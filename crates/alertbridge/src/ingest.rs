@@ -815,6 +815,43 @@ async fn wait_for_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Broker and store settings of the ingest tests (a mock broker on `port`, the log in `dir`).
+    pub(super) fn test_configs(
+        dir: &std::path::Path,
+        port: u16,
+        topics: &[&str],
+    ) -> (MqttConfig, StoreConfig) {
+        let mqtt = MqttConfig {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+            ca_file: None,
+            client_id: "t".into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(100),
+        };
+        let store = StoreConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: u64::MAX,
+            segment_bytes: 64 << 10,
+            cache_capacity_ignored: false,
+            dedup_window: 100,
+            dedup_window_time: Duration::from_secs(600),
+            dead_letters_max: 1000,
+            dead_letters_max_bytes: 1 << 20,
+            dead_letters_export_dir: dir.join("export"),
+            dead_letters_export_files: 2,
+            delivered_keep: 10,
+            batch_max: 16,
+            min_free_bytes: 0,
+        };
+        (mqtt, store)
+    }
     use alertbridge_payload::MappingConfig;
 
     fn mapper() -> Mapper {
@@ -961,34 +998,7 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
-        let mqtt = MqttConfig {
-            host: "127.0.0.1".into(),
-            port,
-            tls: false,
-            ca_file: None,
-            client_id: "t".into(),
-            topics: vec!["plant/+/alerts/#".into()],
-            username: None,
-            password: None,
-            keep_alive: Duration::from_secs(30),
-            reconnect_min: Duration::from_millis(50),
-            reconnect_max: Duration::from_millis(100),
-        };
-        let store = StoreConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: u64::MAX,
-            segment_bytes: 64 << 10,
-            cache_capacity_ignored: false,
-            dedup_window: 100,
-            dedup_window_time: Duration::from_secs(600),
-            dead_letters_max: 1000,
-            dead_letters_max_bytes: 1 << 20,
-            dead_letters_export_dir: dir.path().join("export"),
-            dead_letters_export_files: 2,
-            delivered_keep: 10,
-            batch_max: 16,
-            min_free_bytes: 0,
-        };
+        let (mqtt, store) = test_configs(dir.path(), port, &["plant/+/alerts/#"]);
         let counters = Arc::new(Counters::default());
         let (feed, mut keys) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
@@ -1120,34 +1130,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let wal =
                 Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
-            let mqtt = MqttConfig {
-                host: "127.0.0.1".into(),
-                port,
-                tls: false,
-                ca_file: None,
-                client_id: "t".into(),
-                topics: topics.iter().map(|t| t.to_string()).collect(),
-                username: None,
-                password: None,
-                keep_alive: Duration::from_secs(30),
-                reconnect_min: Duration::from_millis(50),
-                reconnect_max: Duration::from_millis(100),
-            };
-            let store = StoreConfig {
-                dir: dir.path().to_path_buf(),
-                max_bytes: u64::MAX,
-                segment_bytes: 64 << 10,
-                cache_capacity_ignored: false,
-                dedup_window: 100,
-                dedup_window_time: Duration::from_secs(600),
-                dead_letters_max: 1000,
-                dead_letters_max_bytes: 1 << 20,
-                dead_letters_export_dir: dir.path().join("export"),
-                dead_letters_export_files: 2,
-                delivered_keep: 10,
-                batch_max: 16,
-                min_free_bytes: 0,
-            };
+            let (mqtt, store) = test_configs(dir.path(), port, topics);
             let counters = Arc::new(Counters::default());
             let (feed, keys) = mpsc::unbounded_channel();
             let cancel = CancellationToken::new();

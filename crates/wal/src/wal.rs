@@ -885,25 +885,39 @@ impl Wal {
         if !st.is_pending(key) {
             return Err(WalError::NotPending { key });
         }
-        self.rotate_if_full(&mut st)?;
-        let new = Key {
-            priority: key.priority,
+        let new = self.put_one(&mut st, key.priority, record, &framed, Some(key))?;
+        st.clear(key);
+        Ok(new)
+    }
+
+    /// Appends one record (`framed`) under a new key in `lane`, optionally replacing `replaces`
+    /// in the same frame (W1), and marks it pending. The caller clears `replaces`.
+    fn put_one(
+        &self,
+        st: &mut State,
+        lane: Priority,
+        record: &Record,
+        framed: &[u8],
+        replaces: Option<Key>,
+    ) -> Result<Key, WalError> {
+        self.rotate_if_full(st)?;
+        let key = Key {
+            priority: lane,
             seq: st.next_seq,
         };
         st.next_seq += 1;
         let mut main = Vec::new();
         PutHeader {
-            seq: new.seq,
-            lane: new.priority,
+            seq: key.seq,
+            lane,
             received_at_ms: record.received_at_ms,
             id_hash: id_hash(&record.topic, &record.alert_id),
-            replaces: Some(key),
+            replaces,
         }
-        .encode(&mut main, &framed);
-        self.write_main(&mut st, &main)?;
-        st.clear(key);
-        st.active_mut().set_live(new.seq, new.priority);
-        Ok(new)
+        .encode(&mut main, framed);
+        self.write_main(st, &main)?;
+        st.active_mut().set_live(key.seq, key.priority);
+        Ok(key)
     }
 
     /// Delivered (invariant I3): removes `key` from pending and keeps the receipt (bounded to
@@ -1091,23 +1105,7 @@ impl Wal {
             if !st.dead.contains(dead_id) {
                 return Err(WalError::NoSuchDeadLetter { id: dead_id });
             }
-            self.rotate_if_full(&mut st)?;
-            let key = Key {
-                priority: record.priority,
-                seq: st.next_seq,
-            };
-            st.next_seq += 1;
-            let mut main = Vec::new();
-            PutHeader {
-                seq: key.seq,
-                lane: key.priority,
-                received_at_ms: record.received_at_ms,
-                id_hash: id_hash(&record.topic, &record.alert_id),
-                replaces: None,
-            }
-            .encode(&mut main, &framed);
-            self.write_main(&mut st, &main)?;
-            st.active_mut().set_live(key.seq, key.priority);
+            let key = self.put_one(&mut st, record.priority, &record, &framed, None)?;
             (key, st.written_gen)
         };
         self.make_durable(gen)?;
