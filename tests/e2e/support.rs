@@ -230,6 +230,8 @@ pub(crate) struct Agent {
     starts: u32,
     /// `host:port` of the status endpoint (`AgentOptions::admin`).
     admin: Option<String>,
+    /// Extra environment of the next start (fault injection), cleared by [`Agent::set_env`].
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -328,6 +330,7 @@ level = "info"
             child: None,
             starts: 0,
             admin,
+            env: Vec::new(),
         };
         a.spawn();
         a
@@ -341,11 +344,41 @@ level = "info"
             .arg("run")
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn alertbridge");
         self.child = Some(child);
+    }
+
+    /// The environment of the next start ([`Agent::restart`], [`Agent::start_again`]).
+    pub(crate) fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Start after the process ended by itself.
+    pub(crate) fn start_again(&mut self) {
+        self.child = None;
+        self.spawn();
+    }
+
+    /// Wait until the process exits by itself; its exit status, `None` on timeout.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no shutdown path runs, exactly like a crash.

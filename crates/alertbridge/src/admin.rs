@@ -28,11 +28,17 @@ pub struct Status {
     pub oldest_pending_age_secs: Option<u64>,
     /// Dead letters stored.
     pub dead_letters: u64,
+    /// Bytes of the dead letters stored (bounded by `store.dead_letters_max_bytes`).
+    #[serde(default)]
+    pub dead_letter_bytes: u64,
+    /// Dead letters exported and removed by the dead-letter budget since the agent started.
+    #[serde(default)]
+    pub dead_letters_exported: u64,
     /// Receipts kept.
     pub delivered_kept: u64,
     /// Log size on disk.
     pub store_bytes: u64,
-    /// Data held in the log (pending + dead letters, as stored): what `store.max_bytes` bounds.
+    /// Bytes of the log's segments (pending alerts): what `store.max_bytes` bounds.
     #[serde(default)]
     pub data_bytes: u64,
     /// Live counters (absent when the agent is stopped).
@@ -60,6 +66,8 @@ pub fn status_of(
             .oldest_pending_received_ms
             .map(|t| now.saturating_sub(t) / 1000),
         dead_letters: s.dead_letters,
+        dead_letter_bytes: s.dead_bytes,
+        dead_letters_exported: wal.dead_letters_evicted(),
         delivered_kept: s.delivered_kept,
         store_bytes: s.size_on_disk,
         data_bytes: s.data_bytes,

@@ -22,6 +22,44 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `dead-letters` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersAction {
+    /// Delete dead letters from the store for good. Without `--yes` it only says how many would go.
+    Purge {
+        /// Config file (or give it before `purge`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only those that became dead letters before this time: unix ms, or an age such as
+        /// `7d`, `12h`, `30m`.
+        #[arg(long)]
+        before: Option<String>,
+        /// Only this kind: Rejected, Malformed, Expired, Corrupt, Oversize, Exhausted.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `--before`: unix ms, or an age (`7d`, `12h`, `30m`, `45s`) counted back from `now_ms`.
+pub(crate) fn parse_before(text: &str, now_ms: u64) -> Option<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Some(ms);
+    }
+    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    Some(now_ms.saturating_sub(secs * 1000))
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -46,14 +84,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List dead letters with their reasons (agent must be stopped: the log is locked while it runs).
+    /// List dead letters with their reasons, or purge them (agent must be stopped: the log is
+    /// locked while it runs).
     DeadLetters {
         /// Config file.
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
+        /// `purge`: delete dead letters for good.
+        #[command(subcommand)]
+        action: Option<DeadLettersAction>,
     },
     /// Move dead letters back to pending for another delivery (agent must be stopped).
     Replay {
@@ -148,7 +190,71 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::DeadLetters { config, json } => {
+        Command::DeadLetters {
+            config,
+            json,
+            action:
+                Some(DeadLettersAction::Purge {
+                    config: purge_config,
+                    before,
+                    kind,
+                    yes,
+                }),
+        } => {
+            let Some(config) = purge_config.or(config) else {
+                eprintln!("error: dead-letters purge needs --config <file>");
+                return Ok(ExitCode::from(2));
+            };
+            let _ = json;
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let before = match before
+                .as_deref()
+                .map(|b| (b, parse_before(b, crate::ingest::now_ms())))
+            {
+                None => None,
+                Some((_, Some(t))) => Some(t),
+                Some((b, None)) => {
+                    eprintln!(
+                        "error: --before {b:?}: give unix milliseconds or an age like 7d, 12h, 30m"
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let wal =
+                crate::open_wal(&cfg).context("the agent must be stopped to purge dead letters")?;
+            let selected = |d: &alertbridge_wal::DeadLetter| {
+                before.is_none_or(|t| d.dead_at_ms < t)
+                    && kind
+                        .as_deref()
+                        .is_none_or(|k| format!("{:?}", d.reason.kind).eq_ignore_ascii_case(k))
+            };
+            if !yes {
+                let n = wal
+                    .dead_letters()
+                    .filter_map(|d| d.ok())
+                    .filter(|d| selected(d))
+                    .count();
+                println!("{n} dead letter(s) would be deleted; add --yes to delete them");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let n = wal
+                .purge_dead_letters(selected)
+                .context("purging dead letters")?;
+            println!("{n} dead letter(s) deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters {
+            config,
+            json,
+            action: None,
+        } => {
+            let Some(config) = config else {
+                eprintln!("error: dead-letters needs --config <file>");
+                return Ok(ExitCode::from(2));
+            };
             let cfg = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -160,7 +266,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let d = d?;
                 n += 1;
                 if json {
-                    println!("{}", serde_json::to_string(&dead_letter_json(&d))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&crate::export::dead_letter_json(&d))?
+                    );
                 } else {
                     let (alert, topic, attempts) = d
                         .record
@@ -233,24 +342,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn dead_letter_json(d: &alertbridge_wal::DeadLetter) -> serde_json::Value {
-    serde_json::json!({
-        "id": d.id,
-        "kind": format!("{:?}", d.reason.kind),
-        "reason": d.reason.message,
-        "status": d.reason.status,
-        "api_message": d.reason.api_message,
-        "dead_at_ms": d.dead_at_ms,
-        "alert_id": d.record.as_ref().map(|r| r.alert_id.clone()),
-        "topic": d.record.as_ref().map(|r| r.topic.clone()),
-        "attempts": d.record.as_ref().map(|r| r.attempts),
-        "first_attempt_ms": d.record.as_ref().and_then(|r| r.first_attempt_ms),
-        "last_attempt_ms": d.record.as_ref().and_then(|r| r.last_attempt_ms),
-        "received_at_ms": d.record.as_ref().map(|r| r.received_at_ms),
-        "payload": d.record.as_ref().map(|r| String::from_utf8_lossy(&r.payload).into_owned()),
-    })
-}
-
 fn check(path: &Path) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(c) => c,
@@ -273,6 +364,12 @@ fn check(path: &Path) -> ExitCode {
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
     }
+    // MQTT 3.1.1 has no way to learn it, so say it every time.
+    eprintln!(
+        "note: the broker's message_size_limit is unknown to alertbridge: set it on the broker \
+         (e.g. 1048576 in mosquitto.conf) so absurd publishes are refused there; alertbridge \
+         reads any publish up to the MQTT maximum to dead-letter it, which costs that much memory"
+    );
     if ok {
         // URLs go through `display_url`: validation refuses credentials in them, and this line
         // could not show any even if one slipped through (the events URL is never shown).
@@ -360,6 +457,21 @@ fn print_status(s: &Status) {
                 c.drain_repairs, c.tasks_failed, c.clock_jumps
             );
         }
+        if c.subscriptions_wanted > 0 {
+            println!(
+                "  subscriptions:  {}/{} held at QoS 1{}",
+                c.subscriptions_held,
+                c.subscriptions_wanted,
+                if c.subscribed() {
+                    ""
+                } else {
+                    " (NOT READY: alerts on a filter not held never reach alertbridge)"
+                }
+            );
+        }
+        if let Some(e) = &c.subscription_error {
+            println!("  subscription error: {e}");
+        }
     }
 }
 
@@ -383,5 +495,21 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod purge_tests {
+    use super::parse_before;
+
+    #[test]
+    fn before_is_unix_ms_or_an_age() {
+        let now = 1_000_000_000;
+        assert_eq!(parse_before("12345", now), Some(12_345));
+        assert_eq!(parse_before("30s", now), Some(now - 30_000));
+        assert_eq!(parse_before("2h", now), Some(now - 7_200_000));
+        assert_eq!(parse_before("7d", now), Some(now - 604_800_000));
+        assert_eq!(parse_before("7w", now), None);
+        assert_eq!(parse_before("d", now), None);
     }
 }

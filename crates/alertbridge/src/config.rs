@@ -230,6 +230,14 @@ pub struct RawStore {
     pub dedup_window: Option<usize>,
     /// How long an alert id stays in the duplicate window.
     pub dedup_window_secs: Option<u64>,
+    /// Most dead letters kept in the store.
+    pub dead_letters_max: Option<u64>,
+    /// Most bytes of dead letters kept in the store.
+    pub dead_letters_max_bytes: Option<u64>,
+    /// Where dead letters beyond the budget are exported (JSON lines).
+    pub dead_letters_export_dir: Option<PathBuf>,
+    /// Export files kept.
+    pub dead_letters_export_files: Option<usize>,
     /// How many delivery receipts are kept.
     pub delivered_keep: Option<usize>,
     /// Most publishes in one group commit.
@@ -389,6 +397,14 @@ pub struct StoreConfig {
     pub dedup_window: usize,
     /// Duplicate window (how long an id is remembered).
     pub dedup_window_time: Duration,
+    /// Dead-letter budget (count); the oldest beyond it are exported, then removed.
+    pub dead_letters_max: u64,
+    /// Dead-letter budget (bytes).
+    pub dead_letters_max_bytes: u64,
+    /// Export directory for dead letters beyond the budget.
+    pub dead_letters_export_dir: PathBuf,
+    /// Export files kept (16 MiB each).
+    pub dead_letters_export_files: usize,
     /// Receipts kept.
     pub delivered_keep: usize,
     /// Largest group commit.
@@ -693,15 +709,23 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
             "use 1..=4096 (default 512)",
         ));
     }
+    let dir = raw
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/alertbridge"));
     Ok(StoreConfig {
-        dir: raw
-            .dir
-            .unwrap_or_else(|| PathBuf::from("/var/lib/alertbridge")),
+        dir: dir.clone(),
         max_bytes,
         segment_bytes,
         cache_capacity_ignored: raw.cache_capacity_bytes.is_some(),
         dedup_window: raw.dedup_window.unwrap_or(100_000),
-        dedup_window_time: Duration::from_secs(raw.dedup_window_secs.unwrap_or(600)),
+        dedup_window_time: Duration::from_secs(raw.dedup_window_secs.unwrap_or(300)),
+        dead_letters_max: raw.dead_letters_max.unwrap_or(100_000),
+        dead_letters_max_bytes: raw.dead_letters_max_bytes.unwrap_or(64 << 20),
+        dead_letters_export_dir: raw
+            .dead_letters_export_dir
+            .unwrap_or_else(|| crate::export::default_dir(&dir)),
+        dead_letters_export_files: raw.dead_letters_export_files.unwrap_or(16),
         delivered_keep: raw.delivered_keep.unwrap_or(10_000),
         batch_max,
         min_free_bytes: raw.min_free_bytes.unwrap_or(64 << 20),

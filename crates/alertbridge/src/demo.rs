@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,12 +222,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         let stop = stop.clone();
         tokio::spawn(async move { crate::run_with(config, counters, stop.cancelled_owned()).await })
     };
-    // wait for the agent's subscription
+    // wait for the agent's subscriptions (the SUBACK, not just the connection)
     let t0 = Instant::now();
-    while !counters.connected.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(10) {
+    while !counters.snapshot().subscribed() && t0.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let plant_cancel = CancellationToken::new();
     let (mut plant, plant_task) = Plant::connect(broker_port, "demo-plant", plant_cancel.clone());

@@ -811,6 +811,28 @@ impl Drain {
             w.dead_letter_record(key, &owned, dead, wall).map(|_| ())
         })
         .await?;
+        if let Err(WalError::NoSpace { .. }) = moved {
+            // Not written: it stays pending (and held, with the attempt history it has now),
+            // tried again when space may be back.
+            tracing::warn!(alert_id = %record.alert_id, "filesystem full: the dead letter waits; retrying in 5 s");
+            let (now, wall) = (self.clock.sched_ms(), self.clock.wall_ms());
+            match self.held.get_mut(&key) {
+                Some(h) => h.record = record.clone(),
+                None => {
+                    let seen = Sighting::new(record.received_at_ms, wall, now);
+                    self.hold(
+                        key,
+                        Held {
+                            record: record.clone(),
+                            seen,
+                            answers: Vec::new(),
+                        },
+                    );
+                }
+            }
+            self.queue.insert(key, now + 5_000, now);
+            return Ok(());
+        }
         self.release(key);
         self.queue.remove(key);
         if !still_pending(moved)? {
@@ -1094,6 +1116,19 @@ impl Drain {
                     },
                 );
                 Ok(Some(new))
+            }
+            // Not persisted (a full disk): the attempt fields live in memory under the old key;
+            // a crash forgets them, which only repeats an attempt.
+            Err(WalError::NoSpace { .. }) => {
+                self.hold(
+                    key,
+                    Held {
+                        record,
+                        seen,
+                        answers,
+                    },
+                );
+                Ok(Some(key))
             }
             Err(e) => {
                 still_pending(Err(e))?;

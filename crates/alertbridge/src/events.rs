@@ -55,7 +55,17 @@ pub struct Counters {
     pub tasks_failed: AtomicU64,
     /// Times the drain's reconcile found it had lost track of pending alerts and repaired it.
     pub drain_repairs: AtomicU64,
+    /// Topic filters configured (`mqtt.topics`): ingest is ready only when it holds them all.
+    pub subscriptions_wanted: AtomicU64,
+    /// Of those, granted QoS ≥ 1 by a SUBACK seen in this process, on the broker's current
+    /// session (kept while disconnected: the persistent session keeps them).
+    pub subscriptions_held: AtomicU64,
+    /// Grants refused (0x80) or downgraded (QoS 0) since start, retries included.
+    pub subscription_errors: AtomicU64,
     latencies_ms: Mutex<Vec<u32>>,
+    /// What is wrong with the subscriptions now (refused / downgraded filters, a missing
+    /// SUBACK); `None` when nothing is.
+    subscription_error: Mutex<Option<String>>,
     last_pause_reason: Mutex<Option<String>>,
 }
 
@@ -94,6 +104,10 @@ impl Counters {
             clock_jumps: g(&self.clock_jumps),
             tasks_failed: g(&self.tasks_failed),
             drain_repairs: g(&self.drain_repairs),
+            subscriptions_wanted: g(&self.subscriptions_wanted),
+            subscriptions_held: g(&self.subscriptions_held),
+            subscription_errors: g(&self.subscription_errors),
+            subscription_error: self.subscription_error.lock().ok().and_then(|g| g.clone()),
         }
     }
 
@@ -186,6 +200,22 @@ pub struct Snapshot {
     /// Times the drain found pending alerts it had lost track of and repaired it (a bug if
     /// not 0; each logged at error).
     pub drain_repairs: u64,
+    /// Topic filters configured.
+    pub subscriptions_wanted: u64,
+    /// Topic filters held at QoS ≥ 1 (see [`Snapshot::subscribed`]).
+    pub subscriptions_held: u64,
+    /// Refused or downgraded grants since start.
+    pub subscription_errors: u64,
+    /// What is wrong with the subscriptions now, with the likely cause.
+    pub subscription_error: Option<String>,
+}
+
+impl Snapshot {
+    /// Ingest holds every configured subscription at QoS ≥ 1: a condition of readiness (with
+    /// `connected`); until then alerts published to a missing filter never reach the agent.
+    pub fn subscribed(&self) -> bool {
+        self.subscriptions_wanted > 0 && self.subscriptions_held >= self.subscriptions_wanted
+    }
 }
 
 /// A group commit returned: `persisted` new alerts, `duplicates` recognised, `dead_lettered`
@@ -214,6 +244,26 @@ impl BatchPersisted {
             dead_lettered = self.dead_lettered,
             took_us = self.took.as_micros() as u64,
             "batch durable"
+        );
+    }
+}
+
+/// A redelivered publish (MQTT DUP=1) whose alert was already persisted: acked, not stored again.
+pub struct DuplicateDropped<'a> {
+    /// Its alert id.
+    pub alert_id: &'a str,
+    /// The topic it came on (the identity is topic + alert id).
+    pub topic: &'a str,
+}
+
+impl DuplicateDropped<'_> {
+    /// Log it (counted by [`BatchPersisted`]).
+    pub fn emit(self) {
+        tracing::info!(
+            alert_id = self.alert_id,
+            topic = self.topic,
+            reason = "redelivery (MQTT DUP=1) of an alert already persisted within store.dedup_window_secs",
+            "duplicate acked, not stored again"
         );
     }
 }
@@ -575,6 +625,101 @@ pub fn drain_repaired(c: &Counters, what: &str, alerts: u64, alert_ids: &[String
     );
 }
 
+/// The broker answered a SUBSCRIBE for one filter with a grant of QoS ≥ 1.
+pub struct Subscribed<'a> {
+    /// The topic filter.
+    pub filter: &'a str,
+    /// QoS granted (1; 2 only from a broker breaking MQTT 3.1.1 §3.9.3).
+    pub qos: u8,
+}
+
+impl Subscribed<'_> {
+    /// Record it (the line says `subscribed`: the e2e tests wait for it).
+    pub fn emit(self) {
+        tracing::info!(topic = self.filter, qos = self.qos, "subscribed");
+    }
+}
+
+/// The broker refused a filter (SUBACK 0x80) or granted it only QoS 0. Logged at error level
+/// the first time, at warn when a retry is refused again; every one counted.
+pub struct SubscriptionRefused<'a> {
+    /// The topic filter.
+    pub filter: &'a str,
+    /// `Some(0)` for a downgrade to QoS 0, `None` for a refusal.
+    pub granted_qos: Option<u8>,
+    /// A retry was refused again (already reported).
+    pub again: bool,
+    /// When it is asked for again.
+    pub retry: &'a str,
+}
+
+impl SubscriptionRefused<'_> {
+    /// Record it.
+    pub fn emit(self, c: &Counters) {
+        Counters::add(&c.subscription_errors, 1);
+        let cause = match self.granted_qos {
+            None => "SUBACK 0x80: the broker's ACL does not let this client/user subscribe to the filter, or the broker rejects the filter",
+            Some(_) => "granted QoS 0 instead of 1: the broker caps QoS (a max_qos-style setting); it may lose alerts on this filter",
+        };
+        if self.again {
+            tracing::warn!(
+                topic = self.filter,
+                cause,
+                retry = self.retry,
+                "subscription still refused by the broker; alerts on this filter do not reach alertbridge"
+            );
+        } else {
+            tracing::error!(
+                topic = self.filter,
+                cause,
+                retry = self.retry,
+                "SUBSCRIPTION REFUSED by the broker: alerts on this filter do not reach alertbridge"
+            );
+        }
+    }
+}
+
+/// The subscriptions held / wanted and what is wrong, after any change (status shows them).
+pub fn subscriptions_changed(c: &Counters, held: usize, wanted: usize, error: Option<String>) {
+    c.subscriptions_wanted
+        .store(wanted as u64, Ordering::Relaxed);
+    let before = c.subscriptions_held.swap(held as u64, Ordering::Relaxed);
+    if let Ok(mut g) = c.subscription_error.lock() {
+        *g = error;
+    }
+    if held == wanted && before != held as u64 {
+        tracing::info!(held, "every subscription held");
+    }
+}
+
+/// Connection attempts to the broker keep failing: the first at once, then at a bounded rate.
+pub struct BrokerUnreachable<'a> {
+    /// `host:port`.
+    pub broker: &'a str,
+    /// Failed attempts so far.
+    pub attempts: u64,
+    /// Since the first failed attempt.
+    pub failing_for: Duration,
+    /// The last attempt's error.
+    pub error: &'a str,
+    /// Wait before the next attempt.
+    pub retry_in: Duration,
+}
+
+impl BrokerUnreachable<'_> {
+    /// Record it.
+    pub fn emit(self) {
+        tracing::warn!(
+            broker = self.broker,
+            attempts = self.attempts,
+            failing_for_secs = self.failing_for.as_secs(),
+            error = self.error,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "cannot connect to the MQTT broker; retrying with backoff (alerts wait at the broker or the devices)"
+        );
+    }
+}
+
 /// Broker connection closed on purpose (shutdown).
 pub fn disconnected_for_shutdown(c: &Counters) {
     if c.connected.swap(false, Ordering::Relaxed) {
@@ -635,5 +780,32 @@ mod tests {
             (4, 1, 1, 1)
         );
         assert_eq!(c.latency_percentiles(&[50.0]), vec![7]);
+    }
+
+    #[test]
+    fn subscription_events_fill_the_status_fields_and_readiness() {
+        let c = Counters::default();
+        subscriptions_changed(&c, 0, 2, None);
+        assert!(!c.snapshot().subscribed(), "nothing held yet");
+        SubscriptionRefused {
+            filter: "site/b/#",
+            granted_qos: None,
+            again: false,
+            retry: "soon",
+        }
+        .emit(&c);
+        subscriptions_changed(&c, 1, 2, Some("broker refused `site/b/#`".into()));
+        let s = c.snapshot();
+        assert_eq!((s.subscriptions_held, s.subscriptions_wanted), (1, 2));
+        assert_eq!(s.subscription_errors, 1);
+        assert!(s.subscription_error.is_some() && !s.subscribed());
+        subscriptions_changed(&c, 2, 2, None);
+        let s = c.snapshot();
+        assert!(s.subscribed() && s.subscription_error.is_none());
+        assert_eq!(s.subscription_errors, 1, "a count since start, not a state");
+        assert!(
+            !Snapshot::default().subscribed(),
+            "an agent that reports no filters (an older one) is not taken as subscribed"
+        );
     }
 }

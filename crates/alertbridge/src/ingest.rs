@@ -18,6 +18,9 @@
 //!   message if the broker started a fresh session. The epoch bumps on every ConnAck and every
 //!   connection error; stale acks are skipped and the broker redelivers (the duplicate window
 //!   recognises the alert).
+//! - **S1** the connection task subscribes until a SUBACK seen in this process granted QoS 1 for
+//!   every configured filter on the broker's current session; "session present" alone is not
+//!   trusted. The rules are pure, in `session.rs`; refusals show in `status`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -29,19 +32,31 @@ use alertbridge_wal::{
     Appended, DeadKind, DeadReason, Durable, Entry, Key, Record, Wal, PRIORITY_CRITICAL,
     PRIORITY_NORMAL,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter,
+    Transport,
+};
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MqttConfig, StoreConfig};
-use crate::events::{self, Acked, BatchPersisted, Counters};
+use crate::events::{
+    self, Acked, BatchPersisted, BrokerUnreachable, Counters, Subscribed, SubscriptionRefused,
+};
+use crate::session::{reconnect_delay, ConnectFailures, Grant, Subscriptions};
 
-/// Largest MQTT packet accepted from the broker. Deliberately far above the payload limit of the
-/// mapping: a payload over the mapping's `max_payload_bytes` must *arrive* so it can be
-/// dead-lettered with a reason; if rumqttc refused it, the connection would drop and the broker
-/// would redeliver it forever (a stuck queue). Set `message_size_limit` on the broker below this.
-pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+/// Largest MQTT packet accepted from the broker: the largest MQTT allows (a remaining length of
+/// 268 435 455 bytes, MQTT 3.1.1 §2.2.3).
+///
+/// Why the protocol maximum: a payload over the mapping's `max_payload_bytes` must *arrive* so
+/// it can be dead-lettered (as a 1 KiB prefix + length + SHA-256) and acked. When rumqttc refuses
+/// a packet it drops the connection, and the persistent session resends the same publish on
+/// every reconnect: one publish over the client's limit used to stop all ingest for good (with
+/// the earlier 16 MiB limit; mosquitto's default `message_size_limit` is unlimited). The cost is
+/// memory for one such packet while it is read; `docs/operations.md` tells operators to set the
+/// broker's `message_size_limit` (e.g. 1 MiB), which keeps such publishes off the gateway.
+pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 
 /// Capacity of the publish channel between the connection task and the batcher. Full means the
 /// connection task waits, i.e. stops reading the socket: back-pressure to the broker.
@@ -163,21 +178,44 @@ fn entry_for_unguarded(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64
         )),
         Err(rej) => {
             let ident = mapper.identify(topic, payload);
-            let kind = match rej.kind {
-                RejectionKind::TooLarge => DeadKind::Oversize,
-                _ => DeadKind::Malformed,
+            let (kind, kept, message) = match rej.kind {
+                RejectionKind::TooLarge => {
+                    let (kept, note) = oversize_prefix(payload);
+                    (DeadKind::Oversize, kept, format!("{}; {note}", rej.reason))
+                }
+                _ => (DeadKind::Malformed, payload, rej.reason),
             };
             Entry::DeadLetter(
-                new_record(ident.alert_id, topic, payload, lane(ident.priority), now_ms),
+                new_record(ident.alert_id, topic, kept, lane(ident.priority), now_ms),
                 DeadReason {
                     kind,
-                    message: rej.reason,
+                    message,
                     status: None,
                     api_message: None,
                 },
             )
         }
     }
+}
+
+/// How much of an oversize payload its dead letter keeps.
+pub(crate) const OVERSIZE_PREFIX: usize = 1024;
+
+/// An oversize payload is dead-lettered as a bounded prefix plus its length and SHA-256, not in
+/// full: a device sending 5 MB payloads must not fill the dead-letter budget with them (and the
+/// digest still lets an operator match the original at the device).
+fn oversize_prefix(payload: &[u8]) -> (&[u8], String) {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(payload));
+    let kept = &payload[..payload.len().min(OVERSIZE_PREFIX)];
+    (
+        kept,
+        format!(
+            "payload of {} bytes (sha256 {digest}); only its first {} bytes are kept",
+            payload.len(),
+            kept.len()
+        ),
+    )
 }
 
 /// rumqttc's request channel carries our PUBACKs. It must hold the acks of several batches
@@ -286,6 +324,11 @@ pub(crate) async fn run(
 }
 
 /// The connection task. Never blocks the event loop on our I/O; acks are queued here only.
+///
+/// It also keeps the subscriptions (**S1**, [`crate::session`]): it subscribes after every
+/// CONNACK until a SUBACK of this process granted QoS 1 for every filter on the broker's current
+/// session, and asks again for refused filters on the open connection. Reconnects wait a
+/// jittered exponential backoff between `mqtt.reconnect_min_ms` and `reconnect_max_ms`.
 async fn connection(
     cfg: MqttConfig,
     client: AsyncClient,
@@ -296,12 +339,12 @@ async fn connection(
     batcher_done: CancellationToken,
 ) -> Result<(), IngestError> {
     let mut epoch: u64 = 0;
-    let mut delay = cfg.reconnect_min;
-    let topics: Vec<rumqttc::SubscribeFilter> = cfg
-        .topics
-        .iter()
-        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
-        .collect();
+    let broker = crate::config::display_url(&format!("{}:{}", cfg.host, cfg.port)).into_owned();
+    let mut subs = Subscriptions::new(cfg.topics.clone(), cfg.reconnect_min, cfg.reconnect_max);
+    let mut failures = ConnectFailures::default();
+    // A CONNACK was seen since the last connection error.
+    let mut up = false;
+    report_subscriptions(&counters, &subs);
     let mut pub_tx = Some(pub_tx);
     // Acks released by the batcher that rumqttc's request channel could not take yet.
     let mut ack_backlog: VecDeque<Stamped> = VecDeque::new();
@@ -314,6 +357,7 @@ async fn connection(
             // batcher gone and every ack queued: say goodbye and stop
             break;
         }
+        let subscribe_retry = subs.next_retry().map(tokio::time::Instant::from_std);
         tokio::select! {
             biased;
             acks = ack_rx.recv(), if acks_open => {
@@ -330,26 +374,41 @@ async fn connection(
                 // still in ack_rx and get queued before the disconnect.
                 pub_tx = None;
             }
+            _ = sleep_until(subscribe_retry) => {
+                if let Some((filters, timed_out)) = subs.due(now()) {
+                    if timed_out {
+                        tracing::warn!(
+                            timeout_secs = crate::session::SUBACK_TIMEOUT.as_secs(),
+                            "the broker did not answer our SUBSCRIBE; sending it again"
+                        );
+                    }
+                    subscribe(&client, &mut subs, filters);
+                    report_subscriptions(&counters, &subs);
+                }
+            }
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     epoch += 1;
-                    delay = cfg.reconnect_min;
-                    events::connection_changed(&counters, true, &format!("session_present={}", ack.session_present));
-                    // A resumed session keeps its subscriptions; subscribing again would make
-                    // the broker resend every retained alert on each reconnect (MQTT 3.1.1 §3.8.4).
-                    if !ack.session_present {
-                        if let Err(e) = client.try_subscribe_many(topics.clone()) {
-                            tracing::error!(error = %e, "cannot queue subscribe");
-                        }
+                    up = true;
+                    let failed = failures.on_connack();
+                    let detail = if failed > 0 {
+                        format!("session_present={} after {failed} failed attempts", ack.session_present)
+                    } else {
+                        format!("session_present={}", ack.session_present)
+                    };
+                    events::connection_changed(&counters, true, &detail);
+                    // S1: "session present" does not prove the session holds our
+                    // subscriptions (the SUBACK of its first SUBSCRIBE may never have come):
+                    // subscribe every filter no SUBACK of this process granted on this session.
+                    let missing = subs.on_connack(ack.session_present);
+                    if !missing.is_empty() {
+                        subscribe(&client, &mut subs, missing);
                     }
+                    report_subscriptions(&counters, &subs);
                 }
+                Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => subs.on_subscribe_sent(pkid),
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
-                    for (t, code) in cfg.topics.iter().zip(s.return_codes.iter()) {
-                        match code {
-                            rumqttc::SubscribeReasonCode::Failure => tracing::error!(topic = %t, "broker REFUSED the subscription (check its ACL)"),
-                            rumqttc::SubscribeReasonCode::Success(q) => tracing::info!(topic = %t, qos = ?q, "subscribed"),
-                        }
-                    }
+                    on_suback(&mut subs, &s, &counters);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     counters.received.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +427,7 @@ async fn connection(
                     // their publishes are stored (the broker may not resend them if it lost
                     // the session) but stamped with the dead epoch, so they are never acked on
                     // the new connection, where their packet ids may name other messages (I2).
+                    // A SUBACK among them is dropped: its filters are subscribed again (S1).
                     let buffered = std::mem::take(&mut eventloop.state.events);
                     for ev in buffered {
                         if let Event::Incoming(Packet::Publish(p)) = ev {
@@ -379,15 +439,38 @@ async fn connection(
                             }
                         }
                     }
+                    // S1: a SUBSCRIBE still in rumqttc's queue would be sent on the next
+                    // connection if the broker resumes the session; whether to subscribe is
+                    // decided afresh at that CONNACK instead, so two never cross.
+                    eventloop
+                        .pending
+                        .retain(|r| !matches!(r, rumqttc::Request::Subscribe(_)));
+                    subs.on_connection_lost();
                     // I2: anything acked from now on must come from the next connection.
                     epoch += 1;
-                    events::connection_changed(&counters, false, &e.to_string());
+                    let error = e.to_string();
+                    let (errors, unreachable) = if std::mem::take(&mut up) {
+                        events::connection_changed(&counters, false, &error);
+                        (failures.on_lost(), None)
+                    } else {
+                        failures.on_attempt_failed(now())
+                    };
+                    let delay = reconnect_delay(cfg.reconnect_min, cfg.reconnect_max, errors, fastrand::f64());
+                    if let Some(u) = unreachable {
+                        BrokerUnreachable {
+                            broker: &broker,
+                            attempts: u.attempts,
+                            failing_for: u.for_,
+                            error: &error,
+                            retry_in: delay,
+                        }
+                        .emit();
+                    }
                     tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "mqtt connection error");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = batcher_done.cancelled() => {}
                     }
-                    delay = (delay * 2).min(cfg.reconnect_max);
                     if batcher_done.is_cancelled() && pub_tx.is_none() {
                         // no broker and shutting down: nothing can be acked anyway
                         let mut dropped = ack_backlog.len() as u64;
@@ -409,13 +492,91 @@ async fn connection(
         tokio::select! {
             _ = &mut deadline => break,
             ev = eventloop.poll() => match ev {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                 Ok(_) => {}
             }
         }
     }
     events::disconnected_for_shutdown(&counters);
     Ok(())
+}
+
+/// Now on tokio's clock, for the pure session rules (which take `std` instants).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Sleep until `at`, or forever without one (a disabled `select!` branch that needs no flag).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Queue one SUBSCRIBE at QoS 1 for the filters at `at` (S1). A full request channel (acks
+/// waiting to be written) is not an error: the filters stay wanted and are asked again shortly.
+fn subscribe(client: &AsyncClient, subs: &mut Subscriptions, at: Vec<usize>) {
+    let filters = subs
+        .filters(&at)
+        .into_iter()
+        .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
+    match client.try_subscribe_many(filters) {
+        Ok(()) => subs.subscribe_queued(at, now()),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot queue SUBSCRIBE now; trying again shortly");
+            subs.subscribe_not_queued(now());
+        }
+    }
+}
+
+/// A SUBACK: per filter, held (info `subscribed`) or refused / downgraded (error, counted,
+/// shown in status); then the totals for status.
+fn on_suback(subs: &mut Subscriptions, s: &rumqttc::SubAck, counters: &Counters) {
+    let Some(answers) = subs.on_suback(s.pkid, &s.return_codes, now(), fastrand::f64()) else {
+        tracing::debug!(
+            pkid = s.pkid,
+            "SUBACK answering no SUBSCRIBE in flight; ignored"
+        );
+        return;
+    };
+    let retry = match subs.next_retry() {
+        Some(at) => format!(
+            "asked again in {} ms, and at every reconnect",
+            at.saturating_duration_since(now()).as_millis()
+        ),
+        None => "asked again at the next connection".to_string(),
+    };
+    for a in &answers {
+        match a.grant {
+            Grant::Held => Subscribed {
+                filter: &a.filter,
+                qos: a.qos.map_or(1, |q| q as u8),
+            }
+            .emit(),
+            Grant::Refused | Grant::Downgraded => SubscriptionRefused {
+                filter: &a.filter,
+                granted_qos: a.qos.map(|q| q as u8),
+                again: a.again,
+                retry: if a.grant == Grant::Refused {
+                    &retry
+                } else {
+                    "asked again at the next connection"
+                },
+            }
+            .emit(counters),
+            Grant::Wanted => tracing::warn!(
+                topic = %a.filter,
+                "the broker's SUBACK has no return code for this filter; asking again"
+            ),
+        }
+    }
+    report_subscriptions(counters, subs);
+}
+
+/// Held / wanted / what is wrong, into the counters `status` reads.
+fn report_subscriptions(counters: &Counters, subs: &Subscriptions) {
+    events::subscriptions_changed(counters, subs.held(), subs.wanted(), subs.error());
 }
 
 /// Queue PUBACKs for publishes of the current epoch only (I2), as many as rumqttc's request
@@ -481,25 +642,45 @@ async fn batcher(
             break; // shutting down: the held batch stays with the broker
         }
         let now = now_ms();
-        let entries: Vec<Entry> = publishes
+        // The DUP flag goes with each entry: only a redelivery can be a duplicate. RETAIN = 1 on
+        // a publish *to* us means the broker replays a stored retained message because we
+        // subscribed (MQTT 3.1.1 §3.3.1.3; each process start subscribes again, see S1): it is
+        // checked against the window like a redelivery.
+        let entries: Vec<(Entry, bool)> = publishes
             .iter()
-            .map(|(_, p)| entry_for(&mapper, &p.topic, &p.payload, now))
+            .map(|(_, p)| {
+                (
+                    entry_for(&mapper, &p.topic, &p.payload, now),
+                    p.dup || p.retain,
+                )
+            })
             .collect();
         let unacked = UnackedBatch { publishes };
-        let w = wal.clone();
         let started = Instant::now();
-        let durable = tokio::task::spawn_blocking(move || w.append_batch(entries))
-            .await
-            .map_err(|e| IngestError::Writer(e.to_string()))??;
+        let Some(durable) = append_when_space(&wal, entries, &counters, &cancel).await? else {
+            break; // shutting down: the held batch stays with the broker
+        };
+        if fault_exit_before_ack() {
+            // Test fault injection (see `fault_exit_before_ack`): die like a kill -9 between
+            // the fsync and the PUBACK.
+            std::process::abort();
+        }
         let (mut persisted, mut dup, mut dead) = (0, 0, 0);
-        for a in durable.get() {
+        for (a, (_, p)) in durable.get().iter().zip(&unacked.publishes) {
             match a {
                 Appended::Pending(key) => {
                     persisted += 1;
                     let _ = feed.send(*key);
                 }
                 Appended::DeadLettered(_) => dead += 1,
-                Appended::Duplicate { .. } => dup += 1,
+                Appended::Duplicate { alert_id } => {
+                    dup += 1;
+                    events::DuplicateDropped {
+                        alert_id,
+                        topic: &p.topic,
+                    }
+                    .emit();
+                }
             }
         }
         BatchPersisted {
@@ -515,6 +696,64 @@ async fn batcher(
         }
     }
     Ok(())
+}
+
+/// Appends a batch, holding it (unacked: the broker keeps it) while the filesystem is full.
+///
+/// `min_free_bytes` normally holds ingest back before the disk fills; this covers space taken by
+/// something else at the last moment. A full disk is backpressure, not a failure: the WAL wrote
+/// nothing of the batch and stays usable, the drain keeps delivering what is pending. `None`
+/// when cancelled while waiting.
+async fn append_when_space(
+    wal: &Wal,
+    entries: Vec<(Entry, bool)>,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> Result<Option<Durable<Vec<Appended>>>, IngestError> {
+    let mut held_since: Option<Instant> = None;
+    loop {
+        let w = wal.clone();
+        let batch = entries.clone();
+        let result = tokio::task::spawn_blocking(move || w.append_publishes(batch))
+            .await
+            .map_err(|e| IngestError::Writer(e.to_string()))?;
+        match result {
+            Ok(durable) => {
+                if held_since.is_some() {
+                    events::backpressure_changed(counters, None, wal.data_bytes());
+                }
+                return Ok(Some(durable));
+            }
+            Err(alertbridge_wal::WalError::NoSpace { op }) => {
+                if held_since.is_none() {
+                    held_since = Some(Instant::now());
+                    events::backpressure_changed(
+                        counters,
+                        Some(&format!(
+                            "the store's filesystem is full ({op}); holding the batch unacked"
+                        )),
+                        wal.data_bytes(),
+                    );
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Fault injection for the end-to-end tests, never set in production: with
+/// `ALERTBRIDGE_FAULT_ABORT_AFTER_FSYNC=1` in its environment the agent aborts right after its
+/// first durable batch and before any PUBACK, which is the one crash window a kill -9 from
+/// outside cannot hit on purpose (the broker then redelivers with DUP=1).
+fn fault_exit_before_ack() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        std::env::var_os("ALERTBRIDGE_FAULT_ABORT_AFTER_FSYNC").is_some_and(|v| v == "1")
+    })
 }
 
 /// Why ingest holds back, if it must. Pure, so the rule is a table test.
@@ -576,6 +815,43 @@ async fn wait_for_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Broker and store settings of the ingest tests (a mock broker on `port`, the log in `dir`).
+    pub(super) fn test_configs(
+        dir: &std::path::Path,
+        port: u16,
+        topics: &[&str],
+    ) -> (MqttConfig, StoreConfig) {
+        let mqtt = MqttConfig {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+            ca_file: None,
+            client_id: "t".into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(100),
+        };
+        let store = StoreConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: u64::MAX,
+            segment_bytes: 64 << 10,
+            cache_capacity_ignored: false,
+            dedup_window: 100,
+            dedup_window_time: Duration::from_secs(600),
+            dead_letters_max: 1000,
+            dead_letters_max_bytes: 1 << 20,
+            dead_letters_export_dir: dir.join("export"),
+            dead_letters_export_files: 2,
+            delivered_keep: 10,
+            batch_max: 16,
+            min_free_bytes: 0,
+        };
+        (mqtt, store)
+    }
     use alertbridge_payload::MappingConfig;
 
     fn mapper() -> Mapper {
@@ -722,30 +998,7 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
-        let mqtt = MqttConfig {
-            host: "127.0.0.1".into(),
-            port,
-            tls: false,
-            ca_file: None,
-            client_id: "t".into(),
-            topics: vec!["plant/+/alerts/#".into()],
-            username: None,
-            password: None,
-            keep_alive: Duration::from_secs(30),
-            reconnect_min: Duration::from_millis(50),
-            reconnect_max: Duration::from_millis(100),
-        };
-        let store = StoreConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: u64::MAX,
-            segment_bytes: 64 << 10,
-            cache_capacity_ignored: false,
-            dedup_window: 100,
-            dedup_window_time: Duration::from_secs(600),
-            delivered_keep: 10,
-            batch_max: 16,
-            min_free_bytes: 0,
-        };
+        let (mqtt, store) = test_configs(dir.path(), port, &["plant/+/alerts/#"]);
         let counters = Arc::new(Counters::default());
         let (feed, mut keys) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
@@ -782,5 +1035,319 @@ mod tests {
         );
         cancel.cancel();
         let _ = task.await;
+    }
+
+    /// Just enough of an MQTT 3.1.1 broker for the subscription tests: packets in and out.
+    mod mock {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+
+        /// Packet types (upper nibble of the first byte).
+        pub(super) const CONNECT: u8 = 1;
+        pub(super) const PUBACK: u8 = 4;
+        pub(super) const SUBSCRIBE: u8 = 8;
+
+        /// One packet from the client: (type, body); `None` at EOF.
+        pub(super) async fn read(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.ok()?;
+            let kind = b[0] >> 4;
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                s.read_exact(&mut b).await.ok()?;
+                len |= ((b[0] & 0x7f) as usize) << shift;
+                if b[0] & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+            }
+            let mut body = vec![0; len];
+            s.read_exact(&mut body).await.ok()?;
+            Some((kind, body))
+        }
+
+        /// Skip packets (PINGREQ, PUBACK…) until one of `kind`.
+        pub(super) async fn expect(s: &mut TcpStream, kind: u8) -> Option<Vec<u8>> {
+            loop {
+                let (k, body) = read(s).await?;
+                if k == kind {
+                    return Some(body);
+                }
+            }
+        }
+
+        /// A SUBSCRIBE body → (packet id, filters with their requested QoS).
+        pub(super) fn subscribe(body: &[u8]) -> (u16, Vec<(String, u8)>) {
+            let pkid = u16::from_be_bytes([body[0], body[1]]);
+            let mut rest = &body[2..];
+            let mut filters = Vec::new();
+            while rest.len() >= 3 {
+                let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                let filter = String::from_utf8(rest[2..2 + n].to_vec()).expect("utf-8 filter");
+                filters.push((filter, rest[2 + n]));
+                rest = &rest[3 + n..];
+            }
+            (pkid, filters)
+        }
+
+        pub(super) async fn connack(s: &mut TcpStream, session_present: bool) {
+            let w = [0x20, 0x02, u8::from(session_present), 0x00];
+            s.write_all(&w).await.expect("write CONNACK");
+        }
+
+        pub(super) async fn suback(s: &mut TcpStream, pkid: u16, codes: &[u8]) {
+            let mut w = vec![0x90, 2 + codes.len() as u8];
+            w.extend_from_slice(&pkid.to_be_bytes());
+            w.extend_from_slice(codes);
+            s.write_all(&w).await.expect("write SUBACK");
+        }
+
+        /// A QoS 1 PUBLISH.
+        pub(super) async fn publish(s: &mut TcpStream, pkid: u16, topic: &str, payload: &str) {
+            let mut body = Vec::new();
+            body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(&pkid.to_be_bytes());
+            body.extend_from_slice(payload.as_bytes());
+            let mut w = vec![0x32, body.len() as u8];
+            w.extend(body);
+            s.write_all(&w).await.expect("write PUBLISH");
+        }
+    }
+
+    /// Ingest against the mock broker on `port`, with fast retries.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        wal: Wal,
+        counters: Arc<Counters>,
+        keys: mpsc::UnboundedReceiver<Key>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), IngestError>>,
+    }
+
+    impl Rig {
+        fn start(port: u16, topics: &[&str]) -> Rig {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let wal =
+                Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
+            let (mqtt, store) = test_configs(dir.path(), port, topics);
+            let counters = Arc::new(Counters::default());
+            let (feed, keys) = mpsc::unbounded_channel();
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(run(
+                mqtt,
+                store,
+                wal.clone(),
+                Arc::new(mapper()),
+                counters.clone(),
+                feed,
+                cancel.clone(),
+            ));
+            Rig {
+                _dir: dir,
+                wal,
+                counters,
+                keys,
+                cancel,
+                task,
+            }
+        }
+
+        /// Poll the live counters (as `status` shows them) until `cond` holds, up to 10 s.
+        async fn status_until(
+            &self,
+            what: &str,
+            cond: impl Fn(&crate::events::Snapshot) -> bool,
+        ) -> crate::events::Snapshot {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let st = crate::admin::status_of(&self.wal, Some(&self.counters)).expect("status");
+                let c = st.counters.expect("live counters");
+                if cond(&c) {
+                    return c;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}; status: {c:#?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            let _ = self.task.await;
+        }
+    }
+
+    /// Regression (issue 9, item 2): the agent subscribed only when the broker started a fresh
+    /// session. When the connection dropped between the CONNACK and the SUBACK of a fresh
+    /// session, the broker kept a session without the subscription, every later CONNACK said
+    /// "session present", and the agent sat connected, healthy and deaf forever. Here the
+    /// mock broker closes connection 1 on SUBSCRIBE and resumes the session on connection 2:
+    /// the agent must SUBSCRIBE again there, and an alert published after the SUBACK must be
+    /// stored and acked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_lost_before_its_suback_is_sent_again_when_the_session_resumes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (resubscribed_tx, resubscribed_rx) = tokio::sync::oneshot::channel();
+        let (acked_tx, acked_rx) = tokio::sync::oneshot::channel();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            // connection 1: a fresh session; the connection dies before the SUBACK
+            let (mut s, _) = listener.accept().await.expect("accept 1");
+            mock::expect(&mut s, mock::CONNECT)
+                .await
+                .expect("CONNECT 1");
+            mock::connack(&mut s, false).await;
+            mock::expect(&mut s, mock::SUBSCRIBE)
+                .await
+                .expect("SUBSCRIBE on the fresh session");
+            drop(s);
+            // connection 2: the broker kept the session (without the subscription)
+            let (mut s, _) = listener.accept().await.expect("accept 2");
+            mock::expect(&mut s, mock::CONNECT)
+                .await
+                .expect("CONNECT 2");
+            mock::connack(&mut s, true).await;
+            let Some(body) = mock::expect(&mut s, mock::SUBSCRIBE).await else {
+                return; // the test reports the missing SUBSCRIBE
+            };
+            let (pkid, filters) = mock::subscribe(&body);
+            let _ = resubscribed_tx.send(filters);
+            mock::suback(&mut s, pkid, &[0x01, 0x01]).await;
+            mock::publish(
+                &mut s,
+                7,
+                "site/b/pump",
+                r#"{"alert_id":"after-resubscribe"}"#,
+            )
+            .await;
+            let puback = mock::expect(&mut s, mock::PUBACK).await;
+            let _ = acked_tx.send(puback);
+            let _ = end_rx.await; // keep the connection until the test is done
+        });
+
+        let mut rig = Rig::start(port, &["plant/+/alerts/#", "site/b/#"]);
+        let filters = tokio::time::timeout(Duration::from_secs(10), resubscribed_rx)
+            .await
+            .expect("no SUBSCRIBE after a session-present CONNACK: the agent would be deaf")
+            .expect("mock broker");
+        assert_eq!(
+            filters,
+            vec![
+                ("plant/+/alerts/#".to_string(), 1),
+                ("site/b/#".to_string(), 1)
+            ],
+            "every filter, at QoS 1"
+        );
+        let st = rig
+            .status_until("every subscription held", |c| c.subscribed())
+            .await;
+        assert_eq!((st.subscriptions_held, st.subscriptions_wanted), (2, 2));
+        assert_eq!((st.subscription_errors, st.subscription_error), (0, None));
+        let key = tokio::time::timeout(Duration::from_secs(10), rig.keys.recv())
+            .await
+            .expect("the alert published after the SUBACK is stored")
+            .expect("key");
+        let record = rig.wal.get(key).expect("read").expect("stored");
+        assert_eq!(record.alert_id, "after-resubscribe");
+        let puback = tokio::time::timeout(Duration::from_secs(10), acked_rx)
+            .await
+            .expect("PUBACK in time")
+            .expect("mock broker");
+        assert_eq!(puback, Some(vec![0, 7]), "acked after it was stored");
+        let _ = end_tx.send(());
+        rig.stop().await;
+    }
+
+    /// Issue 9, item 2: a refused grant (SUBACK 0x80, e.g. the broker's ACL) was only logged.
+    /// Now it is an error in status naming the filter, counted, the agent is not `subscribed`,
+    /// and the refused filter alone is asked again with backoff on the open connection until
+    /// the broker grants it (an ACL fixed while the agent runs needs no restart).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_subscription_shows_in_status_and_is_asked_again_until_granted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (retried_tx, mut retried_rx) = mpsc::unbounded_channel();
+        let (grant_tx, grant_rx) = tokio::sync::oneshot::channel::<()>();
+        let (acked_tx, acked_rx) = tokio::sync::oneshot::channel();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            mock::expect(&mut s, mock::CONNECT).await.expect("CONNECT");
+            mock::connack(&mut s, false).await;
+            let body = mock::expect(&mut s, mock::SUBSCRIBE)
+                .await
+                .expect("SUBSCRIBE");
+            let (pkid, _) = mock::subscribe(&body);
+            mock::suback(&mut s, pkid, &[0x01, 0x80]).await;
+            // refuse every retry until the test has checked the status
+            let mut grant_rx = grant_rx;
+            loop {
+                let Some(body) = mock::expect(&mut s, mock::SUBSCRIBE).await else {
+                    return;
+                };
+                let (pkid, filters) = mock::subscribe(&body);
+                let _ = retried_tx.send(filters);
+                if grant_rx.try_recv().is_ok() {
+                    mock::suback(&mut s, pkid, &[0x01]).await;
+                    break;
+                }
+                mock::suback(&mut s, pkid, &[0x80]).await;
+            }
+            mock::publish(&mut s, 9, "site/b/pump", r#"{"alert_id":"granted-late"}"#).await;
+            let puback = mock::expect(&mut s, mock::PUBACK).await;
+            let _ = acked_tx.send(puback);
+            let _ = end_rx.await;
+        });
+
+        let mut rig = Rig::start(port, &["plant/+/alerts/#", "site/b/#"]);
+        let st = rig
+            .status_until("the refusal of a retry is counted", |c| {
+                c.subscription_errors >= 2
+            })
+            .await;
+        assert!(!st.subscribed(), "not ready while a filter is refused");
+        assert_eq!((st.subscriptions_held, st.subscriptions_wanted), (1, 2));
+        let err = st.subscription_error.expect("the error is in status");
+        assert!(
+            err.contains("`site/b/#`") && err.contains("ACL") && !err.contains("plant/+"),
+            "{err}"
+        );
+        assert!(
+            st.connected,
+            "connected, yet not subscribed: exactly what status must show"
+        );
+        let first_retry = retried_rx.recv().await.expect("a retry");
+        assert_eq!(
+            first_retry,
+            vec![("site/b/#".to_string(), 1)],
+            "only the refused filter is asked again"
+        );
+
+        let _ = grant_tx.send(()); // the broker's ACL is fixed
+        let st = rig
+            .status_until("the retried filter is granted", |c| c.subscribed())
+            .await;
+        assert_eq!(st.subscription_error, None, "the error clears once held");
+        let key = tokio::time::timeout(Duration::from_secs(10), rig.keys.recv())
+            .await
+            .expect("the alert on the late-granted filter is stored")
+            .expect("key");
+        let record = rig.wal.get(key).expect("read").expect("stored");
+        assert_eq!(record.alert_id, "granted-late");
+        let puback = tokio::time::timeout(Duration::from_secs(10), acked_rx)
+            .await
+            .expect("PUBACK in time")
+            .expect("mock broker");
+        assert_eq!(puback, Some(vec![0, 9]));
+        let _ = end_tx.send(());
+        rig.stop().await;
     }
 }

@@ -30,10 +30,12 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod events;
+pub mod export;
 pub mod ingest;
 pub mod limiter;
 pub mod plant;
 pub mod schedule;
+mod session;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,6 +75,11 @@ pub enum RunError {
     /// A stage task panicked.
     #[error("stage task failed: {0}")]
     Task(String),
+    /// Stopping took longer than `delivery.shutdown_timeout_secs` plus a margin (a stage stuck
+    /// in I/O, e.g. on a full or vanished disk): the process exits non-zero anyway, and the
+    /// broker keeps every alert that was not acked.
+    #[error("shutdown did not finish within {0:?}; exiting anyway (unacked alerts stay with the broker)")]
+    ShutdownTimeout(std::time::Duration),
 }
 
 /// Install rustls' `ring` provider once per process (reqwest is built without a provider, so
@@ -89,12 +96,19 @@ pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
         dedup_window: config.store.dedup_window,
         dedup_window_ms: config.store.dedup_window_time.as_millis() as u64,
         delivered_keep: config.store.delivered_keep,
+        dead_max_count: config.store.dead_letters_max,
+        dead_max_bytes: config.store.dead_letters_max_bytes,
         ..WalConfig::default()
     };
-    Wal::open(cfg).map_err(|source| RunError::Open {
+    let wal = Wal::open(cfg).map_err(|source| RunError::Open {
         dir: config.store.dir.clone(),
         source,
-    })
+    })?;
+    wal.set_dead_letter_sink(Box::new(export::JsonlExport::new(
+        config.store.dead_letters_export_dir.clone(),
+        config.store.dead_letters_export_files,
+    )));
+    Ok(wal)
 }
 
 /// Build the Genesys client described by the config.
@@ -217,19 +231,34 @@ pub async fn run_with(
         r = &mut drain => drain_result = Some(r),
     }
     // Order: ingest first (commit open batch, queue its acks), then drain, then a final flush.
-    ingest_cancel.cancel();
-    let ingest_result = match ingest_result {
-        Some(r) => r,
-        None => ingest.await,
+    // The whole of it has a deadline: a stage stuck in I/O (a full or vanished disk) must not
+    // keep the process alive, "stopping", forever; systemd restarts a non-zero exit.
+    let deadline = config.delivery.shutdown_timeout + std::time::Duration::from_secs(5);
+    let teardown = async {
+        ingest_cancel.cancel();
+        let ingest_result = match ingest_result {
+            Some(r) => r,
+            None => ingest.await,
+        };
+        drain_cancel.cancel();
+        let drain_result = match drain_result {
+            Some(r) => r,
+            None => drain.await,
+        };
+        let flushed = {
+            let w = wal.clone();
+            tokio::task::spawn_blocking(move || w.close()).await
+        };
+        (ingest_result, drain_result, flushed)
     };
-    drain_cancel.cancel();
-    let drain_result = match drain_result {
-        Some(r) => r,
-        None => drain.await,
-    };
-    let flushed = {
-        let w = wal.clone();
-        tokio::task::spawn_blocking(move || w.flush()).await
+    let Ok((ingest_result, drain_result, flushed)) = tokio::time::timeout(deadline, teardown).await
+    else {
+        tracing::error!(
+            deadline_secs = deadline.as_secs(),
+            "shutdown timed out; exiting non-zero"
+        );
+        root.cancel();
+        return Err(RunError::ShutdownTimeout(deadline));
     };
     root.cancel();
     let _ = reload.await;

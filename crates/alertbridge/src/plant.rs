@@ -47,8 +47,8 @@ impl Plant {
             .set_inflight(200)
             .set_clean_session(clean_session)
             // rumqttc's default (10 KiB) would refuse to send a payload that fills the agent's
-            // default 64 KiB limit, which hostile-input tests need to publish.
-            .set_max_packet_size(1 << 20, 1 << 20);
+            // default 64 KiB limit; hostile-input tests publish up to tens of MiB.
+            .set_max_packet_size(1 << 20, 64 << 20);
         let (client, mut el) = AsyncClient::new(o, 20_000);
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let order: SendOrder = Arc::default();

@@ -145,7 +145,15 @@ impl DeadLog {
         if frames.is_empty() {
             return Ok(());
         }
-        self.file.write_all(frames)?;
+        if let Err(e) = self.file.write_all(frames) {
+            // Cut a partial write off again, so the next frame follows an intact one.
+            if let Err(cut) = self.file.set_len(self.len) {
+                return Err(io::Error::other(format!(
+                    "{e}; and cutting the partial write failed: {cut}"
+                )));
+            }
+            return Err(e);
+        }
         let base = self.len;
         self.len += frames.len() as u64;
         self.dirty = true;
@@ -194,6 +202,38 @@ impl DeadLog {
     /// Bytes of the file.
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Bytes of the dead letters kept (framed), what the dead-letter budget counts.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// The oldest ids to drop so that at most `max_count` dead letters of at most `max_bytes`
+    /// remain after `incoming` more bytes (and one more letter) arrive.
+    pub(crate) fn over_budget(&self, max_count: u64, max_bytes: u64) -> Vec<u64> {
+        let mut count = self.index.len() as u64;
+        let mut bytes = self.live_bytes;
+        let mut out = Vec::new();
+        for (id, slot) in &self.index {
+            if count <= max_count && bytes <= max_bytes {
+                break;
+            }
+            out.push(*id);
+            count -= 1;
+            bytes -= u64::from(slot.len);
+        }
+        out
+    }
+
+    /// Cuts the file back to `len` bytes (undoing frames written after it) and rebuilds the index.
+    pub(crate) fn cut_to(&mut self, dir: &Path, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        let next_id = self.next_id;
+        *self = DeadLog::open(dir)?;
+        // Ids handed out stay used (invariant W2).
+        self.next_id = self.next_id.max(next_id);
+        Ok(())
     }
 
     /// Rewrites the file with only the live entries when at least half of it (and 1 MiB) is

@@ -43,6 +43,24 @@ pub enum WalError {
         /// What failed.
         message: String,
     },
+    /// The store directory or the active segment is no longer the one this process opened
+    /// (deleted, unmounted, replaced): writing on would ack alerts into files nobody will read.
+    /// The WAL is poisoned; exit non-zero, the broker keeps every unacked alert.
+    #[error("the store at {dir} vanished or was replaced while running ({what}); stopping before acking anything more")]
+    StoreVanished {
+        /// The store directory.
+        dir: PathBuf,
+        /// What was found instead.
+        what: String,
+    },
+    /// The filesystem is full: nothing of this call was written (a partial write was cut off
+    /// again) and the WAL is **not** poisoned. Ingest holds back (the broker keeps the alerts),
+    /// the drain retries later; removals are kept in memory and written when space returns.
+    #[error("no space left on the store's filesystem ({op})")]
+    NoSpace {
+        /// What the WAL was doing.
+        op: &'static str,
+    },
     /// Creating or syncing the WAL directory or its files at open failed. Fix the path or the
     /// permissions; the agent exits.
     #[error("opening the WAL at {path}")]

@@ -140,5 +140,6 @@ pub use record::{
     PRIORITY_CRITICAL, PRIORITY_NORMAL, RECORD_VERSION,
 };
 pub use wal::{
-    Appended, CorruptPending, Cursor, Entry, PendingItem, Wal, WalConfig, WalStats, STORE_FORMAT,
+    Appended, CorruptPending, Cursor, DeadLetterSink, Entry, PendingItem, Wal, WalConfig, WalStats,
+    STORE_FORMAT,
 };

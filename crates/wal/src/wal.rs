@@ -6,11 +6,11 @@
 //! after the mutex is released (drain's removals never wait for ingest's fsync); a generation
 //! counter tells each caller whether an fsync that started after its write has completed.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -69,6 +69,20 @@ pub struct WalConfig {
     pub dedup_window_ms: u64,
     /// How many delivery receipts are kept (default 10 000); 0 keeps none.
     pub delivered_keep: usize,
+    /// Most dead letters kept (default 100 000). Beyond it, or beyond
+    /// [`WalConfig::dead_max_bytes`], the oldest are handed to the [`DeadLetterSink`] and then
+    /// dropped from the store: dead letters never hold up ingest.
+    pub dead_max_count: u64,
+    /// Most bytes of dead letters kept (default 64 MiB).
+    pub dead_max_bytes: u64,
+}
+
+/// Where dead letters go when the dead-letter budget is full (the agent writes JSON lines beside
+/// the store). `export` must have made them durable when it returns `Ok`: only then are they
+/// removed from the store. An `Err` keeps them (over budget) and is logged; nothing is lost.
+pub trait DeadLetterSink: Send + Sync + 'static {
+    /// Keeps `letters` somewhere a person can read and replay them.
+    fn export(&self, letters: &[DeadLetter]) -> io::Result<()>;
 }
 
 impl WalConfig {
@@ -91,6 +105,8 @@ impl Default for WalConfig {
             dedup_window: 100_000,
             dedup_window_ms: 600_000,
             delivered_keep: 10_000,
+            dead_max_count: 100_000,
+            dead_max_bytes: 64 << 20,
         }
     }
 }
@@ -149,6 +165,8 @@ pub struct WalStats {
     pub data_bytes: u64,
     /// Bytes of every file of the store (data plus receipts and checkpoint).
     pub size_on_disk: u64,
+    /// Bytes of the dead letters kept (their own budget, `dead_max_bytes`).
+    pub dead_bytes: u64,
 }
 
 /// A pending value that does not decode (invariant I4). Dead-letter it with
@@ -207,6 +225,10 @@ struct Inner {
     _lock: File,
     /// Only one checkpoint is written at a time.
     checkpointing: Mutex<()>,
+    /// Takes the oldest dead letters when the dead-letter budget is full.
+    sink: Mutex<Option<Box<dyn DeadLetterSink>>>,
+    /// (device, inode) of the store directory at open: checked before every group commit.
+    dir_id: (u64, u64),
     /// `oldest_pending_received_ms`, recomputed at most once a second.
     oldest: Mutex<Option<(Instant, Option<u64>)>>,
 }
@@ -227,6 +249,10 @@ struct State {
     synced_gen: u64,
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// Dead letters exported and removed by the budget since open.
+    dead_evicted: u64,
+    /// Removals that met a full filesystem: written before the next frames that fit.
+    unwritten_acks: Vec<Key>,
 }
 
 impl State {
@@ -333,8 +359,12 @@ impl Wal {
             open_ms = started.elapsed().as_millis() as u64,
             "WAL opened"
         );
+        let dir_id = fs::metadata(&dir)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(io_err("reading the store directory", &dir))?;
         let wal = Wal {
             inner: Arc::new(Inner {
+                dir_id,
                 dir,
                 cfg,
                 state: Mutex::new(state),
@@ -342,6 +372,7 @@ impl Wal {
                 sync,
                 _lock: lock,
                 checkpointing: Mutex::new(()),
+                sink: Mutex::new(None),
                 oldest: Mutex::new(None),
             }),
         };
@@ -350,12 +381,113 @@ impl Wal {
         Ok(wal)
     }
 
+    /// Sets where dead letters beyond the budget go; without a sink they are kept over budget
+    /// (logged at warn), never dropped.
+    pub fn set_dead_letter_sink(&self, sink: Box<dyn DeadLetterSink>) {
+        *self
+            .inner
+            .sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sink);
+    }
+
+    /// Appends removals of dead letters `ids` (not fsynced).
+    fn remove_dead(&self, st: &mut State, ids: &[u64]) -> Result<(), WalError> {
+        let mut frames = Vec::new();
+        for id in ids {
+            DeadLog::encode_remove(&mut frames, *id);
+        }
+        self.write_dead(st, &frames)
+    }
+
+    /// Deletes the dead letters `matches` selects, durably; returns how many. For the operator's
+    /// `dead-letters purge` (the agent stopped or through its admin endpoint).
+    pub fn purge_dead_letters(
+        &self,
+        matches: impl Fn(&DeadLetter) -> bool,
+    ) -> Result<u64, WalError> {
+        self.check_poison()?;
+        let ids: Vec<u64> = self
+            .dead_letters()
+            .filter_map(|d| d.ok())
+            .filter(|d| matches(d))
+            .map(|d| d.id)
+            .collect();
+        let gen = {
+            let mut st = self.lock_state();
+            self.remove_dead(&mut st, &ids)?;
+            st.written_gen
+        };
+        self.make_durable(gen)?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Keeps the dead-letter log within its budget: the oldest go to the sink (durably), then
+    /// leave the store. Counted and logged at warn by the caller through the returned count.
+    fn enforce_dead_budget(&self, st: &mut State) -> Result<u64, WalError> {
+        let ids = st
+            .dead
+            .over_budget(self.inner.cfg.dead_max_count, self.inner.cfg.dead_max_bytes);
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sink = self
+            .inner
+            .sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(sink) = sink.as_ref() else {
+            warn!(
+                over = ids.len(),
+                "dead-letter budget exceeded and no export configured; keeping them"
+            );
+            return Ok(0);
+        };
+        let letters: Vec<DeadLetter> = ids
+            .iter()
+            .filter_map(|id| st.dead.get(*id).ok().flatten())
+            .filter_map(|raw| decode_dead_letter(&raw).ok())
+            .collect();
+        if let Err(e) = sink.export(&letters) {
+            warn!(error = %e, over = ids.len(), "exporting dead letters beyond the budget failed; keeping them");
+            return Ok(0);
+        }
+        self.remove_dead(st, &ids)?;
+        warn!(
+            evicted = ids.len(),
+            first_id = ids[0],
+            "dead-letter budget full: the oldest dead letters were exported and removed from the store"
+        );
+        Ok(ids.len() as u64)
+    }
+
+    /// Dead letters exported and removed by the budget since open.
+    pub fn dead_letters_evicted(&self) -> u64 {
+        self.lock_state().dead_evicted
+    }
+
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
-    /// Group commit (invariant I1).
+    /// Group commit of entries that may all be redeliveries: like [`Wal::append_publishes`] with
+    /// every entry checked against the dedup window.
+    pub fn append_batch(&self, entries: Vec<Entry>) -> Result<Durable<Vec<Appended>>, WalError> {
+        self.append_publishes(entries.into_iter().map(|e| (e, true)).collect())
+    }
+
+    /// Group commit (invariant I1) of publishes, each with its MQTT DUP flag.
+    ///
+    /// **A repeat is a new alert, a redelivery is not.** An entry with `redelivery = false`
+    /// (DUP=0: the publisher sent it for the first time) is always stored, even when an identical
+    /// one was stored a second ago: a PLC repeating `{"alarm":"HIGH_TEMP"}` every minute raises an
+    /// alert every minute. An entry with `redelivery = true` (DUP=1) is a duplicate, not stored,
+    /// when its identity (topic, alert id) was stored within the dedup window (time and count
+    /// bounded); that is the broker resending a publish we made durable but whose PUBACK it did
+    /// not get. Residual case, accepted: a DUP=1 redelivery of a copy that never became durable,
+    /// identical to another alert of the same topic stored inside the window, is taken for that
+    /// alert (it needs a crash before the fsync *and* an identical alert within minutes).
     ///
     /// Appends every entry (pending records to the active segment, dead letters to the
     /// dead-letter log) in one write per file, then fsyncs the dead-letter log (if written) and
@@ -366,7 +498,10 @@ impl Wal {
     /// On a write or fsync failure the WAL is poisoned (invariant I5): this call returns the
     /// error, every later write [`WalError::Poisoned`]; the fsync is never retried. Ack nothing
     /// from the batch.
-    pub fn append_batch(&self, entries: Vec<Entry>) -> Result<Durable<Vec<Appended>>, WalError> {
+    pub fn append_publishes(
+        &self,
+        entries: Vec<(Entry, bool)>,
+    ) -> Result<Durable<Vec<Appended>>, WalError> {
         self.check_poison()?;
         if entries.is_empty() {
             return Ok(Durable::new(Vec::new()));
@@ -374,16 +509,20 @@ impl Wal {
         let mut out = Vec::with_capacity(entries.len());
         let gen = {
             let mut st = self.lock_state();
+            self.check_store_present(&st)?;
             self.rotate_if_full(&mut st)?;
             let mut main = Vec::new();
             let mut dead = Vec::new();
-            let mut seen = HashSet::with_capacity(entries.len());
             let mut puts = Vec::new();
-            for entry in &entries {
+            // Entries enter the window as they are taken (the window is exact per entry); if
+            // the batch is then not written (a full disk) they are taken back, so its retry
+            // does not find itself in the window.
+            let mut inserted = 0;
+            for (entry, redelivery) in &entries {
                 let record = entry.record();
-                let hash = id_hash(&record.alert_id);
+                let hash = id_hash(&record.topic, &record.alert_id);
                 let now = record.received_at_ms;
-                if !seen.insert(hash) || st.dedup.contains(hash, now) {
+                if *redelivery && st.dedup.contains(hash, now) {
                     out.push(Appended::Duplicate {
                         alert_id: record.alert_id.clone(),
                     });
@@ -427,13 +566,39 @@ impl Wal {
                         out.push(Appended::DeadLettered(id));
                     }
                 }
-                st.dedup.insert(hash, now);
+                if st.dedup.enabled() {
+                    st.dedup.insert(hash, now);
+                    inserted += 1;
+                }
             }
-            self.write_dead(&mut st, &dead)?;
-            self.write_main(&mut st, &main)?;
+            let dead_len = st.dead.len();
+            if let Err(e) = self.write_dead(&mut st, &dead) {
+                st.dedup.undo_last(inserted);
+                return Err(e);
+            }
+            if let Err(e) = self.write_main(&mut st, &main) {
+                st.dedup.undo_last(inserted);
+                if !dead.is_empty() {
+                    // All or nothing: the batch is not acked, so its dead letters go too.
+                    let dir = self.inner.dir.clone();
+                    if let Err(source) = st.dead.cut_to(&dir, dead_len) {
+                        return Err(self.poisoned_by(WalError::Io {
+                            op: "cutting back the dead-letter log",
+                            path: dir.join(crate::deadlog::FILE),
+                            source,
+                        }));
+                    }
+                }
+                return Err(e);
+            }
+
             let active = st.active_mut();
             for key in puts {
                 active.set_live(key.seq, key.priority);
+            }
+            if !dead.is_empty() {
+                let evicted = self.enforce_dead_budget(&mut st)?;
+                st.dead_evicted += evicted;
             }
             st.written_gen
         };
@@ -720,25 +885,39 @@ impl Wal {
         if !st.is_pending(key) {
             return Err(WalError::NotPending { key });
         }
-        self.rotate_if_full(&mut st)?;
-        let new = Key {
-            priority: key.priority,
+        let new = self.put_one(&mut st, key.priority, record, &framed, Some(key))?;
+        st.clear(key);
+        Ok(new)
+    }
+
+    /// Appends one record (`framed`) under a new key in `lane`, optionally replacing `replaces`
+    /// in the same frame (W1), and marks it pending. The caller clears `replaces`.
+    fn put_one(
+        &self,
+        st: &mut State,
+        lane: Priority,
+        record: &Record,
+        framed: &[u8],
+        replaces: Option<Key>,
+    ) -> Result<Key, WalError> {
+        self.rotate_if_full(st)?;
+        let key = Key {
+            priority: lane,
             seq: st.next_seq,
         };
         st.next_seq += 1;
         let mut main = Vec::new();
         PutHeader {
-            seq: new.seq,
-            lane: new.priority,
+            seq: key.seq,
+            lane,
             received_at_ms: record.received_at_ms,
-            id_hash: id_hash(&record.alert_id),
-            replaces: Some(key),
+            id_hash: id_hash(&record.topic, &record.alert_id),
+            replaces,
         }
-        .encode(&mut main, &framed);
-        self.write_main(&mut st, &main)?;
-        st.clear(key);
-        st.active_mut().set_live(new.seq, new.priority);
-        Ok(new)
+        .encode(&mut main, framed);
+        self.write_main(st, &main)?;
+        st.active_mut().set_live(key.seq, key.priority);
+        Ok(key)
     }
 
     /// Delivered (invariant I3): removes `key` from pending and keeps the receipt (bounded to
@@ -756,12 +935,25 @@ impl Wal {
         }
         let mut main = Vec::new();
         encode_ack(&mut main, &[key]);
-        self.write_main(&mut st, &main)?;
+        match self.write_main(&mut st, &main) {
+            Ok(()) => {}
+            // Delivered all the same: the removal waits in memory and goes with the next write
+            // that finds space. A crash before that delivers the alert again (a duplicate,
+            // never a loss), exactly like a removal not yet fsynced.
+            Err(WalError::NoSpace { .. }) => {
+                st.unwritten_acks.push(key);
+                if st.unwritten_acks.len() == 1 {
+                    warn!("filesystem full: removals of delivered alerts are kept in memory until space returns");
+                }
+            }
+            Err(e) => return Err(e),
+        }
         st.clear(key);
-        let dir = self.inner.dir.clone();
-        st.receipts
-            .push(&framed)
-            .map_err(io_err("writing a receipt", &dir))?;
+        // A receipt is proof for the operator, not part of any guarantee: failing to keep one
+        // (a full disk) must not stop delivery.
+        if let Err(e) = st.receipts.push(&framed) {
+            warn!(alert_id = %receipt.alert_id, error = %e, "could not keep a delivery receipt");
+        }
         Ok(())
     }
 
@@ -846,6 +1038,8 @@ impl Wal {
         let mut dead = Vec::new();
         DeadLog::encode_add(&mut dead, id, &framed);
         self.write_dead(&mut st, &dead)?;
+        let evicted = self.enforce_dead_budget(&mut st)?;
+        st.dead_evicted += evicted;
         // The dead letter must be on disk before the removal can be (page write-back order is
         // not write order). Under the mutex: dead letters are rare, correctness first.
         if let Err(source) = self.inner.sync.sync_data(st.dead.file()) {
@@ -911,23 +1105,7 @@ impl Wal {
             if !st.dead.contains(dead_id) {
                 return Err(WalError::NoSuchDeadLetter { id: dead_id });
             }
-            self.rotate_if_full(&mut st)?;
-            let key = Key {
-                priority: record.priority,
-                seq: st.next_seq,
-            };
-            st.next_seq += 1;
-            let mut main = Vec::new();
-            PutHeader {
-                seq: key.seq,
-                lane: key.priority,
-                received_at_ms: record.received_at_ms,
-                id_hash: id_hash(&record.alert_id),
-                replaces: None,
-            }
-            .encode(&mut main, &framed);
-            self.write_main(&mut st, &main)?;
-            st.active_mut().set_live(key.seq, key.priority);
+            let key = self.put_one(&mut st, record.priority, &record, &framed, None)?;
             (key, st.written_gen)
         };
         self.make_durable(gen)?;
@@ -988,6 +1166,7 @@ impl Wal {
             oldest_pending_received_ms: self.oldest_pending_received_ms()?,
             data_bytes,
             size_on_disk: self.size_on_disk()?,
+            dead_bytes: self.lock_state().dead.live_bytes(),
         })
     }
 
@@ -999,8 +1178,14 @@ impl Wal {
 
     /// Bytes of every file of the store.
     pub fn size_on_disk(&self) -> Result<u64, WalError> {
-        let receipts = self.lock_state().receipts.len();
-        Ok(self.data_bytes() + receipts + file_len(&self.inner.dir.join(crate::checkpoint::FILE)))
+        let (dead, receipts) = {
+            let st = self.lock_state();
+            (st.dead.len(), st.receipts.len())
+        };
+        Ok(self.data_bytes()
+            + dead
+            + receipts
+            + file_len(&self.inner.dir.join(crate::checkpoint::FILE)))
     }
 
     /// Makes everything written so far durable (fsync), deletes segments that emptied and writes
@@ -1008,7 +1193,17 @@ impl Wal {
     /// drain calls it periodically to bound what a power cut can undo of its removals; shutdown
     /// calls [`Wal::close`]. Poisons the WAL on failure, like [`Wal::append_batch`].
     pub fn flush(&self) -> Result<(), WalError> {
-        let gen = self.lock_state().written_gen;
+        let gen = {
+            let mut st = self.lock_state();
+            if !st.unwritten_acks.is_empty() {
+                // Still no space: they keep waiting, nothing is lost.
+                match self.write_main(&mut st, &[]) {
+                    Ok(()) | Err(WalError::NoSpace { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            st.written_gen
+        };
         self.make_durable(gen)
     }
 
@@ -1031,6 +1226,31 @@ impl Wal {
         }
     }
 
+    /// Invariant I10: a group commit (and so an ack) happens only into the store this process
+    /// opened. Deleting or unmounting the directory leaves our descriptors writing into files
+    /// nobody will read: compare the directory's (device, inode) and the active segment's inode
+    /// on disk with ours, two `stat`s per group commit.
+    fn check_store_present(&self, st: &State) -> Result<(), WalError> {
+        let vanished = |what: String| {
+            self.poisoned_by(WalError::StoreVanished {
+                dir: self.inner.dir.clone(),
+                what,
+            })
+        };
+        match fs::metadata(&self.inner.dir) {
+            Ok(m) if (m.dev(), m.ino()) == self.inner.dir_id => {}
+            Ok(_) => return Err(vanished("another directory is at its path".into())),
+            Err(e) => return Err(vanished(format!("directory: {e}"))),
+        }
+        let seg = &st.segments[&st.active];
+        let ours = seg.file.metadata().map(|m| m.ino()).ok();
+        match fs::metadata(segment::path(&self.inner.dir, seg.id)) {
+            Ok(m) if Some(m.ino()) == ours => Ok(()),
+            Ok(_) => Err(vanished("the active segment was replaced".into())),
+            Err(e) => Err(vanished(format!("active segment: {e}"))),
+        }
+    }
+
     fn poisoned_by(&self, error: WalError) -> WalError {
         self.inner.poison.poison();
         error!(error = %error, "WAL poisoned");
@@ -1048,20 +1268,41 @@ impl Wal {
 
     /// Appends `frames` to the active segment. A failed write poisons: the file may now end in a
     /// partial frame, and nothing after it could be trusted.
+    ///
+    /// A full filesystem is not a failure of the log: the partial write is cut off again (a
+    /// truncation needs no space) and [`WalError::NoSpace`] returned, the WAL stays usable.
+    /// Removals that could not be written before are written first (see [`Wal::remove`]).
     fn write_main(&self, st: &mut State, frames: &[u8]) -> Result<(), WalError> {
-        if frames.is_empty() {
+        if frames.is_empty() && st.unwritten_acks.is_empty() {
             return Ok(());
         }
+        let owned;
+        let frames = if st.unwritten_acks.is_empty() {
+            frames
+        } else {
+            let mut buf = Vec::new();
+            encode_ack(&mut buf, &st.unwritten_acks);
+            buf.extend_from_slice(frames);
+            owned = buf;
+            &owned[..]
+        };
         let active = st.active_mut();
         let at = active.len;
         if let Err(source) = active.file.write_all_at(frames, at) {
             let path = segment::path(&self.inner.dir, active.id);
+            if is_no_space(&source) && active.file.set_len(at).is_ok() {
+                return Err(WalError::NoSpace {
+                    op: "appending to a segment",
+                });
+            }
             return Err(self.poisoned_by(WalError::Io {
                 op: "appending to a segment",
                 path,
                 source,
             }));
         }
+        st.unwritten_acks.clear();
+        let active = st.active_mut();
         active.len += frames.len() as u64;
         st.segment_bytes += frames.len() as u64;
         st.since_checkpoint += frames.len() as u64;
@@ -1074,6 +1315,11 @@ impl Wal {
             return Ok(());
         }
         if let Err(source) = st.dead.write(frames) {
+            if is_no_space(&source) {
+                return Err(WalError::NoSpace {
+                    op: "appending to the dead-letter log",
+                });
+            }
             return Err(self.poisoned_by(WalError::Io {
                 op: "appending to the dead-letter log",
                 path: self.inner.dir.join(crate::deadlog::FILE),
@@ -1084,10 +1330,15 @@ impl Wal {
         Ok(())
     }
 
-    /// Seals the active segment when full.
+    /// Seals the active segment when full. On a full filesystem the new segment cannot be
+    /// created: the active one grows past its size instead (the write may then meet
+    /// [`WalError::NoSpace`] itself).
     fn rotate_if_full(&self, st: &mut State) -> Result<(), WalError> {
         if st.segments[&st.active].len >= self.inner.cfg.segment_bytes.max(1) {
-            self.rotate(st)?;
+            match self.rotate(st) {
+                Err(WalError::NoSpace { .. }) => {}
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -1099,8 +1350,16 @@ impl Wal {
             return Err(self.poisoned_by(WalError::SyncFailed { source }));
         }
         let id = st.active + 1;
-        let (file, len) =
-            create_segment(&self.inner.dir, id, st.next_seq).map_err(|e| self.poisoned_by(e))?;
+        let (file, len) = match create_segment(&self.inner.dir, id, st.next_seq) {
+            Ok(created) => created,
+            Err(WalError::Io { source, .. }) if is_no_space(&source) => {
+                let _ = fs::remove_file(segment::path(&self.inner.dir, id));
+                return Err(WalError::NoSpace {
+                    op: "starting a segment",
+                });
+            }
+            Err(e) => return Err(self.poisoned_by(e)),
+        };
         st.segments
             .insert(id, Segment::new(id, st.next_seq, len, Arc::new(file)));
         st.segment_bytes += len;
@@ -1163,7 +1422,11 @@ impl Wal {
             let mut st = self.lock_state();
             let active = &st.segments[&st.active];
             if active.live_total() == 0 && active.len > SEGMENT_START_LEN {
-                self.rotate(&mut st)?;
+                match self.rotate(&mut st) {
+                    // No room for a new segment: the emptied one stays active for now.
+                    Err(WalError::NoSpace { .. }) => {}
+                    other => other?,
+                }
             }
             st.segments
                 .values()
@@ -1238,21 +1501,18 @@ impl Wal {
         if let Err(source) = self.inner.sync.sync_data(&main) {
             return Err(self.poisoned_by(WalError::SyncFailed { source }));
         }
-        cp.store(&self.inner.dir).map_err(|source| {
-            self.poisoned_by(WalError::Io {
-                op: "writing the checkpoint",
-                path: self.inner.dir.join(crate::checkpoint::FILE),
-                source,
-            })
-        })?;
+        // A checkpoint and a compaction only save work at the next open: failing one (a full
+        // disk, say) loses nothing, so it is logged and the next one is tried later.
+        if let Err(e) = cp.store(&self.inner.dir) {
+            warn!(error = %e, "writing the checkpoint failed; the next open replays more");
+            let tmp = format!("{}.tmp", crate::checkpoint::FILE);
+            let _ = fs::remove_file(self.inner.dir.join(tmp));
+        }
         let compacted = self.lock_state().dead.compact_if_worth_it(&self.inner.dir);
-        compacted.map_err(|source| {
-            self.poisoned_by(WalError::Io {
-                op: "compacting the dead-letter log",
-                path: self.inner.dir.join(crate::deadlog::FILE),
-                source,
-            })
-        })
+        if let Err(e) = compacted {
+            warn!(error = %e, "compacting the dead-letter log failed; it stays as it is");
+        }
+        Ok(())
     }
 
     fn oldest_pending_received_ms(&self) -> Result<Option<u64>, WalError> {
@@ -1290,7 +1550,7 @@ impl Wal {
             let mut main = Vec::new();
             for (key, raw) in batch {
                 let (received_at_ms, id_hash) = match decode_record(raw) {
-                    Ok(r) => (r.received_at_ms, id_hash(&r.alert_id)),
+                    Ok(r) => (r.received_at_ms, id_hash(&r.topic, &r.alert_id)),
                     Err(_) => (0, 0),
                 };
                 PutHeader {
@@ -1553,6 +1813,11 @@ impl Iterator for PendingIter<'_> {
     }
 }
 
+/// ENOSPC or EDQUOT: the filesystem (or the quota) is full.
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
 fn encode_err(error: RecordError) -> WalError {
     WalError::Encode { error }
 }
@@ -1573,11 +1838,12 @@ fn corrupt_reason(reason: &DeadReason, error: &RecordError) -> DeadReason {
     }
 }
 
-/// Segments and dead-letter log: what grows with undelivered data. Receipts are bounded by
-/// `delivered_keep` instead; counting them would let a small disk budget fill up with proof of
-/// deliveries and stop ingest for good.
+/// The segments: what grows with undelivered alerts. Dead letters have their own budget
+/// (`dead_max_*`, enforced by export), receipts are bounded by `delivered_keep`: counting either
+/// would let a flood of bad payloads, or proof of deliveries, fill the budget and stop ingest of
+/// every device for good.
 fn data_bytes_of(st: &State) -> u64 {
-    st.segment_bytes + st.dead.len()
+    st.segment_bytes
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -1882,6 +2148,8 @@ fn recover(dir: &Path, cfg: &WalConfig, sync: &dyn SyncTarget) -> Result<State, 
         synced_gen: 0,
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
+        dead_evicted: 0,
+        unwritten_acks: Vec::new(),
     })
 }
 

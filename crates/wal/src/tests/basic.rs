@@ -362,12 +362,88 @@ fn dedup_window_forgets_the_oldest_ids_beyond_its_size() {
 }
 
 #[test]
-fn dedup_window_of_zero_only_dedups_within_a_batch() {
+fn dedup_window_of_zero_disables_dedup_even_for_redeliveries_in_one_batch() {
     let dir = TempDir::new().unwrap();
     let wal = open_with(&dir, |c| c.dedup_window = 0);
     append_one(&wal, record("a", PRIORITY_NORMAL));
     append_one(&wal, record("a", PRIORITY_NORMAL));
-    assert_eq!(pending_ids(&wal), ["a", "a"]);
+    let out = wal
+        .append_publishes(vec![
+            (Entry::Pending(record("b", PRIORITY_NORMAL)), true),
+            (Entry::Pending(record("b", PRIORITY_NORMAL)), true),
+        ])
+        .unwrap()
+        .into_inner();
+    assert!(
+        out.iter().all(|a| matches!(a, Appended::Pending(_))),
+        "{out:?}"
+    );
+    assert_eq!(pending_ids(&wal), ["a", "a", "b", "b"]);
+    let dir2 = TempDir::new().unwrap();
+    let wal2 = open_with(&dir2, |c| c.dedup_window_ms = 0);
+    append_one(&wal2, record("c", PRIORITY_NORMAL));
+    append_one(&wal2, record("c", PRIORITY_NORMAL));
+    assert_eq!(
+        pending_ids(&wal2),
+        ["c", "c"],
+        "a zero time window disables it too"
+    );
+}
+
+/// Issue 9, point 1: a device that repeats a persisting alarm with a byte-identical payload
+/// (no timestamp) got every repeat acked and never delivered. A first publish (DUP=0) is always
+/// a new alert; only a redelivery (DUP=1) inside the window is a duplicate.
+#[test]
+fn a_repeat_is_a_new_alert_and_only_a_redelivery_inside_the_window_is_a_duplicate() {
+    let dir = TempDir::new().unwrap();
+    let wal = open_with(&dir, |c| c.dedup_window_ms = 60_000);
+    let at = |ms: u64| {
+        let mut r = record("pump-3-HIGH_TEMP", PRIORITY_NORMAL);
+        r.received_at_ms = 1_700_000_000_000 + ms;
+        Entry::Pending(r)
+    };
+    let out = |v: Vec<(Entry, bool)>| wal.append_publishes(v).unwrap().into_inner();
+    // Two first publishes, identical: two alerts.
+    let first = out(vec![(at(0), false)]);
+    let repeat = out(vec![(at(10_000), false)]);
+    assert!(matches!(first[0], Appended::Pending(_)) && matches!(repeat[0], Appended::Pending(_)));
+    // The broker redelivers the second (DUP=1) 5 s later: a duplicate.
+    let redelivered = out(vec![(at(15_000), true)]);
+    assert!(
+        matches!(redelivered[0], Appended::Duplicate { .. }),
+        "{redelivered:?}"
+    );
+    // A DUP=1 publish long after the window: stored (it cannot be a redelivery of ours).
+    let late = out(vec![(at(10_000 + 60_001), true)]);
+    assert!(matches!(late[0], Appended::Pending(_)), "{late:?}");
+    assert_eq!(wal.stats().unwrap().pending, 3);
+}
+
+#[test]
+fn the_same_alert_id_on_two_topics_is_two_alerts() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(dir.path());
+    let mut a = record("1", PRIORITY_NORMAL);
+    a.topic = "plant/pump-1/alerts".into();
+    let mut b = record("1", PRIORITY_NORMAL);
+    b.topic = "plant/pump-2/alerts".into();
+    let out = wal
+        .append_publishes(vec![
+            (Entry::Pending(a.clone()), true),
+            (Entry::Pending(b), true),
+        ])
+        .unwrap()
+        .into_inner();
+    assert!(
+        out.iter().all(|x| matches!(x, Appended::Pending(_))),
+        "{out:?}"
+    );
+    // ... while a redelivery on the first topic is still recognised.
+    let again = wal
+        .append_publishes(vec![(Entry::Pending(a), true)])
+        .unwrap()
+        .into_inner();
+    assert!(matches!(again[0], Appended::Duplicate { .. }));
 }
 
 #[test]
@@ -423,7 +499,11 @@ fn data_bytes_are_the_data_files_and_fall_when_emptied_segments_are_deleted() {
         panic!("unexpected {out:?}")
     };
     assert!(wal.data_bytes() > 0);
-    assert_eq!(wal.data_bytes(), store_data_bytes(&wal));
+    assert_eq!(
+        wal.data_bytes(),
+        store_data_bytes(&wal),
+        "the dead letter is not counted"
+    );
     assert_eq!(wal.stats().unwrap().data_bytes, wal.data_bytes());
 
     // Fill several 64 KiB segments, deliver everything: the sealed segments are deleted and the
@@ -479,4 +559,72 @@ fn flush_succeeds_on_a_healthy_wal() {
     append_one(&wal, record("a", PRIORITY_NORMAL));
     wal.flush().unwrap();
     assert!(!wal.is_poisoned());
+}
+
+/// Issue 9, point 3: dead letters counted against the store budget, never evicted, could not be
+/// purged: a device flooding bad payloads stopped ingest of every device for good.
+#[test]
+fn dead_letters_over_their_budget_are_exported_oldest_first_then_removed() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Default, Clone)]
+    struct Collect(Arc<Mutex<Vec<u64>>>);
+    impl crate::DeadLetterSink for Collect {
+        fn export(&self, letters: &[crate::DeadLetter]) -> std::io::Result<()> {
+            self.0.lock().unwrap().extend(letters.iter().map(|d| d.id));
+            Ok(())
+        }
+    }
+    let dir = TempDir::new().unwrap();
+    let wal = open_with(&dir, |c| c.dead_max_count = 3);
+    let sink = Collect::default();
+    wal.set_dead_letter_sink(Box::new(sink.clone()));
+    let before = wal.data_bytes();
+    for i in 0..5 {
+        append(
+            &wal,
+            vec![Entry::DeadLetter(
+                record(&format!("bad-{i}"), PRIORITY_NORMAL),
+                reason(DeadKind::Malformed),
+            )],
+        );
+    }
+    assert_eq!(
+        *sink.0.lock().unwrap(),
+        vec![1, 2],
+        "the two oldest exported"
+    );
+    let kept: Vec<u64> = wal.dead_letters().map(|d| d.unwrap().id).collect();
+    assert_eq!(kept, vec![3, 4, 5]);
+    assert_eq!(wal.dead_letters_evicted(), 2);
+    assert_eq!(
+        wal.data_bytes(),
+        before,
+        "dead letters never count toward the ingest budget"
+    );
+    // Kept across reopen.
+    drop(wal);
+    let wal = open_with(&dir, |c| c.dead_max_count = 3);
+    assert_eq!(wal.stats().unwrap().dead_letters, 3);
+}
+
+#[test]
+fn purge_removes_the_selected_dead_letters_durably() {
+    let dir = TempDir::new().unwrap();
+    let wal = open(dir.path());
+    append(
+        &wal,
+        vec![
+            Entry::DeadLetter(record("m", PRIORITY_NORMAL), reason(DeadKind::Malformed)),
+            Entry::DeadLetter(record("o", PRIORITY_NORMAL), reason(DeadKind::Oversize)),
+            Entry::DeadLetter(record("m2", PRIORITY_NORMAL), reason(DeadKind::Malformed)),
+        ],
+    );
+    let n = wal
+        .purge_dead_letters(|d| d.reason.kind == DeadKind::Malformed)
+        .unwrap();
+    assert_eq!(n, 2);
+    wal.abandon();
+    let wal = open(dir.path());
+    let left: Vec<_> = wal.dead_letters().map(|d| d.unwrap().reason.kind).collect();
+    assert_eq!(left, vec![DeadKind::Oversize]);
 }

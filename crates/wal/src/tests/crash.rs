@@ -76,7 +76,12 @@ fn crash_child_writer() {
 #[test]
 fn kill9_at_random_points_loses_no_acked_record() {
     let dir = TempDir::new().unwrap();
-    let exe = std::env::current_exe().expect("test binary");
+    // argv[0], not current_exe(): under qemu-user /proc/self/exe may name the emulator.
+    let exe = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| std::env::current_exe().expect("test binary"));
     let mut acked: HashSet<String> = HashSet::new();
     let mut removed: HashSet<String> = HashSet::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -87,16 +92,24 @@ fn kill9_at_random_points_loses_no_acked_record() {
         let run_for = Duration::from_millis(40 + seed % 250);
         let mut child = spawn_writer(&exe, dir.path(), round);
         let stdout = child.stdout.take().expect("stdout");
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 match line {
-                    Ok(l) => lines.push(l),
+                    Ok(l) => {
+                        if l.starts_with("acked") {
+                            let _ = first_tx.send(());
+                        }
+                        lines.push(l)
+                    }
                     Err(_) => break,
                 }
             }
             lines
         });
+        // The random part starts once the writer runs (under qemu its start takes a while).
+        let _ = first_rx.recv_timeout(Duration::from_secs(60));
         let started = Instant::now();
         while started.elapsed() < run_for {
             std::thread::sleep(Duration::from_millis(5));
@@ -136,8 +149,9 @@ fn kill9_at_random_points_loses_no_acked_record() {
     );
 }
 
-/// Starts the writer: this test binary again. Under qemu-user without binfmt (the ARM test run in
-/// CI) the kernel cannot exec it directly, so it goes through the same emulator.
+/// Starts the writer: this test binary again. Under qemu-user (the ARM test run in CI, without
+/// binfmt) the kernel cannot exec it directly: `ALERTBRIDGE_TEST_RUNNER` (e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`, set by `.ci/run`) is put in front of it.
 fn spawn_writer(exe: &std::path::Path, dir: &std::path::Path, round: u64) -> std::process::Child {
     let args = [
         "--exact",
@@ -145,27 +159,23 @@ fn spawn_writer(exe: &std::path::Path, dir: &std::path::Path, round: u64) -> std
         "--nocapture",
         "--test-threads=1",
     ];
-    let run = |cmd: &mut Command| {
-        cmd.env(CHILD_ENV, dir)
-            .env("ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-    };
-    match run(Command::new(exe).args(args)) {
-        Ok(child) => child,
-        Err(e) if e.raw_os_error() == Some(8) => {
-            // ENOEXEC: a foreign binary; use the emulator of its architecture.
-            let (qemu, sysroot) = match std::env::consts::ARCH {
-                "aarch64" => ("qemu-aarch64", "/usr/aarch64-linux-gnu"),
-                "arm" => ("qemu-arm", "/usr/arm-linux-gnueabihf"),
-                other => panic!("cannot run the writer on {other}: {e}"),
-            };
-            run(Command::new(qemu).args(["-L", sysroot]).arg(exe).args(args))
-                .expect("spawn writer under qemu")
+    let runner = std::env::var("ALERTBRIDGE_TEST_RUNNER").unwrap_or_default();
+    let mut parts = runner.split_whitespace();
+    let mut cmd = match parts.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(parts).arg(exe);
+            c
         }
-        Err(e) => panic!("spawn writer: {e}"),
-    }
+        None => Command::new(exe),
+    };
+    cmd.args(args)
+        .env(CHILD_ENV, dir)
+        .env("ROUND", round.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn writer")
 }
 
 #[test]

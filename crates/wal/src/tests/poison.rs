@@ -133,3 +133,38 @@ fn batch_reaches_the_data_file_before_the_fsync() {
         "fsync ran before the batch was written"
     );
 }
+
+/// Issue 9, point 6: deleting the store while the agent ran let it ack alerts into deleted
+/// files; they were gone after a restart.
+#[test]
+fn a_deleted_store_directory_stops_group_commits() {
+    let parent = TempDir::new().unwrap();
+    let dir = parent.path().join("store");
+    let wal = open_scripted_at(&dir);
+    let _ = wal
+        .append_batch(vec![Entry::Pending(record("before", PRIORITY_NORMAL))])
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = wal
+        .append_batch(vec![Entry::Pending(record("after", PRIORITY_NORMAL))])
+        .expect_err("no Durable into a deleted store");
+    assert!(matches!(err, WalError::StoreVanished { .. }), "{err:?}");
+    assert!(wal.is_poisoned());
+}
+
+#[test]
+fn a_replaced_store_directory_stops_group_commits() {
+    let parent = TempDir::new().unwrap();
+    let dir = parent.path().join("store");
+    let wal = open_scripted_at(&dir);
+    std::fs::rename(&dir, parent.path().join("moved")).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    let err = wal
+        .append_batch(vec![Entry::Pending(record("x", PRIORITY_NORMAL))])
+        .expect_err("no Durable into a replaced store");
+    assert!(matches!(err, WalError::StoreVanished { .. }), "{err:?}");
+}
+
+fn open_scripted_at(dir: &std::path::Path) -> Wal {
+    Wal::open_with_sync(config(dir), Box::new(ScriptedSync::never_failing())).expect("open WAL")
+}

@@ -119,14 +119,14 @@ impl SyncTarget for ScriptedSync {
     }
 }
 
-/// The sizes of the data files (segments, dead-letter log), read from the directory.
+/// The sizes of the segment files (what the disk budget counts), read from the directory.
 pub(crate) fn store_data_bytes(wal: &Wal) -> u64 {
     std::fs::read_dir(wal.dir())
         .expect("list store")
         .map(|e| e.expect("entry"))
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("seg-") || name == "dead.log"
+            name.starts_with("seg-")
         })
         .map(|e| e.metadata().expect("metadata").len())
         .sum()

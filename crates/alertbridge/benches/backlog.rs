@@ -1,0 +1,1234 @@
+//! Backlog at edge scale (issue 10): what N pending alerts cost the agent in memory, disk writes,
+//! disk space and restart time, beside mosquitto's QoS 1 ceiling measured in the same run.
+//!
+//! ```sh
+//! cargo bench --bench backlog                      # N = 20000 200000, both modes
+//! cargo bench --bench backlog -- 1000000 --mode backlog
+//! ```
+//!
+//! Positional numbers are the N to run (default `20000 200000`); `--mode backlog|live|both`
+//! (default both, backlog first). Bounds for large N (a partial row is printed when one hits):
+//! `BACKLOG_MAX_INGEST_SECS` (default 900) and `BACKLOG_MAX_RSS_MB` (default 1024).
+//! `BACKLOG_AGENT_WRAPPER` runs the agent under a profiler, e.g.
+//! `BACKLOG_AGENT_WRAPPER="heaptrack -o /tmp/ht-{run}"` (`{run}` becomes `backlog-200000-ingest`,
+//! `…-restart`); the agent's pid is then found among the wrapper's descendants by its name.
+//!
+//! # What runs
+//!
+//! - The **real agent binary**, `CARGO_BIN_EXE_alertbridge` (cargo builds it with the bench
+//!   profile: the release profile, LTO, one codegen unit, symbols kept), as a separate process,
+//!   so RSS (`/proc/<pid>/status`) and disk writes (`/proc/<pid>/io`) are the agent's alone.
+//!   Its config is TOML written into a tempdir: `store.max_bytes` 4 GiB, every other store key
+//!   at its default (`cache_capacity_bytes` 16 MiB, `dedup_window` 100 000, `batch_max` 512),
+//!   JSON logs at `info`, the status endpoint on a free loopback port.
+//! - Its own **mosquitto** per (mode, N) on a free port (persistence on, data dir chmod 0777
+//!   because mosquitto started as root drops to user `mosquitto`, `max_inflight_messages`
+//!   [`INFLIGHT`], `max_queued_messages` 10 M).
+//! - **Genesys is unreachable**: an in-process genesys-sim in a 24-hour outage (503 to token and
+//!   API calls) with `breaker_failures = 1` and a 10-minute cool-down, so the drain delivers
+//!   nothing and its breaker opens on the first attempt. The simulator's request log also tells
+//!   when a restarted agent first tried to deliver.
+//! - **Alerts**: N unique JSON objects of exactly [`PAYLOAD_BYTES`] bytes (`alert_id`,
+//!   `device_id`, `sensor_type`, `alert_level` — every tenth critical —, `reading_value`,
+//!   `timestamp_ms`, and a `text` of words padding to the size), on
+//!   `plant/north/alerts/<device>`, published QoS 1 by an in-process rumqttc client (1000 in
+//!   flight).
+//!
+//! # Modes
+//!
+//! - `backlog`: the agent's and the raw subscriber's persistent sessions are registered, both go
+//!   offline, N are published once (the broker queues them for both sessions), then the raw
+//!   subscriber drains its copy, then the agent is started and drains its own.
+//! - `live`: the raw subscriber (clean session) is connected while N are published as fast as the
+//!   publisher can; then the agent (empty store) is started, and once it is ready N more unique
+//!   alerts are published the same way.
+//!
+//! # Columns
+//!
+//! - **RSS peak** / **RSS end**: `VmRSS` sampled every 100 ms from spawn until the status endpoint
+//!   shows `acked ≥ N`; the peak is the larger of the sampled maximum and `VmHWM`.
+//! - **written B/alert**: `write_bytes` of `/proc/<pid>/io` (bytes this process caused to be sent
+//!   to the block layer; ext4's journal, written by jbd2, is not in it) at the end of ingest minus
+//!   the value at the start (backlog: process start, so the store open is included; live: once
+//!   ready), ÷ N, and ÷ the stored record (`data_bytes ÷ pending` from `/status`).
+//! - **store B/alert**: the sum of the lengths of the files under the store dir at the end of
+//!   ingest ÷ N (and ÷ the stored record).
+//! - **ingest/s**: N ÷ (time the status endpoint first shows `received > 0` → time it shows
+//!   `acked ≥ N`), polled every 20 ms. **raw/s**: the same N through a rumqttc subscriber that
+//!   acks each publish at once (first publish → N-th), same broker and (backlog) same queued
+//!   messages. **ratio** = ingest/s ÷ raw/s.
+//! - **restart**: SIGTERM, wait for the exit, spawn on the same store. Ready = the status
+//!   endpoint shows `connected`, the subscription stands (the log says `subscribed`, or, for the
+//!   resumed persistent session of every restart here, `session_present=true`: the broker kept
+//!   the subscription and the agent does not subscribe again), and the simulator logged a
+//!   request from the new process (the drain is picking alerts again); the time is the latest
+//!   of the three, from spawn, polled every 10 ms. RSS is read at that moment and 5 s later; the restart peak is `VmHWM`.
+//! - **idle**: the agent on an empty store, connected and subscribed, nothing flowing, 5 s later.
+//!
+//! Nothing here asserts: it prints one Markdown table and one line of details per row.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use genesys_sim::{Sim, SimConfig};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// mosquitto's `max_inflight_messages`: unacked QoS 1 publishes it sends one client.
+const INFLIGHT: u32 = 100;
+/// Size of every alert payload, bytes.
+const PAYLOAD_BYTES: usize = 250;
+/// RSS sampling period.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Status endpoint polling period while ingesting.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+/// How long after "ready" the second RSS reading is taken (and the idle reading).
+const SETTLE: Duration = Duration::from_secs(5);
+/// Give up waiting for a restarted agent to be ready after this long.
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+// ---------------------------------------------------------------------------------------------
+// broker
+
+/// A mosquitto of this bench's own, killed and reaped on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn broker() -> Broker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // mosquitto started as root drops to user `mosquitto`: without this it cannot write into
+    // its data dir.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod data dir");
+    let port = free_port();
+    let conf = dir.path().join("m.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages {INFLIGHT}\nmax_queued_messages 10000000\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write conf");
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Broker {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// alerts, publisher, raw subscriber
+
+/// Alert `i` of a run: (topic, payload of exactly [`PAYLOAD_BYTES`]).
+fn alert(prefix: &str, i: usize) -> (String, String) {
+    let device = format!("SN-north-{:04}", i % 997);
+    let head = format!(
+        r#"{{"alert_id":"{prefix}-{i:08}","device_id":"{device}","sensor_type":"temperature_probe","alert_level":"{}","reading_value":{}.{},"timestamp_ms":{},"text":""#,
+        if i % 10 == 0 { "critical" } else { "warning" },
+        60 + i % 40,
+        i % 10,
+        1_678_892_340_000u64 + i as u64,
+    );
+    // words, not one long run: the mapping strips binary-looking (base64-like) strings
+    let words = "probe reading above threshold on line four; ".repeat(6);
+    let pad = PAYLOAD_BYTES.saturating_sub(head.len() + 2);
+    let body = format!("{head}{}\"}}", &words[..pad.min(words.len())]);
+    (format!("plant/north/alerts/{device}"), body)
+}
+
+/// Publish alerts `0..n` of `prefix` at QoS 1 as fast as the broker acks them; returns the
+/// time from the first publish queued to the last PUBACK.
+async fn publish(port: u16, prefix: &str, n: usize) -> Duration {
+    let mut o = MqttOptions::new(format!("pub-{prefix}"), "127.0.0.1", port);
+    o.set_inflight(1000)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, mut el) = AsyncClient::new(o, 10_000);
+    let start = Instant::now();
+    let prefix = prefix.to_string();
+    let pubs = tokio::spawn(async move {
+        for i in 0..n {
+            let (t, b) = alert(&prefix, i);
+            client
+                .publish(t, QoS::AtLeastOnce, false, b)
+                .await
+                .expect("queue publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < n {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("publisher lost the broker: {e}"),
+        }
+    }
+    let d = start.elapsed();
+    if let Ok(client) = pubs.await {
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+    }
+    d
+}
+
+/// A plain subscriber that acks each publish at once: the broker's QoS 1 ceiling (the approach
+/// of the ingest bench). Sends on `ready` once subscribed; returns after `n` publishes (first →
+/// n-th), or right after subscribing when `n` is 0.
+async fn raw_subscriber(
+    port: u16,
+    id: &str,
+    clean: bool,
+    n: usize,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Duration {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_clean_session(clean)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, mut el) = AsyncClient::new(o, 10_000);
+    let mut ready = Some(ready);
+    let mut got = 0;
+    let mut start = None;
+    let mut unacked = std::collections::VecDeque::new();
+    loop {
+        while let Some(p) = unacked.front() {
+            if client.try_ack(p).is_err() {
+                break;
+            }
+            unacked.pop_front();
+        }
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                client
+                    .try_subscribe("plant/+/alerts/#", QoS::AtLeastOnce)
+                    .expect("subscribe");
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                if n == 0 {
+                    let _ = client.disconnect().await;
+                    let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+                    return Duration::ZERO;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                start.get_or_insert_with(Instant::now);
+                // a full request channel: keep it and retry after the next poll
+                unacked.push_back(p);
+                got += 1;
+                if got == n {
+                    let d = start.map(|s| s.elapsed()).unwrap_or_default();
+                    // Tens of thousands of acks may still wait here, more than the request
+                    // channel holds: keep the event loop polled while they go (awaiting `ack`
+                    // with nobody polling would never return).
+                    while !unacked.is_empty() {
+                        while let Some(p) = unacked.front() {
+                            if client.try_ack(p).is_err() {
+                                break;
+                            }
+                            unacked.pop_front();
+                        }
+                        let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
+                    }
+                    let _ = client.try_disconnect();
+                    let flush_until = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < flush_until {
+                        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+                            Ok(Ok(_)) => {}
+                            _ => break,
+                        }
+                    }
+                    return d;
+                }
+            }
+            Ok(_) => {}
+            // e.g. the previous session of this id being taken over: rumqttc reconnects
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the agent process and /proc
+
+/// Memory figures of one process, KiB (from `/proc/<pid>/status`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Mem {
+    rss: u64,
+    hwm: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn mem_of(pid: u32) -> Option<Mem> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut m = Mem::default();
+    for line in s.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let v: u64 = v.parse().unwrap_or(0);
+        match k {
+            "VmRSS:" => m.rss = v,
+            "VmHWM:" => m.hwm = v,
+            "RssAnon:" => m.anon = v,
+            "RssFile:" => m.file = v,
+            _ => {}
+        }
+    }
+    (m.rss > 0).then_some(m)
+}
+
+/// `/proc/<pid>/io` fields (`wchar`, `write_bytes`, `syscw`, ...).
+fn io_of(pid: u32) -> HashMap<String, u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// (sum of file lengths, allocated bytes) under `dir`.
+fn dir_bytes(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut sum = (0, 0);
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return sum;
+    };
+    for e in rd.flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        if md.is_dir() {
+            let (a, b) = dir_bytes(&e.path());
+            sum.0 += a;
+            sum.1 += b;
+        } else {
+            sum.0 += md.len();
+            sum.1 += md.blocks() * 512;
+        }
+    }
+    sum
+}
+
+/// Samples `VmRSS` of a pid every [`SAMPLE_EVERY`] on a thread of its own.
+struct Sampler {
+    max_kb: Arc<AtomicU64>,
+    last_kb: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let max_kb = Arc::new(AtomicU64::new(0));
+        let last_kb = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (max_kb, last_kb, stop) = (max_kb.clone(), last_kb.clone(), stop.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(m) = mem_of(pid) {
+                        max_kb.fetch_max(m.rss, Ordering::Relaxed);
+                        last_kb.store(m.rss, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+            }
+        });
+        Sampler {
+            max_kb,
+            last_kb,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn max_kb(&self) -> u64 {
+        self.max_kb.load(Ordering::Relaxed)
+    }
+
+    fn last_kb(&self) -> u64 {
+        self.last_kb.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where the agent of one (mode, N) lives: its config, store and logs.
+struct AgentHome {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    admin: String,
+    store: PathBuf,
+    starts: u32,
+}
+
+impl AgentHome {
+    fn new(broker_port: u16, sim: &Sim) -> AgentHome {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "bench-secret").expect("secret");
+        let store = dir.path().join("wal");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let text = format!(
+            r#"[mqtt]
+url = "mqtt://127.0.0.1:{broker_port}"
+client_id = "ab-backlog"
+topics = ["plant/+/alerts/#"]
+keep_alive_secs = 30
+
+[store]
+dir = "{store}"
+max_bytes = 4294967296
+
+[genesys]
+login_url = "{url}"
+api_url = "{url}"
+client_id = "bench"
+client_secret_file = "{secret}"
+flow_id = "f"
+
+[delivery]
+breaker_failures = 1
+breaker_cooldown_ms = 600000
+
+[mapping]
+alert_id_field = "alert_id"
+
+[admin]
+listen = "{admin}"
+
+[log]
+level = "info"
+format = "json"
+"#,
+            store = store.display(),
+            url = sim.base_url(),
+            secret = secret.display(),
+        );
+        let config = dir.path().join("alertbridge.toml");
+        std::fs::write(&config, text).expect("write config");
+        AgentHome {
+            dir,
+            config,
+            admin,
+            store,
+            starts: 0,
+        }
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.path().join(format!("agent-{start}.log"))
+    }
+
+    /// Spawn the agent binary (under `BACKLOG_AGENT_WRAPPER` if set; `run` names the profile).
+    fn spawn(&mut self, run: &str) -> Agent {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
+        let bin = env!("CARGO_BIN_EXE_alertbridge");
+        let wrapper = std::env::var("BACKLOG_AGENT_WRAPPER")
+            .ok()
+            .filter(|w| !w.trim().is_empty());
+        let mut cmd = match &wrapper {
+            Some(w) => {
+                let w = w.replace("{run}", run);
+                let mut parts = w.split_whitespace();
+                let mut c = Command::new(parts.next().expect("wrapper command"));
+                c.args(parts).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let spawned_at = SystemTime::now();
+        let t0 = Instant::now();
+        let child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn alertbridge");
+        let pid = if wrapper.is_some() {
+            find_descendant(child.id(), "alertbridge", Duration::from_secs(20))
+                .expect("the wrapper started alertbridge")
+        } else {
+            child.id()
+        };
+        Agent {
+            child: Some(child),
+            pid,
+            admin: self.admin.clone(),
+            log: self.log_path(self.starts),
+            spawned_at,
+            t0,
+        }
+    }
+}
+
+/// A descendant of `root` whose `comm` is `name`.
+fn find_descendant(root: u32, name: &str, timeout: Duration) -> Option<u32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut parent = HashMap::new();
+        let mut comm = HashMap::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces, so split at the last ')'
+            let Some((head, tail)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let c = head.split_once('(').map(|x| x.1).unwrap_or("");
+            let ppid = tail
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u32>().ok());
+            if let Some(pp) = ppid {
+                parent.insert(pid, pp);
+                comm.insert(pid, c.to_string());
+            }
+        }
+        for (&pid, c) in &comm {
+            if c != name {
+                continue;
+            }
+            let mut p = pid;
+            while let Some(&pp) = parent.get(&p) {
+                if pp == root {
+                    return Some(pid);
+                }
+                if pp <= 1 {
+                    break;
+                }
+                p = pp;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// One running agent process.
+struct Agent {
+    /// The spawned process (the wrapper when profiling); killed and reaped on drop.
+    child: Option<Child>,
+    /// The agent itself (differs from `child` under a wrapper).
+    pid: u32,
+    admin: String,
+    log: PathBuf,
+    spawned_at: SystemTime,
+    t0: Instant,
+}
+
+impl Agent {
+    /// `GET /status` of the running agent.
+    async fn status(&self) -> Option<Value> {
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
+            let req = format!(
+                "GET /status HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.admin
+            );
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).await.ok()?;
+            let answer = String::from_utf8_lossy(&answer);
+            let (head, body) = answer.split_once("\r\n\r\n")?;
+            if !head.starts_with("HTTP/1.1 200") {
+                return None;
+            }
+            serde_json::from_str(body).ok()
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the exit; returns how long the shutdown took and the exit code.
+    fn stop(&mut self) -> (Duration, Option<i32>) {
+        let Some(mut c) = self.child.take() else {
+            return (Duration::ZERO, None);
+        };
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        let deadline = t + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return (t.elapsed(), st.code());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return (t.elapsed(), None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.pid.to_string())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn counter(st: &Value, name: &str) -> u64 {
+    st["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Requests the simulator logged at or after `since`: the earliest arrival, if any.
+fn first_request_since(sim: &Sim, since: SystemTime) -> Option<SystemTime> {
+    sim.requests()
+        .into_iter()
+        .map(|r| r.at)
+        .filter(|at| *at >= since)
+        .min()
+}
+
+/// Milestones of an agent start, from spawn.
+#[derive(Debug, Default, Clone)]
+struct Ready {
+    status: Option<Duration>,
+    connected: Option<Duration>,
+    subscribed: Option<Duration>,
+    first_attempt: Option<Duration>,
+    /// The latest of the required milestones (None: not ready before the timeout).
+    ready: Option<Duration>,
+}
+
+/// Wait until the agent is ready: status answers with `connected`, the log says `subscribed`,
+/// and (when `want_attempt`) the simulator logged a request from it.
+async fn wait_ready(agent: &Agent, sim: &Sim, want_attempt: bool, timeout: Duration) -> Ready {
+    let mut r = Ready::default();
+    let deadline = agent.t0 + timeout;
+    while Instant::now() < deadline {
+        let now = agent.t0.elapsed();
+        if let Some(st) = agent.status().await {
+            r.status.get_or_insert(now);
+            if st["counters"]["connected"].as_bool() == Some(true) {
+                r.connected.get_or_insert(now);
+            }
+        }
+        if r.subscribed.is_none() {
+            // A new session logs `subscribed` at the SUBACK; a resumed one (every restart here)
+            // keeps its subscriptions and does not subscribe again: its CONNACK says so.
+            let log = agent.logs();
+            if log.contains("\"subscribed\"") || log.contains("session_present=true") {
+                r.subscribed = Some(agent.t0.elapsed());
+            }
+        }
+        if want_attempt && r.first_attempt.is_none() {
+            if let Some(at) = first_request_since(sim, agent.spawned_at) {
+                r.first_attempt = Some(at.duration_since(agent.spawned_at).unwrap_or_default());
+            }
+        }
+        if let (Some(c), Some(s)) = (r.connected, r.subscribed) {
+            if !want_attempt {
+                r.ready = Some(c.max(s));
+                return r;
+            }
+            if let Some(a) = r.first_attempt {
+                r.ready = Some(c.max(s).max(a));
+                return r;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// one row
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Backlog,
+    Live,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Backlog => "backlog",
+            Mode::Live => "live",
+        }
+    }
+}
+
+/// Bounds for one ingest.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_ingest: Duration,
+    max_rss_kb: u64,
+}
+
+#[derive(Debug, Default)]
+struct Row {
+    label: String,
+    n: usize,
+    /// Alerts acked when ingest ended (< n when a bound stopped it).
+    acked: u64,
+    stopped_by: Option<String>,
+    rss_peak_kb: u64,
+    rss_end_kb: u64,
+    rss_ready_kb: Option<u64>,
+    rss_settled_kb: Option<u64>,
+    restart_peak_kb: Option<u64>,
+    ready: Ready,
+    write_bytes: u64,
+    wchar: u64,
+    record_bytes: f64,
+    store_bytes: u64,
+    store_alloc: u64,
+    ingest_rate: f64,
+    raw_rate: Option<f64>,
+    publish_rate: Option<f64>,
+    end_mem: Mem,
+    batches: u64,
+    /// Status counters at the end of ingest: received, persisted, duplicates, stale acks
+    /// skipped, and the pending count.
+    received: u64,
+    persisted: u64,
+    duplicates: u64,
+    stale: u64,
+    pending: u64,
+    reconnects: usize,
+    /// Largest `received − acked − stale acks skipped` seen while polling: publishes the agent
+    /// held unacked (the broker's window as the agent saw it).
+    max_unacked: u64,
+    shutdown: Option<Duration>,
+    pending_after_restart: Option<u64>,
+    note: String,
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1}", kb as f64 / 1024.0)
+}
+
+fn opt_mb(kb: Option<u64>) -> String {
+    kb.map(mb).unwrap_or_else(|| "-".into())
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{}", d.as_millis()))
+        .unwrap_or_else(|| "-".into())
+}
+
+impl Row {
+    /// Per-alert figures divide by the unique alerts acked: N, or fewer for a partial row.
+    fn per_alert(&self) -> f64 {
+        self.acked.min(self.n as u64).max(1) as f64
+    }
+
+    fn print_row(&self) {
+        let n = if self.n == 0 {
+            "0".to_string()
+        } else if self.acked < self.n as u64 {
+            format!("{} of {} (partial)", self.acked, self.n)
+        } else {
+            self.n.to_string()
+        };
+        // redeliveries stored again (beyond the duplicate window) show as extra pending
+        let n = if self.n > 0 && self.pending != self.n as u64 {
+            format!("{n}, {} stored", self.pending)
+        } else {
+            n
+        };
+        let restart = match (self.rss_ready_kb, self.rss_settled_kb) {
+            (Some(a), Some(b)) => format!(
+                "{} / {} (peak {})",
+                mb(a),
+                mb(b),
+                opt_mb(self.restart_peak_kb)
+            ),
+            _ => "-".into(),
+        };
+        let (wpa, spa) = if self.n == 0 {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let w = self.write_bytes as f64 / self.per_alert();
+            let s = self.store_bytes as f64 / self.per_alert();
+            (
+                format!("{w:.0} ({:.1}×)", w / self.record_bytes.max(1.0)),
+                format!("{s:.0} ({:.1}×)", s / self.record_bytes.max(1.0)),
+            )
+        };
+        let rate = if self.n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}", self.ingest_rate)
+        };
+        let raw = self
+            .raw_rate
+            .map(|r| format!("{r:.0}"))
+            .unwrap_or_else(|| "-".into());
+        let ratio = self
+            .raw_rate
+            .filter(|_| self.n > 0)
+            .map(|r| format!("{:.2}", self.ingest_rate / r))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            self.label,
+            n,
+            mb(self.rss_peak_kb),
+            mb(self.rss_end_kb),
+            restart,
+            ms(self.ready.ready),
+            wpa,
+            spa,
+            rate,
+            raw,
+            ratio
+        );
+    }
+
+    fn print_details(&self) {
+        let n = self.n;
+        println!(
+            "- {} N={n}: record {:.0} B (data_bytes/pending); write_bytes {} B, wchar {} B ({:.0} B/alert); store files {} B, allocated {} B; \
+             RSS at end: anon {} MB, file {} MB, VmHWM {} MB; group commits {}; publisher {}/s; \
+             at the end of ingest: received {}, persisted {}, duplicates {}, stale acks skipped {}, broker connections lost {}, pending {}; \
+             most publishes held unacked {}; \
+             start milestones (ms from spawn): status {}, connected {}, subscribed {}, first delivery attempt {}; \
+             shutdown before restart {} ms; pending after restart {}{}{}",
+            self.label,
+            self.record_bytes,
+            self.write_bytes,
+            self.wchar,
+            self.wchar as f64 / self.per_alert(),
+            self.store_bytes,
+            self.store_alloc,
+            mb(self.end_mem.anon),
+            mb(self.end_mem.file),
+            mb(self.end_mem.hwm),
+            self.batches,
+            self.publish_rate
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            self.received,
+            self.persisted,
+            self.duplicates,
+            self.stale,
+            self.reconnects,
+            self.pending,
+            self.max_unacked,
+            ms(self.ready.status),
+            ms(self.ready.connected),
+            ms(self.ready.subscribed),
+            ms(self.ready.first_attempt),
+            ms(self.shutdown),
+            self.pending_after_restart
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            self.stopped_by
+                .as_ref()
+                .map(|s| format!("; STOPPED: {s}"))
+                .unwrap_or_default(),
+            if self.note.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", self.note)
+            },
+        );
+    }
+}
+
+fn progress(msg: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "[backlog] {msg}");
+}
+
+/// Agent on an empty store, connected, nothing flowing: RSS 5 s after ready.
+async fn idle(sim: &Sim) -> Row {
+    let b = broker();
+    let mut home = AgentHome::new(b.port, sim);
+    let mut agent = home.spawn("idle");
+    let sampler = Sampler::start(agent.pid);
+    let ready = wait_ready(&agent, sim, false, Duration::from_secs(30)).await;
+    tokio::time::sleep(SETTLE).await;
+    let m = mem_of(agent.pid).unwrap_or_default();
+    let io = io_of(agent.pid);
+    let (store, alloc) = dir_bytes(&home.store);
+    let row = Row {
+        label: "idle".into(),
+        n: 0,
+        rss_peak_kb: sampler.max_kb().max(m.hwm),
+        rss_end_kb: m.rss,
+        ready,
+        write_bytes: io.get("write_bytes").copied().unwrap_or(0),
+        wchar: io.get("wchar").copied().unwrap_or(0),
+        store_bytes: store,
+        store_alloc: alloc,
+        end_mem: m,
+        note: "idle: RSS end = 5 s after ready; restart-to-ready = spawn → connected + subscribed on an empty store".into(),
+        ..Row::default()
+    };
+    drop(sampler);
+    let (d, _) = agent.stop();
+    progress(&format!("idle done (stop {} ms)", d.as_millis()));
+    row
+}
+
+/// Register the agent's persistent session: start it, wait until subscribed, stop it.
+async fn register_agent(home: &mut AgentHome, sim: &Sim, run: &str) {
+    let mut a = home.spawn(&format!("{run}-register"));
+    let r = wait_ready(&a, sim, false, Duration::from_secs(30)).await;
+    assert!(
+        r.ready.is_some(),
+        "the agent did not subscribe:\n{}",
+        a.logs()
+    );
+    let (_, code) = a.stop();
+    assert_eq!(code, Some(0), "agent exit: {}", a.logs());
+}
+
+async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
+    let run = format!("{}-{n}", mode.name());
+    let b = broker();
+    let mut home = AgentHome::new(b.port, sim);
+    let mut row = Row {
+        label: mode.name().into(),
+        n,
+        ..Row::default()
+    };
+
+    // raw subscriber, and (backlog) the messages queued for both sessions
+    let raw_id = format!("raw-{run}");
+    let agent;
+    let io0;
+    if mode == Mode::Backlog {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        raw_subscriber(b.port, &raw_id, false, 0, tx).await;
+        register_agent(&mut home, sim, &run).await;
+        progress(&format!("{run}: publishing {n}"));
+        let d = publish(b.port, "bl", n).await;
+        row.publish_rate = Some(n as f64 / d.as_secs_f64());
+        progress(&format!(
+            "{run}: published in {:.1} s; raw subscriber",
+            d.as_secs_f64()
+        ));
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let d = raw_subscriber(b.port, &raw_id, false, n, tx).await;
+        row.raw_rate = Some(n as f64 / d.as_secs_f64());
+        progress(&format!(
+            "{run}: raw {:.0}/s; agent",
+            n as f64 / d.as_secs_f64()
+        ));
+        agent = home.spawn(&format!("{run}-ingest"));
+        io0 = HashMap::new(); // from process start: the store open is included
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let h = tokio::spawn({
+            let (port, id) = (b.port, raw_id.clone());
+            async move { raw_subscriber(port, &id, true, n, tx).await }
+        });
+        let _ = rx.await;
+        progress(&format!("{run}: raw subscriber live"));
+        publish(b.port, "raw", n).await;
+        let d = h.await.expect("raw subscriber");
+        row.raw_rate = Some(n as f64 / d.as_secs_f64());
+        progress(&format!(
+            "{run}: raw {:.0}/s; agent",
+            n as f64 / d.as_secs_f64()
+        ));
+        agent = home.spawn(&format!("{run}-ingest"));
+        let r = wait_ready(&agent, sim, false, Duration::from_secs(30)).await;
+        assert!(r.ready.is_some(), "agent not ready:\n{}", agent.logs());
+        io0 = io_of(agent.pid);
+    }
+    let sampler = Sampler::start(agent.pid);
+    let publisher = (mode == Mode::Live).then(|| {
+        let port = b.port;
+        tokio::spawn(async move { publish(port, "lv", n).await })
+    });
+
+    // ingest: first received → acked ≥ n
+    let t_spawn = Instant::now();
+    let mut started: Option<Instant> = None;
+    let mut last = None;
+    let mut next_progress = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = agent.status().await;
+        let now = Instant::now();
+        if let Some(st) = &st {
+            if started.is_none() && counter(st, "received") > 0 {
+                started = Some(now);
+            }
+            row.max_unacked = row.max_unacked.max(
+                counter(st, "received")
+                    .saturating_sub(counter(st, "acked") + counter(st, "stale_acks_skipped")),
+            );
+            if counter(st, "acked") >= n as u64 {
+                last = Some(st.clone());
+                break;
+            }
+            last = Some(st.clone());
+        }
+        let rss = sampler.last_kb();
+        if rss > limits.max_rss_kb {
+            row.stopped_by = Some(format!("RSS {} MB > {} MB", mb(rss), mb(limits.max_rss_kb)));
+        } else if now.duration_since(t_spawn) > limits.max_ingest {
+            row.stopped_by = Some(format!("ingest over {} s", limits.max_ingest.as_secs()));
+        }
+        if row.stopped_by.is_some() {
+            break;
+        }
+        if now > next_progress {
+            next_progress = now + Duration::from_secs(10);
+            let c = |k| last.as_ref().map(|s| counter(s, k)).unwrap_or(0);
+            let el = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+            progress(&format!(
+                "{run}: {el:.0} s: received {} persisted {} acked {} stale {} duplicates {}, RSS {} MB",
+                c("received"),
+                c("persisted"),
+                c("acked"),
+                c("stale_acks_skipped"),
+                c("duplicates"),
+                mb(rss)
+            ));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    let t_end = Instant::now();
+    let m = mem_of(agent.pid).unwrap_or_default();
+    let io1 = io_of(agent.pid);
+    let st = last.unwrap_or(Value::Null);
+    row.acked = counter(&st, "acked");
+    row.batches = counter(&st, "batches");
+    row.received = counter(&st, "received");
+    row.persisted = counter(&st, "persisted");
+    row.duplicates = counter(&st, "duplicates");
+    row.stale = counter(&st, "stale_acks_skipped");
+    row.reconnects = agent.logs().matches("broker connection lost").count();
+    row.ingest_rate = row.acked as f64
+        / t_end
+            .duration_since(started.unwrap_or(t_spawn))
+            .as_secs_f64();
+    let pending = st["pending"].as_u64().unwrap_or(0);
+    row.pending = pending;
+    let data = st["data_bytes"].as_u64().unwrap_or(0);
+    row.record_bytes = if pending > 0 {
+        data as f64 / pending as f64
+    } else {
+        0.0
+    };
+    let delta = |k: &str| {
+        io1.get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(io0.get(k).copied().unwrap_or(0))
+    };
+    row.write_bytes = delta("write_bytes");
+    row.wchar = delta("wchar");
+    (row.store_bytes, row.store_alloc) = dir_bytes(&home.store);
+    row.rss_peak_kb = sampler.max_kb().max(m.hwm);
+    row.rss_end_kb = m.rss;
+    row.end_mem = m;
+    drop(sampler);
+    if counter(&st, "delivered") > 0 {
+        row.note = format!(
+            "DRAIN DELIVERED {} (should be 0)",
+            counter(&st, "delivered")
+        );
+    }
+    if let Some(p) = publisher {
+        match tokio::time::timeout(Duration::from_secs(5), p).await {
+            Ok(Ok(d)) => row.publish_rate = Some(n as f64 / d.as_secs_f64()),
+            _ => progress(&format!("{run}: publisher still running at stop")),
+        }
+    }
+    progress(&format!(
+        "{run}: ingest {:.0}/s, acked {}, RSS peak {} MB end {} MB; restart",
+        row.ingest_rate,
+        row.acked,
+        mb(row.rss_peak_kb),
+        mb(row.rss_end_kb)
+    ));
+
+    // restart on the same store
+    let mut agent = agent;
+    let (d, code) = agent.stop();
+    row.shutdown = Some(d);
+    if code != Some(0) {
+        row.note
+            .push_str(&format!(" first agent exit code {code:?};"));
+    }
+    drop(agent);
+    let agent = home.spawn(&format!("{run}-restart"));
+    let sampler = Sampler::start(agent.pid);
+    let ready = wait_ready(&agent, sim, true, READY_TIMEOUT).await;
+    row.rss_ready_kb = mem_of(agent.pid).map(|m| m.rss);
+    row.ready = ready;
+    tokio::time::sleep(SETTLE).await;
+    let m = mem_of(agent.pid).unwrap_or_default();
+    row.rss_settled_kb = Some(m.rss);
+    row.restart_peak_kb = Some(sampler.max_kb().max(m.hwm));
+    row.pending_after_restart = agent.status().await.and_then(|s| s["pending"].as_u64());
+    drop(sampler);
+    let mut agent = agent;
+    let (_, code) = agent.stop();
+    if code != Some(0) {
+        row.note
+            .push_str(&format!(" restarted agent exit code {code:?};"));
+    }
+    if row.ready.ready.is_none() {
+        row.note.push_str(" restart: not ready before the timeout;");
+    }
+    row
+}
+
+fn parse_args() -> (Vec<usize>, Vec<Mode>) {
+    let mut ns = Vec::new();
+    let mut modes = vec![Mode::Backlog, Mode::Live];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if let Ok(n) = a.parse::<usize>() {
+            ns.push(n);
+        } else if a == "--mode" {
+            modes = match args.next().as_deref() {
+                Some("backlog") => vec![Mode::Backlog],
+                Some("live") => vec![Mode::Live],
+                Some("both") | None => vec![Mode::Backlog, Mode::Live],
+                Some(other) => panic!("--mode backlog|live|both, not {other}"),
+            };
+        }
+        // anything else (cargo passes `--bench`) is ignored
+    }
+    if ns.is_empty() {
+        ns = vec![20_000, 200_000];
+    }
+    (ns, modes)
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let (ns, modes) = parse_args();
+    let limits = Limits {
+        max_ingest: Duration::from_secs(env_u64("BACKLOG_MAX_INGEST_SECS", 900)),
+        max_rss_kb: env_u64("BACKLOG_MAX_RSS_MB", 1024) * 1024,
+    };
+    alertbridge::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let sim = Sim::start(SimConfig {
+            client_id: "bench".into(),
+            client_secret: "bench-secret".into(),
+            ..SimConfig::default()
+        })
+        .await
+        .expect("sim");
+        sim.outage_for(Duration::from_secs(24 * 3600));
+        let mut rows = vec![idle(&sim).await];
+        for &mode in &modes {
+            for &n in &ns {
+                progress(&format!("{} N={n}", mode.name()));
+                rows.push(run_one(mode, n, &sim, limits).await);
+            }
+        }
+        let delivered = sim.stats().accepted;
+        println!(
+            "\nbacklog benchmark: {PAYLOAD_BYTES}-byte JSON alerts, Genesys unreachable (simulator outage, {delivered} accepted), \
+             mosquitto max_inflight_messages={INFLIGHT}, {} CPUs, agent {}",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            env!("CARGO_BIN_EXE_alertbridge"),
+        );
+        println!();
+        println!("| mode | N pending | RSS peak during ingest (MB) | RSS end of ingest (MB) | RSS after restart: ready / +5 s (MB) | restart-to-ready (ms) | written B/alert (÷ record) | store B/alert (÷ record) | ingest alerts/s | raw QoS1 sub alerts/s | ratio |");
+        println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+        for r in &rows {
+            r.print_row();
+        }
+        println!();
+        for r in &rows {
+            r.print_details();
+        }
+    });
+}
