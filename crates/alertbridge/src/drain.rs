@@ -260,7 +260,7 @@ impl Clock {
 }
 
 /// A record the drain holds, with when it first read it (its TTL age runs on the monotonic
-/// clock from there, S1 in `schedule.rs`) and the correlation ids of the answers it got (for
+/// clock from there, C1 in `schedule.rs`) and the correlation ids of the answers it got (for
 /// an `Unconfirmed` dead letter's reason; in memory only, so those of this run).
 #[derive(Debug, Clone)]
 struct Held {
@@ -459,7 +459,7 @@ impl Drain {
 
     /// Tops up each lane's window from the log, in seq order, each alert at its persisted next
     /// attempt time (so a restart does not turn a backlog in backoff into a retry stampede),
-    /// but never more than `backoff_max` from now (S2: the wall clock may have been set back
+    /// but never more than `backoff_max` from now (C2: the wall clock may have been set back
     /// since it was written). Undecodable records become dead letters of kind `Corrupt` (I4):
     /// counted and visible, never a panic, never a stuck cursor. Returns how many records were
     /// taken in.
@@ -875,7 +875,7 @@ impl Drain {
         Ok(())
     }
 
-    /// Dead-letter an alert of age `age_ms` (S1) that passed its lane's `ttl`.
+    /// Dead-letter an alert of age `age_ms` (C1) that passed its lane's `ttl`.
     async fn expire(
         &mut self,
         key: Key,

@@ -7,9 +7,9 @@
 //! starting at the wall time the drain started) and reads the **wall** clock only for what is
 //! stored or shown. A gateway without a real-time clock boots with an old wall time and NTP
 //! later jumps it hours ahead (or back); what must stay true through such a jump:
-//! - S1 A jump never expires an alert: its age is the age it had when the drain first read it
+//! - C1 A jump never expires an alert: its age is the age it had when the drain first read it
 //!   plus monotonic time since ([`Sighting`]). A jump *after* that changes nothing.
-//! - S2 A jump never puts the backlog to sleep: retry times in memory are monotonic; a retry
+//! - C2 A jump never puts the backlog to sleep: retry times in memory are monotonic; a retry
 //!   time read back from the log (wall ms, persisted) is due at most `backoff_max` from now
 //!   ([`due_in`]).
 
@@ -72,7 +72,7 @@ pub fn next_attempt_ms(
     now_ms.saturating_add(delay)
 }
 
-/// How long from now a retry time read back from the log is due (S2). `next_attempt_ms` is
+/// How long from now a retry time read back from the log is due (C2). `next_attempt_ms` is
 /// wall-clock ms as persisted (0 = now); one more than `max` ahead (the wall clock was set back
 /// since, or it was wrong when the time was written) counts as due `max` from now, so no
 /// clock jump can park an alert for longer than the longest backoff.
@@ -82,7 +82,7 @@ pub fn due_in(next_attempt_ms: u64, wall_now_ms: u64, max: Duration) -> Duration
 
 /// When the drain first read an alert: how old it was then (by the wall clock: now minus its
 /// `received_at_ms`) and the drain's monotonic time then. Its age later is that age plus the
-/// monotonic time since (S1), so a wall-clock jump after the first read neither ages nor
+/// monotonic time since (C1), so a wall-clock jump after the first read neither ages nor
 /// rejuvenates it. Kept in memory with the record the drain holds, across its re-keys.
 ///
 /// What it cannot fix: an alert first read after a jump that happened between its receipt and
@@ -384,7 +384,7 @@ mod tests {
 
     const HOUR: u64 = 3_600_000;
 
-    /// Issue 9, item 5 (S1): the TTL age was `wall now - received_at`, so NTP jumping the wall
+    /// Issue 9, item 5 (C1): the TTL age was `wall now - received_at`, so NTP jumping the wall
     /// clock of an RTC-less gateway hours ahead expired alerts received seconds before. A faked
     /// wall clock jumps 5 h ahead after the first read: the age follows the monotonic clock.
     #[test]
@@ -407,7 +407,7 @@ mod tests {
         assert_eq!(Sighting::new(received, received - HOUR, 0).age_ms(10), 10);
     }
 
-    /// Issue 9, item 5 (S2): a persisted retry time far ahead of the wall clock (set back by
+    /// Issue 9, item 5 (C2): a persisted retry time far ahead of the wall clock (set back by
     /// NTP, or written while the clock was ahead) used to park the alert until the wall clock
     /// caught up, hours later. Read back, it is due at most `backoff_max` from now.
     #[test]
