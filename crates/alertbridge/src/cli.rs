@@ -34,7 +34,7 @@ pub enum DeadLettersAction {
         /// `7d`, `12h`, `30m`.
         #[arg(long)]
         before: Option<String>,
-        /// Only this kind: Rejected, Malformed, Expired, Corrupt, Oversize, Exhausted.
+        /// Only this kind: Rejected, Malformed, Expired, Corrupt, Oversize, Exhausted, Unconfirmed.
         #[arg(long)]
         kind: Option<String>,
         /// Really delete.
