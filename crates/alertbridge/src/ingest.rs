@@ -79,6 +79,34 @@ pub enum IngestError {
 /// A publish and the connection epoch it arrived on.
 pub(crate) type Stamped = (u64, Publish);
 
+/// What a PUBACK needs of a durable publish: its connection epoch, packet id and QoS. The
+/// payload and topic are dropped as soon as the batch is durable: under a flood rumqttc writes
+/// far fewer acks per poll than it reads publishes, and holding whole publishes until their ack
+/// went out made memory grow with the backlog (about 0.4 KB per alert in the backlog bench).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AckToken {
+    epoch: u64,
+    pkid: u16,
+    qos: QoS,
+}
+
+impl AckToken {
+    fn of((epoch, p): &Stamped) -> AckToken {
+        AckToken {
+            epoch: *epoch,
+            pkid: p.pkid,
+            qos: p.qos,
+        }
+    }
+
+    /// A publish rumqttc's `try_ack` turns into the right PUBACK (it reads qos and pkid only).
+    fn as_publish(&self) -> Publish {
+        let mut p = Publish::new("", self.qos, Vec::<u8>::new());
+        p.pkid = self.pkid;
+        p
+    }
+}
+
 /// Publishes of one batch whose PUBACKs wait for the batch's durability proof (I1).
 ///
 /// Dropping it acks nothing: the broker keeps ownership and redelivers.
@@ -90,9 +118,9 @@ pub(crate) struct UnackedBatch {
 impl UnackedBatch {
     /// The publishes may be acked now: `proof` says the batch that holds them is flushed and
     /// fsynced. (The proof's constructor is private to the WAL crate.)
-    pub(crate) fn release(self, proof: &Durable<Vec<Appended>>) -> Vec<Stamped> {
+    pub(crate) fn release(self, proof: &Durable<Vec<Appended>>) -> Vec<AckToken> {
         debug_assert_eq!(proof.get().len(), self.publishes.len());
-        self.publishes
+        self.publishes.iter().map(AckToken::of).collect()
     }
 }
 
@@ -293,7 +321,7 @@ pub(crate) async fn run(
     let (client, eventloop) = AsyncClient::new(options, request_channel_capacity(store.batch_max));
     let (pub_tx, pub_rx) = mpsc::channel::<Stamped>(PUBLISH_CHANNEL);
     // Unbounded: acks ≤ publishes received, which the broker's in-flight window bounds.
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<Stamped>>();
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<AckToken>>();
     let batcher_done = CancellationToken::new();
 
     let batcher = {
@@ -334,7 +362,7 @@ async fn connection(
     client: AsyncClient,
     mut eventloop: EventLoop,
     pub_tx: mpsc::Sender<Stamped>,
-    mut ack_rx: mpsc::UnboundedReceiver<Vec<Stamped>>,
+    mut ack_rx: mpsc::UnboundedReceiver<Vec<AckToken>>,
     counters: Arc<Counters>,
     batcher_done: CancellationToken,
 ) -> Result<(), IngestError> {
@@ -347,7 +375,7 @@ async fn connection(
     report_subscriptions(&counters, &subs);
     let mut pub_tx = Some(pub_tx);
     // Acks released by the batcher that rumqttc's request channel could not take yet.
-    let mut ack_backlog: VecDeque<Stamped> = VecDeque::new();
+    let mut ack_backlog: VecDeque<AckToken> = VecDeque::new();
     let mut acks_open = true;
     loop {
         if !ack_backlog.is_empty() {
@@ -587,17 +615,17 @@ fn report_subscriptions(counters: &Counters, subs: &Subscriptions) {
 fn queue_acks(
     client: &AsyncClient,
     epoch: u64,
-    backlog: &mut VecDeque<Stamped>,
+    backlog: &mut VecDeque<AckToken>,
     counters: &Counters,
 ) {
     let (mut acked, mut stale) = (0, 0);
-    while let Some((e, p)) = backlog.front() {
-        if *e != epoch {
+    while let Some(token) = backlog.front() {
+        if token.epoch != epoch {
             stale += 1;
             backlog.pop_front();
             continue;
         }
-        match client.try_ack(p) {
+        match client.try_ack(&token.as_publish()) {
             Ok(()) => {
                 acked += 1;
                 backlog.pop_front();
@@ -620,7 +648,7 @@ async fn batcher(
     counters: Arc<Counters>,
     feed: DrainFeed,
     mut pub_rx: mpsc::Receiver<Stamped>,
-    ack_tx: mpsc::UnboundedSender<Vec<Stamped>>,
+    ack_tx: mpsc::UnboundedSender<Vec<AckToken>>,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
     loop {
