@@ -379,7 +379,7 @@ async fn connection(
     let mut acks_open = true;
     loop {
         if !ack_backlog.is_empty() {
-            queue_acks(&client, epoch, &mut ack_backlog, &counters);
+            write_acks(&mut eventloop, &client, epoch, &mut ack_backlog, &counters).await;
         }
         if !acks_open && ack_backlog.is_empty() {
             // batcher gone and every ack queued: say goodbye and stop
@@ -392,7 +392,7 @@ async fn connection(
                 match acks {
                     Some(acks) => {
                         ack_backlog.extend(acks);
-                        queue_acks(&client, epoch, &mut ack_backlog, &counters);
+                        write_acks(&mut eventloop, &client, epoch, &mut ack_backlog, &counters).await;
                     }
                     None => acks_open = false,
                 }
@@ -612,6 +612,63 @@ fn report_subscriptions(counters: &Counters, subs: &Subscriptions) {
 /// written some). An ack that was not sent would hold one of the broker's in-flight slots until
 /// the next reconnect, so none is given up while its connection lives; acks of an older epoch
 /// are dropped (the broker redelivers those publishes).
+///
+/// Acks go straight onto the connection, all of them, between two polls: through rumqttc's
+/// request channel only one request is written per poll that selects it, while each network
+/// read takes up to ten publishes, so under a flood (a broker emptying a long outage's queue)
+/// acks fell ever further behind, held memory and, at a stop, left hundreds of thousands of
+/// durable alerts unacked for the broker to send again. Written through `EventLoop::state`
+/// (so rumqttc's state sees them as sent) and `EventLoop::network` of the current connection;
+/// without a connection they fall back to the request channel.
+async fn write_acks(
+    eventloop: &mut EventLoop,
+    client: &AsyncClient,
+    epoch: u64,
+    backlog: &mut VecDeque<AckToken>,
+    counters: &Counters,
+) {
+    let Some(network) = eventloop.network.as_mut() else {
+        queue_acks(client, epoch, backlog, counters);
+        return;
+    };
+    let (mut acked, mut stale) = (0, 0);
+    let mut failed = false;
+    while let Some(token) = backlog.front().copied() {
+        if token.epoch != epoch {
+            stale += 1;
+            backlog.pop_front();
+            continue;
+        }
+        let request = rumqttc::Request::PubAck(rumqttc::PubAck::new(token.pkid));
+        match eventloop.state.handle_outgoing_packet(request) {
+            Ok(Some(packet)) => {
+                if network.write(packet).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+        acked += 1;
+        backlog.pop_front();
+    }
+    if !failed && acked > 0 && network.flush().await.is_err() {
+        failed = true;
+    }
+    if failed {
+        // The connection is going: the next poll reports it and bumps the epoch, and the acks
+        // left are stale then (the broker resends those publishes).
+        tracing::debug!("writing PUBACKs failed; the connection is being lost");
+    }
+    if acked > 0 || stale > 0 {
+        Acked { acked, stale }.emit(counters);
+    }
+}
+
 fn queue_acks(
     client: &AsyncClient,
     epoch: u64,
