@@ -71,5 +71,32 @@ async fn every_alert_reaches_genesys_exactly_once() {
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(st["pending"], 0);
     assert_eq!(st["dead_letters"], 2);
+
+    // Issue 9, point 8 (I6): the client secret is in no log line, no status output and no file
+    // of the store (segments, checkpoint, dead letters, receipts).
+    let secret = std::fs::read_to_string(s.agent.secret_path()).expect("secret");
+    let secret = secret.trim();
+    assert!(
+        !s.agent.logs().contains(secret),
+        "the secret is in a log line"
+    );
+    assert!(!String::from_utf8_lossy(&status.stdout).contains(secret));
+    let mut files = vec![s.agent.dir.path().join("wal")];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(
+                std::fs::read_dir(&path)
+                    .expect("list")
+                    .map(|e| e.expect("entry").path()),
+            );
+        } else {
+            let bytes = std::fs::read(&path).expect("read store file");
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the secret is in {}",
+                path.display()
+            );
+        }
+    }
     s.finish().await;
 }
