@@ -80,8 +80,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// mosquitto's `max_inflight_messages`: unacked QoS 1 publishes it sends one client.
-const INFLIGHT: u32 = 100;
+mod broker;
+use broker::{broker, free_port, INFLIGHT};
 /// Size of every alert payload, bytes.
 const PAYLOAD_BYTES: usize = 250;
 /// RSS sampling period.
@@ -95,69 +95,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------------------
 // broker
-
-/// A mosquitto of this bench's own, killed and reaped on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn broker() -> Broker {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // mosquitto started as root drops to user `mosquitto`: without this it cannot write into
-    // its data dir.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod data dir");
-    let port = free_port();
-    let conf = dir.path().join("m.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages {INFLIGHT}\nmax_queued_messages 10000000\n",
-            dir.path().display()
-        ),
-    )
-    .expect("write conf");
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("mosquitto");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Broker {
-        child,
-        port,
-        _dir: dir,
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // alerts, publisher, raw subscriber

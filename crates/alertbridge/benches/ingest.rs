@@ -10,7 +10,6 @@
 //!   is offline, then the consumer connects: pure consumer-side throughput;
 //! - `live`: the consumer is connected while a publisher sends N as fast as it can.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,67 +20,8 @@ use genesys_sim::{Sim, SimConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
-const INFLIGHT: u32 = 100;
-
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn broker() -> Broker {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // mosquitto started as root drops to user `mosquitto`: without this it cannot write its
-    // persistence file, and a broker restart silently loses every queued message.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod data dir");
-    let port = free_port();
-    let conf = dir.path().join("m.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages {INFLIGHT}\nmax_queued_messages 10000000\n",
-            dir.path().display()
-        ),
-    )
-    .expect("write conf");
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("mosquitto");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Broker {
-        child,
-        port,
-        _dir: dir,
-    }
-}
+mod broker;
+use broker::{broker, INFLIGHT};
 
 /// Publish n QoS1 messages; returns when the broker acked them all.
 async fn publish(port: u16, n: usize, id: &str) {
