@@ -1,5 +1,5 @@
 //! The local status endpoint (`[admin] listen`, loopback by default): `GET /status` (JSON),
-//! `GET /healthz`. `alertbridge status` reads it while the agent runs (sled locks the store
+//! `GET /healthz`. `alertbridge status` reads it while the agent runs (the agent locks the store
 //! directory, so a second process cannot open the log then) and opens the log itself otherwise.
 
 use std::net::SocketAddr;

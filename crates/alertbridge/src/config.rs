@@ -410,7 +410,7 @@ pub struct StoreConfig {
     /// Largest group commit.
     pub batch_max: usize,
     /// Below this much free space on the store's filesystem ingest holds back like at the
-    /// budget, so sled never meets ENOSPC mid-write.
+    /// budget, so the log rarely meets ENOSPC (which it survives as backpressure too).
     pub min_free_bytes: u64,
 }
 

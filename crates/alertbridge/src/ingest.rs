@@ -9,7 +9,7 @@
 //!
 //! Invariants kept here (docs/design.md table):
 //! - **I1** a PUBACK is queued only for a publish whose batch returned [`Durable`] from
-//!   `Wal::append_batch`, i.e. after sled's flush *and* the fsync of its data file. Encoded in
+//!   `Wal::append_publishes`, i.e. after the batch was written *and* fdatasync'ed. Encoded in
 //!   [`UnackedBatch::release`], which needs that proof; dropping an `UnackedBatch` acks nothing,
 //!   so any early return leaves the alerts with the broker, which redelivers them.
 //! - **I2** a PUBACK is queued only for a publish received on the current connection epoch.
@@ -877,8 +877,8 @@ async fn wait_for_budget(
     cancel: &CancellationToken,
 ) -> Result<bool, IngestError> {
     loop {
-        // The live data (pending + dead letters), not sled's file size: sled reuses freed space
-        // but never shrinks its files, so a file-size budget once reached would hold forever.
+        // The segments holding pending alerts (they shrink as the backlog drains); dead letters
+        // have their own budget and never hold up ingest.
         let size = wal.data_bytes();
         let reason = over_budget(
             size,

@@ -7,10 +7,11 @@
 //!    connection epoch and hands it to the batcher, which asks the payload mapper
 //!    (`alertbridge-payload`) for the alert's identity and lane, and appends it with every other
 //!    publish waiting at that moment in **one** group commit (`alertbridge-wal`:
-//!    sled transaction, flush, fsync). Only then are the PUBACKs queued (I1), and only for
+//!    one write to the active segment, fdatasync). Only then are the PUBACKs written (I1), and only for
 //!    publishes of the current connection (I2). A payload the mapping rejects is persisted
 //!    straight into dead letters with the reason.
-//! 2. The durable key goes to [`drain`], whose [`schedule::Queue`] orders critical alerts first
+//! 2. Ingest wakes [`drain`], whose cursors page each lane of the log into a bounded window;
+//!    its [`schedule::Queue`] orders critical alerts first
 //!    without starving the rest. The [`limiter`] paces requests (token bucket, AIMD on 429,
 //!    client-wide `Retry-After`) and the circuit breaker holds them during an outage.
 //! 3. A delivery task maps the payload to the request body and calls Genesys

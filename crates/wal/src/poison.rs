@@ -2,10 +2,11 @@
 //!
 //! After a failed fsync the kernel may already have dropped the dirty pages and marked them clean,
 //! so a retried fsync can return `Ok` while the data never reached the disk (the "fsyncgate"
-//! lesson; fjall's `Poisoned` does the same). A failed sled flush leaves sled's log in an unknown
-//! state. Either way nothing written afterwards could honestly be called durable: the WAL refuses
-//! every later write with [`WalError::Poisoned`](crate::WalError::Poisoned), the agent stops
-//! acking, exits non-zero and systemd restarts it; sled's recovery then decides what is on disk.
+//! lesson; fjall's `Poisoned` does the same). A failed write other than a full filesystem
+//! leaves the tail of a segment in an unknown state. Either way nothing written afterwards could
+//! honestly be called durable: the WAL refuses every later write with
+//! [`WalError::Poisoned`](crate::WalError::Poisoned), the agent stops acking, exits non-zero and
+//! systemd restarts it; recovery at open then decides what is on disk (a torn tail is cut off).
 //! Reads keep working so an operator can still inspect the store.
 
 use std::sync::atomic::{AtomicBool, Ordering};

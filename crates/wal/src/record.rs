@@ -32,7 +32,7 @@ pub const RECORD_VERSION: u8 = 1;
 pub const FRAME_HEADER_LEN: usize = 9;
 
 /// Pending key: sorts critical first, then by arrival (seq). On disk: `[priority u8][seq u64 BE]`,
-/// so sled's byte order is the drain order.
+/// (format 1 used it as the sled key; format 2 keeps it inside dead letters and ack frames).
 ///
 /// Serialized inside a [`DeadLetter`](crate::DeadLetter): changing it changes the on-disk format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
