@@ -276,6 +276,32 @@ fn io_of(pid: u32) -> HashMap<String, u64> {
         .collect()
 }
 
+/// `write_bytes` of each live thread of `pid`, summed by thread name (threads that already
+/// exited are only in the process total).
+fn write_bytes_by_thread(pid: u32) -> Vec<(String, u64)> {
+    let mut by: HashMap<String, u64> = HashMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(e.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let io = std::fs::read_to_string(e.path().join("io")).unwrap_or_default();
+        let wb = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        *by.entry(name).or_default() += wb;
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, b)| *b > 0).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v
+}
+
 /// (sum of file lengths, allocated bytes) under `dir`.
 fn dir_bytes(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -711,6 +737,8 @@ struct Row {
     /// Largest `received − acked − stale acks skipped` seen while polling: publishes the agent
     /// held unacked (the broker's window as the agent saw it).
     max_unacked: u64,
+    /// `write_bytes` by thread name at the end of ingest (live threads only).
+    writes_by_thread: Vec<(String, u64)>,
     shutdown: Option<Duration>,
     pending_after_restart: Option<u64>,
     note: String,
@@ -804,7 +832,7 @@ impl Row {
             "- {} N={n}: record {:.0} B (data_bytes/pending); write_bytes {} B, wchar {} B ({:.0} B/alert); store files {} B, allocated {} B; \
              RSS at end: anon {} MB, file {} MB, VmHWM {} MB; group commits {}; publisher {}/s; \
              at the end of ingest: received {}, persisted {}, duplicates {}, stale acks skipped {}, broker connections lost {}, pending {}; \
-             most publishes held unacked {}; \
+             most publishes held unacked {}; write_bytes by thread (process lifetime) {}; \
              start milestones (ms from spawn): status {}, connected {}, subscribed {}, first delivery attempt {}; \
              shutdown before restart {} ms; pending after restart {}{}{}",
             self.label,
@@ -828,6 +856,15 @@ impl Row {
             self.reconnects,
             self.pending,
             self.max_unacked,
+            if self.writes_by_thread.is_empty() {
+                "-".to_string()
+            } else {
+                self.writes_by_thread
+                    .iter()
+                    .map(|(t, b)| format!("{t}={b}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
             ms(self.ready.status),
             ms(self.ready.connected),
             ms(self.ready.subscribed),
@@ -1008,6 +1045,7 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
     let t_end = Instant::now();
     let m = mem_of(agent.pid).unwrap_or_default();
     let io1 = io_of(agent.pid);
+    row.writes_by_thread = write_bytes_by_thread(agent.pid);
     let st = last.unwrap_or(Value::Null);
     row.acked = counter(&st, "acked");
     row.batches = counter(&st, "batches");
