@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Positional numbers are the N to run (default `20000 200000`); `--mode backlog|live|both`
-//! (default both, backlog first). Bounds for large N (a partial row is printed when one hits):
+//! (default both, backlog first); `--rate R` paces the live mode's publisher (raw and agent
+//! alike) to R alerts/s instead of as fast as it can, e.g. below the agent's ingest rate so the
+//! broker never piles up unacked publishes on the agent. Bounds for large N (a partial row is printed when one hits):
 //! `BACKLOG_MAX_INGEST_SECS` (default 900) and `BACKLOG_MAX_RSS_MB` (default 1024).
 //! `BACKLOG_AGENT_WRAPPER` runs the agent under a profiler, e.g.
 //! `BACKLOG_AGENT_WRAPPER="heaptrack -o /tmp/ht-{run}"` (`{run}` becomes `backlog-200000-ingest`,
@@ -118,7 +120,7 @@ fn alert(prefix: &str, i: usize) -> (String, String) {
 
 /// Publish alerts `0..n` of `prefix` at QoS 1 as fast as the broker acks them; returns the
 /// time from the first publish queued to the last PUBACK.
-async fn publish(port: u16, prefix: &str, n: usize) -> Duration {
+async fn publish(port: u16, prefix: &str, n: usize, rate: Option<f64>) -> Duration {
     let mut o = MqttOptions::new(format!("pub-{prefix}"), "127.0.0.1", port);
     o.set_inflight(1000)
         .set_keep_alive(Duration::from_secs(30))
@@ -128,6 +130,10 @@ async fn publish(port: u16, prefix: &str, n: usize) -> Duration {
     let prefix = prefix.to_string();
     let pubs = tokio::spawn(async move {
         for i in 0..n {
+            if let Some(rate) = rate.filter(|_| i % 100 == 0) {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
             let (t, b) = alert(&prefix, i);
             client
                 .publish(t, QoS::AtLeastOnce, false, b)
@@ -935,12 +941,15 @@ async fn register_agent(home: &mut AgentHome, sim: &Sim, run: &str) {
     assert_eq!(code, Some(0), "agent exit: {}", a.logs());
 }
 
-async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
+async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits, rate: Option<f64>) -> Row {
     let run = format!("{}-{n}", mode.name());
     let b = broker();
     let mut home = AgentHome::new(b.port, sim);
     let mut row = Row {
-        label: mode.name().into(),
+        label: match rate {
+            Some(r) if mode == Mode::Live => format!("live, paced {r:.0}/s"),
+            _ => mode.name().into(),
+        },
         n,
         ..Row::default()
     };
@@ -954,7 +963,7 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
         raw_subscriber(b.port, &raw_id, false, 0, tx).await;
         register_agent(&mut home, sim, &run).await;
         progress(&format!("{run}: publishing {n}"));
-        let d = publish(b.port, "bl", n).await;
+        let d = publish(b.port, "bl", n, None).await;
         row.publish_rate = Some(n as f64 / d.as_secs_f64());
         progress(&format!(
             "{run}: published in {:.1} s; raw subscriber",
@@ -977,7 +986,7 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
         });
         let _ = rx.await;
         progress(&format!("{run}: raw subscriber live"));
-        publish(b.port, "raw", n).await;
+        publish(b.port, "raw", n, rate).await;
         let d = h.await.expect("raw subscriber");
         row.raw_rate = Some(n as f64 / d.as_secs_f64());
         progress(&format!(
@@ -992,7 +1001,7 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
     let sampler = Sampler::start(agent.pid);
     let publisher = (mode == Mode::Live).then(|| {
         let port = b.port;
-        tokio::spawn(async move { publish(port, "lv", n).await })
+        tokio::spawn(async move { publish(port, "lv", n, rate).await })
     });
 
     // ingest: first received → acked ≥ n
@@ -1131,13 +1140,19 @@ async fn run_one(mode: Mode, n: usize, sim: &Sim, limits: Limits) -> Row {
     row
 }
 
-fn parse_args() -> (Vec<usize>, Vec<Mode>) {
+fn parse_args() -> (Vec<usize>, Vec<Mode>, Option<f64>) {
     let mut ns = Vec::new();
+    let mut rate = None;
     let mut modes = vec![Mode::Backlog, Mode::Live];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if let Ok(n) = a.parse::<usize>() {
             ns.push(n);
+        } else if a == "--rate" {
+            rate = args
+                .next()
+                .and_then(|r| r.parse::<f64>().ok())
+                .filter(|r| *r > 0.0);
         } else if a == "--mode" {
             modes = match args.next().as_deref() {
                 Some("backlog") => vec![Mode::Backlog],
@@ -1151,7 +1166,7 @@ fn parse_args() -> (Vec<usize>, Vec<Mode>) {
     if ns.is_empty() {
         ns = vec![20_000, 200_000];
     }
-    (ns, modes)
+    (ns, modes, rate)
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -1162,7 +1177,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    let (ns, modes) = parse_args();
+    let (ns, modes, rate) = parse_args();
     let limits = Limits {
         max_ingest: Duration::from_secs(env_u64("BACKLOG_MAX_INGEST_SECS", 900)),
         max_rss_kb: env_u64("BACKLOG_MAX_RSS_MB", 1024) * 1024,
@@ -1185,7 +1200,7 @@ fn main() {
         for &mode in &modes {
             for &n in &ns {
                 progress(&format!("{} N={n}", mode.name()));
-                rows.push(run_one(mode, n, &sim, limits).await);
+                rows.push(run_one(mode, n, &sim, limits, rate).await);
             }
         }
         let delivered = sim.stats().accepted;
