@@ -304,7 +304,7 @@ fn write_bytes_by_thread(pid: u32) -> Vec<(String, u64)> {
         *by.entry(name).or_default() += wb;
     }
     let mut v: Vec<_> = by.into_iter().filter(|(_, b)| *b > 0).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v
 }
 
