@@ -14,6 +14,7 @@
 //! `BACKLOG_AGENT_WRAPPER` runs the agent under a profiler, e.g.
 //! `BACKLOG_AGENT_WRAPPER="heaptrack -o /tmp/ht-{run}"` (`{run}` becomes `backlog-200000-ingest`,
 //! `…-restart`); the agent's pid is then found among the wrapper's descendants by its name.
+//! `BACKLOG_AGENT_WRAPPER_FOR=restart` wraps only the starts whose name contains that text.
 //!
 //! # What runs
 //!
@@ -452,9 +453,10 @@ format = "json"
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
         let bin = env!("CARGO_BIN_EXE_alertbridge");
+        let only = std::env::var("BACKLOG_AGENT_WRAPPER_FOR").unwrap_or_default();
         let wrapper = std::env::var("BACKLOG_AGENT_WRAPPER")
             .ok()
-            .filter(|w| !w.trim().is_empty());
+            .filter(|w| !w.trim().is_empty() && run.contains(only.as_str()));
         let mut cmd = match &wrapper {
             Some(w) => {
                 let w = w.replace("{run}", run);
