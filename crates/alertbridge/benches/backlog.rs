@@ -9,8 +9,9 @@
 //! Positional numbers are the N to run (default `20000 200000`); `--mode backlog|live|both`
 //! (default both, backlog first); `--rate R` paces the live mode's publisher (raw and agent
 //! alike) to R alerts/s instead of as fast as it can, e.g. below the agent's ingest rate so the
-//! broker never piles up unacked publishes on the agent. Bounds for large N (a partial row is printed when one hits):
-//! `BACKLOG_MAX_INGEST_SECS` (default 900) and `BACKLOG_MAX_RSS_MB` (default 1024).
+//! broker never piles up unacked publishes on the agent. Bounds for large N (a partial row is
+//! printed when one hits): `BACKLOG_MAX_INGEST_SECS` (default 900) and `BACKLOG_MAX_RSS_MB`
+//! (default 1024).
 //! `BACKLOG_AGENT_WRAPPER` runs the agent under a profiler, e.g.
 //! `BACKLOG_AGENT_WRAPPER="heaptrack -o /tmp/ht-{run}"` (`{run}` becomes `backlog-200000-ingest`,
 //! `…-restart`); the agent's pid is then found among the wrapper's descendants by its name.
@@ -65,10 +66,25 @@
 //!   resumed persistent session of every restart here, `session_present=true`: the broker kept
 //!   the subscription and the agent does not subscribe again), and the simulator logged a
 //!   request from the new process (the drain is picking alerts again); the time is the latest
-//!   of the three, from spawn, polled every 10 ms. RSS is read at that moment and 5 s later; the restart peak is `VmHWM`.
+//!   of the three, from spawn, polled every 10 ms. RSS is read at that moment and 5 s later; the
+//!   restart peak is `VmHWM`.
 //! - **idle**: the agent on an empty store, connected and subscribed, nothing flowing, 5 s later.
 //!
-//! Nothing here asserts: it prints one Markdown table and one line of details per row.
+//! Nothing here asserts: it prints one Markdown table, then one line of details per row:
+//! `wchar` (bytes handed to write calls) beside `write_bytes`, `write_bytes` by thread name,
+//! RssAnon / RssFile, group commits, the status counters at the end of ingest (received,
+//! persisted, duplicates, stale acks skipped, connections lost, pending), the most publishes
+//! the agent held unacked, and the restart milestones (status up, connected, subscribed, first
+//! delivery attempt).
+//!
+//! # Reading it
+//!
+//! When the broker can send faster than the agent acks (backlog mode, or live mode with an
+//! unpaced publisher), mosquitto does not hold the agent to `max_inflight_messages`: the agent
+//! holds the unacked publishes in memory, which then dominate "RSS during ingest". If that lasts
+//! longer than the keep-alive, the connection drops, the withheld acks make the broker redeliver,
+//! and the store holds more than N records (the N column then says how many). Use `--rate`
+//! below the ingest rate to measure the store alone.
 
 use std::collections::HashMap;
 use std::io::Write as _;
