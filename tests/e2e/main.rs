@@ -14,6 +14,7 @@ mod enospc;
 mod hostile;
 mod identity;
 mod pressure;
+mod readiness;
 mod slow_api;
 mod spine;
 mod storm;

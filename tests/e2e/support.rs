@@ -427,6 +427,11 @@ level = "info"
         out
     }
 
+    /// `GET path` on this agent's admin endpoint (`AgentOptions::admin`).
+    pub(crate) fn get(&self, path: &str) -> Option<(u16, serde_json::Value)> {
+        http_get(self.admin.as_deref()?, path)
+    }
+
     /// The client secret file the agent reads (rewrite it to rotate the secret).
     pub(crate) fn secret_path(&self) -> PathBuf {
         self.dir.path().join("secret")
@@ -490,6 +495,23 @@ impl Drop for Agent {
 
 /// `GET http://{addr}{path}` over a plain loopback socket; the body parsed as JSON if the answer
 /// is 200.
+/// `GET path` on the agent's admin endpoint: the status code and the JSON body.
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, serde_json::from_str(body).ok()?))
+}
+
 fn http_get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;

@@ -85,6 +85,10 @@ use crate::schedule::{self, Queue, Sighting};
 #[path = "coalesce.rs"]
 mod coalesce;
 
+/// Longest sleep of the drain loop with nothing to do: it turns at least this often, which is
+/// what `/health` checks (a wedged loop stops turning).
+pub(crate) const IDLE_WAKE: Duration = Duration::from_secs(5);
+
 /// How often queued alerts are checked against their lane's TTL (only when a TTL is set).
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
@@ -1536,6 +1540,11 @@ impl Drain {
         let reprobe = self.reprobe.clone();
         let mut feed_open = true;
         loop {
+            // Liveness: `/health` checks this loop turned recently (it wakes at least every
+            // `IDLE_WAKE`).
+            self.counters
+                .drain_tick_ms
+                .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
             // The feed only says "ingest appended": the cursors read the records themselves.
             while feed.try_recv().is_ok() {
                 self.appended();
@@ -1593,7 +1602,8 @@ impl Drain {
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(Duration::from_secs(3600))
+            .unwrap_or(IDLE_WAKE)
+            .min(IDLE_WAKE)
             .max(Duration::from_millis(1));
             tokio::select! {
                 biased;

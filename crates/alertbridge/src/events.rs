@@ -35,6 +35,10 @@ pub struct Counters {
     pub unconfirmed: AtomicU64,
     /// Delivery paused by a configuration fault.
     pub paused: AtomicBool,
+    /// Unix ms of the drain loop's latest turn (liveness, `/health`).
+    pub drain_tick_ms: AtomicU64,
+    /// Unix ms of the MQTT connection loop's latest turn (liveness, `/health`).
+    pub mqtt_tick_ms: AtomicU64,
     /// Times delivery went into a pause (configuration fault or a run of identical rejections).
     pub pauses: AtomicU64,
     /// Breaker open or half-open (held by failures; a pause shows in `paused`).

@@ -378,6 +378,9 @@ async fn connection(
     let mut ack_backlog: VecDeque<AckToken> = VecDeque::new();
     let mut acks_open = true;
     loop {
+        // Liveness: `/health` checks this loop turned recently (rumqttc's poll returns at least
+        // at every keep-alive ping, or after each reconnect attempt).
+        counters.mqtt_tick_ms.store(now_ms(), Ordering::Relaxed);
         if !ack_backlog.is_empty() {
             write_acks(&mut eventloop, &client, epoch, &mut ack_backlog, &counters).await;
         }

@@ -196,7 +196,18 @@ pub async fn run_with(
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
 
     let admin = match config.admin_listen {
-        Some(addr) => admin::spawn(addr, wal.clone(), counters.clone(), root.child_token()).await,
+        Some(addr) => {
+            let liveness =
+                admin::Liveness::for_mqtt(config.mqtt.keep_alive, config.mqtt.reconnect_max);
+            admin::spawn(
+                addr,
+                wal.clone(),
+                counters.clone(),
+                liveness,
+                root.child_token(),
+            )
+            .await
+        }
         None => None,
     };
 
