@@ -322,6 +322,8 @@ pub struct RawDelivery {
 pub struct RawAdmin {
     /// Loopback address of the status endpoint; empty string disables it.
     pub listen: Option<String>,
+    /// Allow a non-loopback `listen` (the endpoint has no authentication).
+    pub allow_remote: Option<bool>,
 }
 
 /// `[log]` as written.
@@ -509,6 +511,18 @@ impl Config {
                 )
             })?),
         };
+        // The endpoint has no authentication and shows the plant's alert flow: off the
+        // gateway only when the operator says so.
+        if let Some(addr) = admin_listen {
+            if !addr.ip().is_loopback() && raw.admin.allow_remote != Some(true) {
+                return Err(invalid(
+                    "admin.listen",
+                    format!("`{addr}` is not a loopback address"),
+                    "use 127.0.0.1 (and a reverse proxy with authentication), or set \
+                     admin.allow_remote = true if every host that can reach it may read it",
+                ));
+            }
+        }
         let log_json = match raw.log.format.as_deref().unwrap_or("text") {
             "text" => false,
             "json" => true,
@@ -1009,6 +1023,16 @@ flow_id = "f-1"
     }
 
     #[test]
+    fn a_remote_admin_listen_needs_allow_remote() {
+        let base = "[genesys]\nlogin_url = \"http://127.0.0.1:9\"\napi_url = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nclient_secret_file = \"/dev/null\"\nflow_id = \"f\"\n";
+        let remote = format!("{base}[admin]\nlisten = \"0.0.0.0:9810\"\n");
+        assert!(Config::parse(&remote, std::path::Path::new("t.toml")).is_err());
+        let allowed = format!("{remote}allow_remote = true\n");
+        let cfg = Config::parse(&allowed, std::path::Path::new("t.toml")).expect("allowed");
+        assert_eq!(cfg.admin_listen.map(|a| a.port()), Some(9810));
+    }
+
+    #[test]
     fn bad_values_name_key_and_fix() {
         let cases = [
             ("[delivery]\nrate_per_sec = -1.0", "delivery.rate_per_sec"),
@@ -1017,6 +1041,7 @@ flow_id = "f-1"
             ("[mqtt]\nurl = \"mqtt://x:99999\"", "mqtt.url"),
             ("[store]\nmax_bytes = 1000", "store.max_bytes"),
             ("[admin]\nlisten = \"nope\"", "admin.listen"),
+            ("[admin]\nlisten = \"0.0.0.0:9810\"", "admin.listen"),
             ("[log]\nformat = \"xml\"", "log.format"),
             ("[mapping]\nmax_keys = 0", "mapping.max_keys"),
         ];
