@@ -126,10 +126,28 @@ pub fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// One line for an error and its causes, each said once: our error types already put their
+/// source's text in their own message, so printing the whole chain (`{:#}`) said the same
+/// cause two or three times.
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -150,8 +168,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour only for a person at a terminal: the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -495,6 +516,32 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    use super::error_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no space left on device")]
+    struct Io;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing a receipt failed: {0}")]
+    struct Wal(#[source] Io);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("drain: {0}")]
+    struct Drain(#[source] Wal);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = anyhow::Error::new(Drain(Wal(Io))).context("alertbridge stopped with an error");
+        assert_eq!(
+            error_line(&e),
+            "alertbridge stopped with an error: drain: writing a receipt failed: no space left on device"
+        );
     }
 }
 

@@ -743,6 +743,14 @@ async fn batcher(
                 )
             })
             .collect();
+        // Why each rejected payload goes to dead letters, for the warning once it is durable.
+        let rejected: Vec<Option<(String, String)>> = entries
+            .iter()
+            .map(|(e, _)| match e {
+                Entry::DeadLetter(r, why) => Some((r.alert_id.clone(), why.message.clone())),
+                Entry::Pending(_) => None,
+            })
+            .collect();
         let unacked = UnackedBatch { publishes };
         let started = Instant::now();
         let Some(durable) = append_when_space(&wal, entries, &counters, &cancel).await? else {
@@ -754,13 +762,24 @@ async fn batcher(
             std::process::abort();
         }
         let (mut persisted, mut dup, mut dead) = (0, 0, 0);
-        for (a, (_, p)) in durable.get().iter().zip(&unacked.publishes) {
+        for ((a, (_, p)), why) in durable.get().iter().zip(&unacked.publishes).zip(&rejected) {
             match a {
                 Appended::Pending(key) => {
                     persisted += 1;
                     let _ = feed.send(*key);
                 }
-                Appended::DeadLettered(_) => dead += 1,
+                Appended::DeadLettered(id) => {
+                    dead += 1;
+                    if let Some((alert_id, reason)) = why {
+                        tracing::warn!(
+                            dead_letter_id = id,
+                            alert_id = %alert_id,
+                            topic = %p.topic,
+                            reason = %reason,
+                            "payload dead-lettered at ingest"
+                        );
+                    }
+                }
                 Appended::Duplicate { alert_id } => {
                     dup += 1;
                     events::DuplicateDropped {

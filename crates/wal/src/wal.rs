@@ -518,11 +518,15 @@ impl Wal {
             // the batch is then not written (a full disk) they are taken back, so its retry
             // does not find itself in the window.
             let mut inserted = 0;
+            // An identity seen earlier in this batch is in the window even if the count bound
+            // has pushed it out again within the batch.
+            let mut in_batch = std::collections::HashSet::with_capacity(entries.len());
             for (entry, redelivery) in &entries {
                 let record = entry.record();
                 let hash = id_hash(&record.topic, &record.alert_id);
                 let now = record.received_at_ms;
-                if *redelivery && st.dedup.contains(hash, now) {
+                let repeat = !in_batch.insert(hash) && st.dedup.enabled();
+                if *redelivery && (repeat || st.dedup.contains(hash, now)) {
                     out.push(Appended::Duplicate {
                         alert_id: record.alert_id.clone(),
                     });
