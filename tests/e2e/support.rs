@@ -493,9 +493,7 @@ impl Drop for Agent {
     }
 }
 
-/// `GET http://{addr}{path}` over a plain loopback socket; the body parsed as JSON if the answer
-/// is 200.
-/// `GET path` on the agent's admin endpoint: the status code and the JSON body.
+/// `GET http://{addr}{path}` over a plain loopback socket: the status code and the JSON body.
 pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, serde_json::Value)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
@@ -512,22 +510,12 @@ pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, serde_json::Value
     Some((code, serde_json::from_str(body).ok()?))
 }
 
+/// [`http_get`] for a 200 answer: its JSON body.
 fn http_get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
+    match http_get(addr, path)? {
+        (200, body) => Some(body),
+        _ => None,
     }
-    serde_json::from_str(body).ok()
 }
 
 /// A command for a test binary, through the qemu runner when cross-testing
