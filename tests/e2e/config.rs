@@ -61,7 +61,7 @@ fn example_config_passes_check_with_a_secret() {
     std::fs::write(d.path().join("genesys-client-secret"), "s3cr3t-value\n").expect("write");
     let example = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/config/alertbridge.example.toml"
+        "/../../config/alertbridge.example.toml"
     );
     let out = command(env!("CARGO_BIN_EXE_alertbridge"))
         .args(["check", "--config", example])
