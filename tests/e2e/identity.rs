@@ -87,7 +87,7 @@ async fn crash_between_fsync_and_puback(store_extra: &str) -> usize {
     wait_subscribed(&agent).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     let (plant, task) =
-        alertbridge::plant::Plant::connect(broker.port, "plant-dup", cancel.clone());
+        alertbridge::demo::plant::Plant::connect(broker.port, "plant-dup", cancel.clone());
     plant
         .publish(
             "plant/line-9/alerts/press-1".into(),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) use alertbridge::plant::{alert, Plant};
+pub(crate) use alertbridge::demo::plant::{alert, Plant};
 pub(crate) use genesys_sim::{Faults, Sim, SimConfig};
 pub(crate) use tokio_util::sync::CancellationToken;
 

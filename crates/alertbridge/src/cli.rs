@@ -110,6 +110,7 @@ pub enum Command {
         all: bool,
     },
     /// Self-contained demo: embedded broker + Genesys simulator + a plant burst.
+    #[cfg(feature = "demo")]
     Demo {
         /// Alerts in the mass-failure burst.
         #[arg(long, default_value_t = 5000)]
@@ -349,6 +350,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        #[cfg(feature = "demo")]
         Command::Demo { burst, store } => {
             init_logging("error,rumqttd=off,alertbridge::events=off", false);
             let rt = runtime()?;

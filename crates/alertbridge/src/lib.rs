@@ -28,13 +28,13 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod drain;
 pub mod events;
 pub mod export;
 pub mod ingest;
 pub mod limiter;
-pub mod plant;
 pub mod schedule;
 mod session;
 

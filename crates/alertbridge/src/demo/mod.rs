@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::Counters;
-use crate::plant::Plant;
+use plant::Plant;
+
+pub mod plant;
 
 /// Demo knobs.
 #[derive(Debug, Clone)]
@@ -240,7 +242,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     // Phase 1: normal operation, a trickle.
     let mut n = 0;
     for _ in 0..200 {
-        let (t, b, id) = crate::plant::alert(n, &mut rng);
+        let (t, b, id) = plant::alert(n, &mut rng);
         plant.publish(t, b, id).await?;
         n += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -258,7 +260,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     let burst_start = Instant::now();
     let per_ms = (opts.burst / 1000).max(1);
     for i in 0..opts.burst {
-        let (t, b, id) = crate::plant::alert(n, &mut rng);
+        let (t, b, id) = plant::alert(n, &mut rng);
         plant.publish(t, b, id).await?;
         n += 1;
         if i % per_ms == 0 {
