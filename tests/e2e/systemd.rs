@@ -2,7 +2,8 @@
 //! real binary: the test binds the unix datagram socket systemd would (`NOTIFY_SOCKET`), sets
 //! `WATCHDOG_USEC` as a unit with `WatchdogSec=` does, and reads what the agent says. systemd
 //! itself is not PID 1 here; what it does with the messages is systemd's part (the manual check
-//! is in docs/operations.md).
+//! is in docs/operations.md). Also the journal's side of logging (§4): with `JOURNAL_STREAM`
+//! naming stderr, `log.format = "auto"` writes each line with its syslog priority prefix.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -79,8 +80,13 @@ impl Drop for NotifySocket {
 }
 
 /// Start broker, simulator and agent, the agent with `NOTIFY_SOCKET` (and a 1 s watchdog) and
-/// `env`; the socket lives in the agent's own directory.
-async fn notified_scenario(name: &str, env: &[(&str, &str)]) -> (Scenario, NotifySocket) {
+/// `env`; the socket lives in the agent's own directory. With `journal`, `JOURNAL_STREAM`
+/// names the agent's stderr (its log file) as systemd does when stderr is the journal.
+async fn notified_scenario(
+    name: &str,
+    env: &[(&str, &str)],
+    journal: bool,
+) -> (Scenario, NotifySocket) {
     let sim = sim(Duration::from_secs(3600)).await;
     let opts = AgentOptions {
         admin: true,
@@ -95,6 +101,18 @@ async fn notified_scenario(name: &str, env: &[(&str, &str)]) -> (Scenario, Notif
         ("WATCHDOG_USEC", "1000000"),
     ];
     all.extend_from_slice(env);
+    // The next start writes its stderr to agent-2.log (created now, truncated then: same inode).
+    let stream = if journal {
+        use std::os::unix::fs::MetadataExt;
+        let log = std::fs::File::create(s.agent.dir.path().join("agent-2.log")).expect("log");
+        let m = log.metadata().expect("stat the log");
+        format!("{}:{}", m.dev(), m.ino())
+    } else {
+        String::new()
+    };
+    if journal {
+        all.push(("JOURNAL_STREAM", stream.as_str()));
+    }
     s.agent.set_env(&all);
     // The first start had no NOTIFY_SOCKET; this one does.
     s.agent.restart();
@@ -103,7 +121,7 @@ async fn notified_scenario(name: &str, env: &[(&str, &str)]) -> (Scenario, Notif
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_status_watchdog_and_stopping() {
-    let (mut s, socket) = notified_scenario("plant-notify", &[]).await;
+    let (mut s, socket) = notified_scenario("plant-notify", &[], true).await;
     assert!(
         wait_until(Duration::from_secs(20), || socket.count("READY=1") == 1).await,
         "READY=1 once subscribed: {:?}\n{}",
@@ -139,13 +157,54 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     assert_eq!(socket.count("STOPPING=1"), 1, "{:?}", socket.lines());
     assert!(socket.has_status("stopping"), "{:?}", socket.lines());
     assert_eq!(socket.count("READY=1"), 1, "READY=1 is said once");
+
+    // log.format = "auto" and stderr is "the journal": every line carries its priority.
+    let journal = std::fs::read_to_string(s.agent.dir.path().join("agent-2.log")).expect("log");
+    let lines: Vec<&str> = journal.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("<6>")),
+        "info lines at priority 6: {journal}"
+    );
+    assert!(
+        lines.iter().all(|l| ["<3>", "<4>", "<6>", "<7>"]
+            .iter()
+            .any(|p| l.starts_with(p))),
+        "every line has a priority prefix: {journal}"
+    );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_stream_that_is_not_stderr_keeps_plain_text() {
+    // A process started from a unit's shell inherits JOURNAL_STREAM with another stderr.
+    let sim = sim(Duration::from_secs(3600)).await;
+    let mut s = Scenario::start("plant-plain", sim, &AgentOptions::default());
+    s.agent.set_env(&[("JOURNAL_STREAM", "1:1")]);
+    s.agent.restart();
+    let log = s.agent.dir.path().join("agent-2.log");
+    assert!(
+        wait_until(Duration::from_secs(15), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("subscribed")))
+        .await,
+        "{}",
+        s.agent.logs()
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.lines().all(|l| !l.starts_with('<')),
+        "no priority prefix: {text}"
+    );
     s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_stops_when_the_drain_loop_is_wedged() {
-    let (s, socket) =
-        notified_scenario("plant-wedged", &[("ALERTBRIDGE_FAULT_WEDGE_DRAIN", "1")]).await;
+    let (s, socket) = notified_scenario(
+        "plant-wedged",
+        &[("ALERTBRIDGE_FAULT_WEDGE_DRAIN", "1")],
+        false,
+    )
+    .await;
     // Alive at first: the drain turned once and the MQTT loop turns.
     assert!(
         wait_until(Duration::from_secs(20), || socket.count("WATCHDOG=1") >= 2).await,
