@@ -18,6 +18,7 @@ mod readiness;
 mod slow_api;
 mod spine;
 mod storm;
+mod systemd;
 mod tokens;
 mod wide_payload;
 mod wrong_config;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::admin::Status;
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 
 /// alertbridge: durable MQTT alerts → Genesys Cloud workflows.
 #[derive(Debug, Parser)]
@@ -166,20 +166,99 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-fn init_logging(level: &str, json: bool) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let format = match format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        f => f,
+    };
     // Colour only for a person at a terminal: the journal and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
+        .with_ansi(ansi && format == LogFormat::Text)
         .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Journald => builder
+            .event_format(PriorityPrefix(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .try_init(),
+        LogFormat::Auto | LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Whether stderr is the journal: systemd sets `JOURNAL_STREAM=<device>:<inode>` of the stream
+/// it connected to stdout/stderr. Compared with stderr itself (`systemd.exec(5)` advises so),
+/// because a child started from a shell in a unit inherits the variable with another stderr.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => journal_stream_is(&var.to_string_lossy(), m.dev(), m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// `JOURNAL_STREAM` (`<device>:<inode>`, decimal) names the stream with this device and inode.
+fn journal_stream_is(var: &str, dev: u64, ino: u64) -> bool {
+    var.split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
+}
+
+/// The `sd-daemon(3)` priority prefix of a level, as journald reads it from a service's
+/// stdout/stderr: error 3, warning 4, info 6, debug and trace 7 (the syslog levels, so
+/// `journalctl -p warning` is errors and warnings).
+pub(crate) fn priority_prefix(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::ERROR => "<3>",
+        tracing::Level::WARN => "<4>",
+        tracing::Level::INFO => "<6>",
+        tracing::Level::DEBUG | tracing::Level::TRACE => "<7>",
+    }
+}
+
+/// `log.format = "journald"`: the inner format's line with the level's priority prefix on each
+/// line (a message with a line break would otherwise log its second line at the default
+/// priority, info).
+struct PriorityPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for PriorityPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let prefix = priority_prefix(event.metadata().level());
+        for part in line.lines() {
+            writeln!(writer, "{prefix}{part}")?;
+        }
+        Ok(())
+    }
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -189,7 +268,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            init_logging(&cfg.log_level, cfg.log_json);
+            init_logging(&cfg.log_level, cfg.log_format);
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
             }
@@ -352,7 +431,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "demo")]
         Command::Demo { burst, store } => {
-            init_logging("error,rumqttd=off,alertbridge::events=off", false);
+            init_logging("error,rumqttd=off,alertbridge::events=off", LogFormat::Text);
             let rt = runtime()?;
             let report =
                 rt.block_on(crate::demo::run(crate::demo::DemoOptions { burst, store }))?;
@@ -560,5 +639,79 @@ mod purge_tests {
         assert_eq!(parse_before("7d", now), Some(now - 604_800_000));
         assert_eq!(parse_before("7w", now), None);
         assert_eq!(parse_before("d", now), None);
+    }
+}
+
+#[cfg(test)]
+mod journald_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::{journal_stream_is, PriorityPrefix};
+
+    /// A writer the subscriber writes into, read back by the test.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journald_lines_carry_the_syslog_priority_of_their_level() {
+        let buf = Buffer::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .event_format(PriorityPrefix(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(seq = 7, "log poisoned");
+            tracing::warn!(alert_id = "a-1", "dead-lettered at ingest");
+            tracing::info!("delivered");
+            tracing::debug!("window refilled");
+            tracing::trace!("tick");
+            tracing::warn!("first line\nsecond line");
+        });
+        let text = String::from_utf8(buf.0.lock().expect("not poisoned").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        let expected = [
+            ("<3>", "log poisoned"),
+            ("<4>", "dead-lettered at ingest"),
+            ("<6>", "delivered"),
+            ("<7>", "window refilled"),
+            ("<7>", "tick"),
+            ("<4>", "first line"),
+            ("<4>", "second line"),
+        ];
+        assert_eq!(lines.len(), expected.len(), "{text}");
+        for (line, (prefix, message)) in lines.iter().zip(expected) {
+            assert!(line.starts_with(prefix), "{line:?} lacks {prefix}");
+            assert!(line.contains(message), "{line:?} lacks {message:?}");
+            // the journal stamps the time itself; no colour codes in the journal
+            assert!(!line[3..].starts_with(char::is_numeric), "{line:?}");
+            assert!(!line.contains('\u{1b}'), "{line:?}");
+        }
+        assert!(lines[0].contains("seq=7"), "fields kept: {}", lines[0]);
+    }
+
+    #[test]
+    fn journal_stream_must_name_stderr_itself() {
+        assert!(journal_stream_is("8:12345", 8, 12345));
+        assert!(!journal_stream_is("8:12345", 8, 12346));
+        assert!(!journal_stream_is("9:12345", 8, 12345));
+        assert!(!journal_stream_is("", 8, 12345));
+        assert!(!journal_stream_is("8-12345", 8, 12345));
     }
 }

@@ -332,8 +332,23 @@ pub struct RawAdmin {
 pub struct RawLog {
     /// Filter, `RUST_LOG` syntax.
     pub level: Option<String>,
-    /// `text` or `json`.
+    /// `auto` (default), `text`, `json` or `journald`.
     pub format: Option<String>,
+}
+
+/// `log.format`: how log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `journald` when stderr is connected to the journal (systemd sets `JOURNAL_STREAM` to it),
+    /// `text` otherwise. The default.
+    Auto,
+    /// One human-readable line per event (with colour only at a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Text with the `<N>` syslog priority prefix journald reads (`SyslogLevelPrefix=`), so
+    /// `journalctl -p warning` selects warnings and errors; no timestamp (the journal has one).
+    Journald,
 }
 
 /// Validated configuration, used by every stage.
@@ -353,8 +368,8 @@ pub struct Config {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Log filter.
     pub log_level: String,
-    /// JSON logs instead of text.
-    pub log_json: bool,
+    /// Log line format.
+    pub log_format: LogFormat,
 }
 
 /// Validated `[mqtt]`.
@@ -523,14 +538,16 @@ impl Config {
                 ));
             }
         }
-        let log_json = match raw.log.format.as_deref().unwrap_or("text") {
-            "text" => false,
-            "json" => true,
+        let log_format = match raw.log.format.as_deref().unwrap_or("auto") {
+            "auto" => LogFormat::Auto,
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            "journald" => LogFormat::Journald,
             other => {
                 return Err(invalid(
                     "log.format",
                     format!("unknown format `{other}`"),
-                    "use \"text\" or \"json\"",
+                    "use \"auto\", \"text\", \"json\" or \"journald\"",
                 ))
             }
         };
@@ -542,7 +559,7 @@ impl Config {
             mapping: raw.mapping,
             admin_listen,
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
-            log_json,
+            log_format,
         })
     }
 
@@ -1050,6 +1067,20 @@ flow_id = "f-1"
             let msg = err.to_string();
             assert!(msg.contains(key), "{extra}: {msg}");
             assert!(msg.contains("fix:"), "{extra}: {msg}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_auto_by_default_and_accepts_journald() {
+        assert_eq!(parse(MINIMAL).expect("valid").log_format, LogFormat::Auto);
+        for (text, format) in [
+            ("auto", LogFormat::Auto),
+            ("text", LogFormat::Text),
+            ("json", LogFormat::Json),
+            ("journald", LogFormat::Journald),
+        ] {
+            let c = parse(&format!("{MINIMAL}\n[log]\nformat = \"{text}\"\n")).expect(text);
+            assert_eq!(c.log_format, format, "{text}");
         }
     }
 

@@ -1545,6 +1545,10 @@ impl Drain {
             self.counters
                 .drain_tick_ms
                 .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+            if fault_wedge_drain() {
+                cancel.cancelled().await;
+                break;
+            }
             // The feed only says "ingest appended": the cursors read the records themselves.
             while feed.try_recv().is_ok() {
                 self.appended();
@@ -1673,6 +1677,15 @@ fn status_in(reason: &str) -> Option<u16> {
     let rest = &reason[reason.find("HTTP ")? + 5..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()
+}
+
+/// Fault injection for the end-to-end tests, never set in production: with
+/// `ALERTBRIDGE_FAULT_WEDGE_DRAIN=1` in its environment the drain loop turns once and then
+/// stops turning (it still obeys shutdown), which is what a drain stuck in a call that never
+/// returns looks like from outside: `/health` fails and the systemd watchdog is no longer fed.
+fn fault_wedge_drain() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| std::env::var_os("ALERTBRIDGE_FAULT_WEDGE_DRAIN").is_some_and(|v| v == "1"))
 }
 
 #[cfg(test)]

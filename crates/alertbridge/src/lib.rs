@@ -24,6 +24,7 @@
 //!
 //! Shutdown ([`run`]): ingest stops taking publishes, commits its open batch and queues those
 //! acks → drain stops picking, in-flight deliveries get `shutdown_timeout` → final durable flush.
+//! Under systemd, [`notify`] says `STOPPING=1` when shutdown begins.
 
 pub mod admin;
 pub mod cli;
@@ -35,6 +36,7 @@ pub mod events;
 pub mod export;
 pub mod ingest;
 pub mod limiter;
+pub mod notify;
 pub mod schedule;
 mod session;
 
@@ -195,10 +197,9 @@ pub async fn run_with(
     let drain_cancel = CancellationToken::new();
     let (feed_tx, feed_rx) = mpsc::unbounded_channel();
 
+    let liveness = admin::Liveness::for_mqtt(config.mqtt.keep_alive, config.mqtt.reconnect_max);
     let admin = match config.admin_listen {
         Some(addr) => {
-            let liveness =
-                admin::Liveness::for_mqtt(config.mqtt.keep_alive, config.mqtt.reconnect_max);
             admin::spawn(
                 addr,
                 wal.clone(),
@@ -210,6 +211,9 @@ pub async fn run_with(
         }
         None => None,
     };
+
+    // systemd (Type=notify): READY once subscribed, STATUS, WATCHDOG while the loops turn.
+    let notifier = notify::spawn(wal.clone(), counters.clone(), liveness, root.child_token());
 
     let drain = drain::Drain::new(
         config.delivery.clone(),
@@ -242,6 +246,7 @@ pub async fn run_with(
         r = &mut ingest => ingest_result = Some(r),
         r = &mut drain => drain_result = Some(r),
     }
+    notifier.stopping();
     // Order: ingest first (commit open batch, queue its acks), then drain, then a final flush.
     // The whole of it has a deadline: a stage stuck in I/O (a full or vanished disk) must not
     // keep the process alive, "stopping", forever; systemd restarts a non-zero exit.
@@ -274,6 +279,7 @@ pub async fn run_with(
     };
     root.cancel();
     let _ = reload.await;
+    notifier.finish().await;
     if let Some(h) = admin {
         // a slow status client must not hold the exit
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
