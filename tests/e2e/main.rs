@@ -15,6 +15,7 @@ mod hostile;
 mod identity;
 mod pressure;
 mod readiness;
+mod share;
 mod slow_api;
 mod spine;
 mod storm;

@@ -162,6 +162,28 @@ fn credentials_in_url(key: &'static str, fix: &str) -> ConfigError {
     )
 }
 
+/// What is wrong with a shared-subscription group name; `None` when it is valid. MQTT 5
+/// §4.8.2: a ShareName is at least one character and contains no `/`, `+` or `#` (it is one
+/// topic level of `$share/<ShareName>/<filter>`); NUL is refused in every MQTT string.
+pub fn share_group_problem(group: &str) -> Option<String> {
+    if group.is_empty() {
+        return Some("is empty".into());
+    }
+    if let Some(c) = group.chars().find(|c| matches!(c, '/' | '+' | '#' | '\0')) {
+        return Some(format!(
+            "{:?} contains {c:?}: a share group is one topic level, without `/`, `+`, `#` or NUL",
+            group.chars().take(80).collect::<String>()
+        ));
+    }
+    None
+}
+
+/// The shared form of `filter` in `group`: `$share/<group>/<filter>` (MQTT 5 §4.8.2; mosquitto,
+/// EMQX, HiveMQ and VerneMQ accept it from MQTT 3.1.1 clients too, see docs/scale.md).
+pub fn shared_filter(group: &str, filter: &str) -> String {
+    format!("$share/{group}/{filter}")
+}
+
 /// The file as written. Every section and key is optional; defaults live in [`Config::from_raw`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +221,8 @@ pub struct RawMqtt {
     pub client_id: Option<String>,
     /// Topic filters subscribed at QoS 1.
     pub topics: Option<Vec<String>>,
+    /// Shared-subscription group: every filter is subscribed as `$share/<group>/<filter>`.
+    pub share_group: Option<String>,
     /// Optional user name.
     pub username: Option<String>,
     /// File holding the password (or env `ALERTBRIDGE_MQTT_PASSWORD`).
@@ -385,8 +409,12 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     /// Persistent-session client id.
     pub client_id: String,
-    /// Filters, subscribed at QoS 1.
+    /// Filters, subscribed at QoS 1 (as configured; see [`MqttConfig::share_group`]).
     pub topics: Vec<String>,
+    /// Shared-subscription group (`mqtt.share_group`): when set, every filter is subscribed in
+    /// its shared form `$share/<group>/<filter>`, so the broker spreads the alerts among the
+    /// agents of the group (docs/scale.md). Validated: non-empty, no `/`, `+`, `#` or NUL.
+    pub share_group: Option<String>,
     /// User name.
     pub username: Option<String>,
     /// Where the password comes from (read at connect, never stored here).
@@ -397,6 +425,18 @@ pub struct MqttConfig {
     pub reconnect_min: Duration,
     /// Largest reconnect delay.
     pub reconnect_max: Duration,
+}
+
+impl MqttConfig {
+    /// The filters as subscribed on the wire: each configured filter, in its shared form when
+    /// `share_group` is set. Subscription bookkeeping (SUBACK matching, "every subscription
+    /// held" readiness, status) works on these, since they are what the broker grants or refuses.
+    pub fn subscribed_filters(&self) -> Vec<String> {
+        match &self.share_group {
+            Some(g) => self.topics.iter().map(|t| shared_filter(g, t)).collect(),
+            None => self.topics.clone(),
+        }
+    }
 }
 
 /// Validated `[store]`.
@@ -664,6 +704,22 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
             return Err(invalid(format!("mqtt.topics[{i}]"), problem, fix));
         }
     }
+    if let Some(group) = &raw.share_group {
+        if let Some(problem) = share_group_problem(group) {
+            return Err(invalid(
+                "mqtt.share_group",
+                problem,
+                "use a plain name such as \"alertbridge\" (the same on every agent of the group), \
+                 or remove the key to receive every alert",
+            ));
+        }
+        // The shared form is what goes on the wire: it must fit the filter rules too (length).
+        for (i, t) in topics.iter().enumerate() {
+            if let Some((problem, fix)) = topic_filter_problem(&shared_filter(group, t)) {
+                return Err(invalid(format!("mqtt.topics[{i}]"), problem, fix));
+            }
+        }
+    }
     let password = match (raw.password_file, std::env::var_os(ENV_MQTT_PASSWORD)) {
         (Some(p), _) => Some(SecretSource::File(resolve_credential(p))),
         (None, Some(_)) => Some(SecretSource::Env(ENV_MQTT_PASSWORD.into())),
@@ -707,6 +763,7 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
         ca_file: raw.ca_file,
         client_id,
         topics,
+        share_group: raw.share_group,
         username: raw.username,
         password,
         keep_alive,
@@ -1332,5 +1389,55 @@ flow_id = "f-1"
         let c = parse(&text).expect("valid");
         assert_eq!(c.genesys.login_url, "http://127.0.0.1:1");
         assert_eq!(c.genesys.api_url, "http://127.0.0.1:2");
+    }
+
+    #[test]
+    fn a_share_group_subscribes_every_filter_in_its_shared_form() {
+        let text = format!(
+            "[mqtt]\nclient_id = \"gw02\"\ntopics = [\"plant/+/alerts/#\", \"line/4/alarm\"]\nshare_group = \"alertbridge\"\n{MINIMAL}"
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.mqtt.topics,
+            ["plant/+/alerts/#", "line/4/alarm"],
+            "kept as written"
+        );
+        assert_eq!(
+            c.mqtt.subscribed_filters(),
+            [
+                "$share/alertbridge/plant/+/alerts/#",
+                "$share/alertbridge/line/4/alarm"
+            ]
+        );
+        let plain = parse(MINIMAL).expect("valid");
+        assert_eq!(plain.mqtt.share_group, None);
+        assert_eq!(
+            plain.mqtt.subscribed_filters(),
+            plain.mqtt.topics,
+            "no group: as written"
+        );
+    }
+
+    #[test]
+    fn a_share_group_that_is_not_one_topic_level_is_refused_with_a_fix() {
+        for (group, problem) in [
+            ("", "is empty"),
+            ("a/b", "'/'"),
+            ("plant+", "'+'"),
+            ("#", "'#'"),
+            ("nul\u{0}", "'\\0'"),
+        ] {
+            // TOML spells NUL `\u0000`, Rust's Debug `\0`
+            let quoted = format!("{group:?}").replace("\\0", "\\u0000");
+            let err = parse(&format!("[mqtt]\nshare_group = {quoted}\n{MINIMAL}"))
+                .expect_err(group)
+                .to_string();
+            assert!(err.contains("mqtt.share_group"), "{group:?}: {err}");
+            assert!(err.contains(problem), "{group:?}: {err}");
+            assert!(err.contains("alertbridge"), "{group:?} names a fix: {err}");
+        }
+        for ok in ["alertbridge", "gw-pool_2", "é"] {
+            assert_eq!(share_group_problem(ok), None, "{ok:?}");
+        }
     }
 }

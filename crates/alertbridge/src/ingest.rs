@@ -368,7 +368,11 @@ async fn connection(
 ) -> Result<(), IngestError> {
     let mut epoch: u64 = 0;
     let broker = crate::config::display_url(&format!("{}:{}", cfg.host, cfg.port)).into_owned();
-    let mut subs = Subscriptions::new(cfg.topics.clone(), cfg.reconnect_min, cfg.reconnect_max);
+    let mut subs = Subscriptions::new(
+        cfg.subscribed_filters(),
+        cfg.reconnect_min,
+        cfg.reconnect_max,
+    );
     let mut failures = ConnectFailures::default();
     // A CONNACK was seen since the last connection error.
     let mut up = false;
@@ -936,6 +940,7 @@ mod tests {
             ca_file: None,
             client_id: "t".into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
+            share_group: None,
             username: None,
             password: None,
             keep_alive: Duration::from_secs(30),

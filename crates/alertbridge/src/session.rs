@@ -17,6 +17,11 @@
 //! *retained* messages matching it (MQTT 3.1.1 §3.8.4, with RETAIN = 1). That happens once per
 //! process start and per refused-then-granted filter, never on a reconnect of a process that
 //! already holds its subscriptions; docs/design.md says why that is the right trade.
+//!
+//! With `mqtt.share_group` set, the filters given to [`Subscriptions`] are the shared forms
+//! `$share/<group>/<filter>` ([`crate::config::MqttConfig::subscribed_filters`]): the broker
+//! grants, refuses and names those in its SUBACKs, so S1, readiness ("every subscription held")
+//! and the status errors all speak of the filter actually on the wire (docs/scale.md).
 
 use std::time::{Duration, Instant};
 
@@ -586,6 +591,34 @@ mod tests {
         s.on_connection_lost();
         assert_eq!(s.next_retry(), None);
         assert_eq!(s.due(at), None);
+    }
+
+    #[test]
+    fn shared_filters_are_held_refused_and_reported_by_their_shared_form() {
+        let now = Instant::now();
+        let filters = vec![
+            crate::config::shared_filter("alertbridge", "plant/+/alerts/#"),
+            crate::config::shared_filter("alertbridge", "line/4/alarm"),
+        ];
+        let mut s = Subscriptions::new(filters, Duration::from_millis(100), Duration::from_secs(1));
+        let ask = s.on_connack(false);
+        assert_eq!(
+            s.filters(&ask),
+            [
+                "$share/alertbridge/plant/+/alerts/#",
+                "$share/alertbridge/line/4/alarm"
+            ],
+            "the SUBSCRIBE carries the shared forms"
+        );
+        let a = answer(&mut s, ask, 1, &[OK1, NO], now);
+        assert_eq!(a[0].filter, "$share/alertbridge/plant/+/alerts/#");
+        assert_eq!((s.held(), s.wanted()), (1, 2), "not ready: one refused");
+        let err = s.error().expect("an error");
+        assert!(err.contains("`$share/alertbridge/line/4/alarm`"), "{err}");
+        let (again, _) = s.due(now + Duration::from_secs(1)).expect("retried");
+        assert_eq!(s.filters(&again), ["$share/alertbridge/line/4/alarm"]);
+        answer(&mut s, again, 2, &[OK1], now);
+        assert_eq!((s.held(), s.error()), (2, None), "ready");
     }
 
     #[test]
