@@ -399,7 +399,7 @@ fn check(path: &Path) -> ExitCode {
             path.display(),
             crate::config::display_url(&format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port)),
             cfg.mqtt.topics,
-            cfg.store.dir.display(),
+            cfg.store.dir().display(),
             crate::config::display_url(&cfg.genesys.api_url)
         );
         ExitCode::SUCCESS

@@ -905,7 +905,7 @@ async fn wait_for_budget(
         let reason = over_budget(
             size,
             store.max_bytes,
-            free_bytes(&store.dir),
+            free_bytes(store.dir()),
             store.min_free_bytes,
         );
         events::backpressure_changed(counters, reason.as_deref(), size);
@@ -943,17 +943,20 @@ mod tests {
             reconnect_max: Duration::from_millis(100),
         };
         let store = StoreConfig {
-            dir: dir.to_path_buf(),
+            wal: alertbridge_wal::WalConfig {
+                dir: dir.to_path_buf(),
+                segment_bytes: 64 << 10,
+                dedup_window: 100,
+                dedup_window_ms: 600_000,
+                dead_max_count: 1000,
+                dead_max_bytes: 1 << 20,
+                delivered_keep: 10,
+                ..alertbridge_wal::WalConfig::default()
+            },
             max_bytes: u64::MAX,
-            segment_bytes: 64 << 10,
             cache_capacity_ignored: false,
-            dedup_window: 100,
-            dedup_window_time: Duration::from_secs(600),
-            dead_letters_max: 1000,
-            dead_letters_max_bytes: 1 << 20,
             dead_letters_export_dir: dir.join("export"),
             dead_letters_export_files: 2,
-            delivered_keep: 10,
             batch_max: 16,
             min_free_bytes: 0,
         };

@@ -41,9 +41,9 @@ mod session;
 use std::future::Future;
 use std::sync::Arc;
 
-use alertbridge_genesys::{ClientConfig, GenesysClient};
+use alertbridge_genesys::GenesysClient;
 use alertbridge_payload::Mapper;
-use alertbridge_wal::{Wal, WalConfig};
+use alertbridge_wal::Wal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -91,18 +91,8 @@ pub fn install_crypto_provider() {
 
 /// Open the log described by the config.
 pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
-    let cfg = WalConfig {
-        dir: config.store.dir.clone(),
-        segment_bytes: config.store.segment_bytes,
-        dedup_window: config.store.dedup_window,
-        dedup_window_ms: config.store.dedup_window_time.as_millis() as u64,
-        delivered_keep: config.store.delivered_keep,
-        dead_max_count: config.store.dead_letters_max,
-        dead_max_bytes: config.store.dead_letters_max_bytes,
-        ..WalConfig::default()
-    };
-    let wal = Wal::open(cfg).map_err(|source| RunError::Open {
-        dir: config.store.dir.clone(),
+    let wal = Wal::open(config.store.wal.clone()).map_err(|source| RunError::Open {
+        dir: config.store.dir().to_path_buf(),
         source,
     })?;
     wal.set_dead_letter_sink(Box::new(export::JsonlExport::new(
@@ -115,18 +105,7 @@ pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
 /// Build the Genesys client described by the config.
 pub fn genesys_client(config: &Config) -> Result<GenesysClient, RunError> {
     install_crypto_provider();
-    let g = &config.genesys;
-    GenesysClient::new(ClientConfig {
-        login_url: g.login_url.clone(),
-        api_url: g.api_url.clone(),
-        client_id: g.client_id.clone(),
-        secret: g.secret.clone(),
-        target: g.target.clone(),
-        request_timeout: g.request_timeout,
-        connect_timeout: g.connect_timeout,
-        refresh_margin: g.refresh_margin,
-    })
-    .map_err(|e| RunError::Client(e.to_string()))
+    GenesysClient::new(config.genesys.clone()).map_err(|e| RunError::Client(e.to_string()))
 }
 
 /// SIGHUP: forget the cached token, so the next request fetches a new one with the secret read
@@ -184,7 +163,7 @@ pub async fn run_with(
     let client = genesys_client(&config)?;
     let client_for_reload = client.clone();
     tracing::info!(
-        store = %config.store.dir.display(),
+        store = %config.store.dir().display(),
         broker = %config::display_url(&format!("{}:{}", config.mqtt.host, config.mqtt.port)),
         api = %config::display_url(&config.genesys.api_url),
         "alertbridge starting"
