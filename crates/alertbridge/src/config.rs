@@ -521,7 +521,7 @@ impl Config {
             delivery,
             mapping: raw.mapping,
             admin_listen,
-            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            log_level: log_level_from_raw(raw.log.level)?,
             log_json,
         })
     }
@@ -879,6 +879,21 @@ fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
     })
 }
 
+/// `log.level` must be a filter `tracing` understands (`RUST_LOG` syntax): a typo would otherwise
+/// silently log nothing, or everything.
+fn log_level_from_raw(level: Option<String>) -> Result<String, ConfigError> {
+    let level = level.unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
+        invalid(
+            "log.level",
+            format!("`{level}` is not a log filter: {e}"),
+            "write a level (error, warn, info, debug, trace) or RUST_LOG directives such as \
+             \"info,alertbridge::drain=debug\"",
+        )
+    })?;
+    Ok(level)
+}
+
 pub(crate) fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     let rate_per_sec = raw.rate_per_sec.unwrap_or(4.0);
     if !(rate_per_sec.is_finite() && rate_per_sec >= 0.001) {
@@ -995,6 +1010,29 @@ flow_id = "f-1"
         let text = include_str!("../../../config/alertbridge.example.toml");
         let c = parse(text).expect("config/alertbridge.example.toml must stay valid");
         assert!(!c.mqtt.topics.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_log_filter_is_refused_naming_log_level() {
+        for good in ["info", "warn,alertbridge::drain=debug"] {
+            let c = parse(&format!("{MINIMAL}\n[log]\nlevel = \"{good}\"\n")).expect(good);
+            assert_eq!(c.log_level, good);
+        }
+        let err = parse(&format!("{MINIMAL}\n[log]\nlevel = \"alertbridge=loud\"\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("log.level") && msg.contains("fix:"), "{msg}");
+    }
+
+    #[test]
+    fn store_and_genesys_sections_build_the_wal_and_client_configs() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[store]\ndir = \"/tmp/s\"\ndedup_window_secs = 7\ndelivered_keep = 3\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.store.wal.dir, Path::new("/tmp/s"));
+        assert_eq!(c.store.wal.dedup_window_ms, 7_000);
+        assert_eq!(c.store.wal.delivered_keep, 3);
+        assert_eq!(c.genesys.client_id, "abc");
     }
 
     #[test]

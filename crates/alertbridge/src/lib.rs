@@ -26,6 +26,7 @@
 //! acks → drain stops picking, in-flight deliveries get `shutdown_timeout` → final durable flush.
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -33,7 +34,9 @@ pub mod drain;
 pub mod events;
 pub mod export;
 pub mod ingest;
+pub mod letters;
 pub mod limiter;
+pub mod operator;
 pub mod plant;
 pub mod schedule;
 mod session;
@@ -50,37 +53,81 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use events::Counters;
 
-/// Why the agent stopped with an error.
+/// Why the agent stopped with an error. [`RunError::is_config`] tells the binary which exit code
+/// to use: 2 when restarting cannot fix it (the configuration or a file it names), 1 otherwise
+/// (systemd restarts the agent).
+///
+/// Each message names only its own step; the cause is its `source()`, so printing the chain
+/// says every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The log could not be opened.
-    #[error("opening the write-ahead log in {dir}: {source}")]
+    /// The log could not be opened: locked by another process, unreadable, or an unsupported
+    /// store format. Runtime (exit 1) except an unsupported format, which only another release
+    /// can read (exit 2).
+    #[error("opening the write-ahead log in {dir}")]
     Open {
         /// Store directory.
         dir: std::path::PathBuf,
         /// Cause.
+        #[source]
         source: alertbridge_wal::WalError,
     },
-    /// The mapping could not be built.
-    #[error("mapping: {0}")]
-    Mapping(String),
-    /// The HTTP client could not be built.
-    #[error("genesys client: {0}")]
-    Client(String),
-    /// Ingest failed (log poisoned, broker options unusable).
-    #[error("ingest: {0}")]
+    /// The payload mapping could not be built. Configuration (exit 2); `check` reports it first.
+    #[error("the payload mapping")]
+    Mapping(#[source] alertbridge_payload::MappingConfigError),
+    /// The HTTP client could not be built. A bad setting is configuration (exit 2); anything
+    /// else (no TLS provider, no trust roots) is runtime (exit 1).
+    #[error("building the Genesys client")]
+    Client(#[source] alertbridge_genesys::ClientError),
+    /// Ingest failed: the log is poisoned (runtime), or the broker options are unusable
+    /// (unreadable CA or password file: configuration).
+    #[error("ingest")]
     Ingest(#[from] ingest::IngestError),
-    /// Drain failed (log error).
-    #[error("drain: {0}")]
+    /// Drain failed (log error). Runtime (exit 1).
+    #[error("drain")]
     Drain(#[from] drain::DrainError),
-    /// A stage task panicked.
-    #[error("stage task failed: {0}")]
-    Task(String),
+    /// The last durable flush at shutdown failed: removals and attempt counts of the last
+    /// moments may be lost (those alerts are delivered again after the restart), and the log is
+    /// poisoned. Runtime (exit 1).
+    #[error("the final flush of the write-ahead log")]
+    FinalFlush(#[source] alertbridge_wal::WalError),
+    /// A stage task panicked or was cancelled, or the blocking pool refused a log call. Runtime
+    /// (exit 1): what the task did is unknown, the restart reads the log as it is.
+    #[error("the {stage} task failed")]
+    Task {
+        /// Which stage: `open`, `ingest`, `drain` or `final flush`.
+        stage: &'static str,
+        /// The join error (panic or cancellation).
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// Stopping took longer than `delivery.shutdown_timeout_secs` plus a margin (a stage stuck
     /// in I/O, e.g. on a full or vanished disk): the process exits non-zero anyway, and the
     /// broker keeps every alert that was not acked.
     #[error("shutdown did not finish within {0:?}; exiting anyway (unacked alerts stay with the broker)")]
     ShutdownTimeout(std::time::Duration),
+}
+
+impl RunError {
+    /// True when restarting cannot fix the cause: the configuration, or a file it names, must
+    /// change first. The binary exits 2 then (the systemd unit does not restart on 2).
+    pub fn is_config(&self) -> bool {
+        match self {
+            RunError::Mapping(_) => true,
+            RunError::Client(e) => {
+                matches!(e, alertbridge_genesys::ClientError::InvalidConfig { .. })
+            }
+            RunError::Ingest(e) => e.is_config(),
+            RunError::Open { source, .. } => matches!(
+                source,
+                alertbridge_wal::WalError::UnsupportedStoreFormat { .. }
+            ),
+            RunError::Drain(_)
+            | RunError::FinalFlush(_)
+            | RunError::Task { .. }
+            | RunError::ShutdownTimeout(_) => false,
+        }
+    }
 }
 
 /// Install rustls' `ring` provider once per process (reqwest is built without a provider, so
@@ -105,7 +152,7 @@ pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
 /// Build the Genesys client described by the config.
 pub fn genesys_client(config: &Config) -> Result<GenesysClient, RunError> {
     install_crypto_provider();
-    GenesysClient::new(config.genesys.clone()).map_err(|e| RunError::Client(e.to_string()))
+    GenesysClient::new(config.genesys.clone()).map_err(RunError::Client)
 }
 
 /// SIGHUP: forget the cached token, so the next request fetches a new one with the secret read
@@ -156,10 +203,12 @@ pub async fn run_with(
         let c = config.clone();
         tokio::task::spawn_blocking(move || open_wal(&c))
             .await
-            .map_err(|e| RunError::Task(e.to_string()))??
+            .map_err(|source| RunError::Task {
+                stage: "open",
+                source,
+            })??
     };
-    let mapper =
-        Arc::new(Mapper::new(&config.mapping).map_err(|e| RunError::Mapping(e.to_string()))?);
+    let mapper = Arc::new(Mapper::new(&config.mapping).map_err(RunError::Mapping)?);
     let client = genesys_client(&config)?;
     let client_for_reload = client.clone();
     tracing::info!(
@@ -183,6 +232,7 @@ pub async fn run_with(
                 wal.clone(),
                 counters.clone(),
                 liveness,
+                feed_tx.clone(),
                 root.child_token(),
             )
             .await
@@ -257,13 +307,20 @@ pub async fn run_with(
         // a slow status client must not hold the exit
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
     }
-    ingest_result.map_err(|e| RunError::Task(e.to_string()))??;
-    drain_result.map_err(|e| RunError::Task(e.to_string()))??;
-    match flushed {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(RunError::Ingest(ingest::IngestError::Wal(e))),
-        Err(e) => return Err(RunError::Task(e.to_string())),
-    }
+    ingest_result.map_err(|source| RunError::Task {
+        stage: "ingest",
+        source,
+    })??;
+    drain_result.map_err(|source| RunError::Task {
+        stage: "drain",
+        source,
+    })??;
+    flushed
+        .map_err(|source| RunError::Task {
+            stage: "final flush",
+            source,
+        })?
+        .map_err(RunError::FinalFlush)?;
     tracing::info!("alertbridge stopped cleanly");
     Ok(())
 }
