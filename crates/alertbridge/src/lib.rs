@@ -24,6 +24,12 @@
 //!
 //! Shutdown ([`run`]): ingest stops taking publishes, commits its open batch and queues those
 //! acks → drain stops picking, in-flight deliveries get `shutdown_timeout` → final durable flush.
+//!
+//! The operator's side: [`cli`] parses commands and turns an error's type into the exit code
+//! (0 ok, 1 runtime failure, 2 usage or configuration error); [`check`] validates a config
+//! offline and, with `--online`, against Genesys; [`operator`] runs `status` and `dead-letters`
+//! through the running agent's [`admin`] endpoint or on the stopped store, with one
+//! implementation of the dead-letter operations in [`letters`].
 
 pub mod admin;
 pub mod check;
