@@ -12,14 +12,14 @@ fn write(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 #[test]
-fn check_names_the_bad_key_and_exits_1() {
+fn check_names_the_bad_key_and_exits_2() {
     let (_d, p) = write("[genesys]\nregion = \"mypurecloud.ie\"\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent\"\nflow_id = \"f\"\n[delivery]\nrate_per_sec = -3.0\n");
     let out = command(env!("CARGO_BIN_EXE_alertbridge"))
         .args(["check", "--config"])
         .arg(&p)
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("delivery.rate_per_sec") && err.contains("fix:"),
@@ -50,7 +50,7 @@ fn check_reports_an_unreadable_secret_without_printing_secrets() {
         .env("CREDENTIALS_DIRECTORY", d.path())
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing-secret"), "names the file: {err}");
 }
@@ -59,12 +59,24 @@ fn check_reports_an_unreadable_secret_without_printing_secrets() {
 fn example_config_passes_check_with_a_secret() {
     let d = tempfile::tempdir().expect("tempdir");
     std::fs::write(d.path().join("genesys-client-secret"), "s3cr3t-value\n").expect("write");
-    let example = concat!(
+    // The example as shipped, with the store where this user may create it (check verifies
+    // that store.dir is writable or creatable).
+    let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../config/alertbridge.example.toml"
+    ))
+    .expect("read the example");
+    assert!(example.contains("dir = \"/var/lib/alertbridge\""));
+    let example = example.replace(
+        "dir = \"/var/lib/alertbridge\"",
+        &format!("dir = \"{}\"", d.path().join("store").display()),
     );
+    let example_path = d.path().join("alertbridge.toml");
+    std::fs::write(&example_path, example).expect("write");
     let out = command(env!("CARGO_BIN_EXE_alertbridge"))
-        .args(["check", "--config", example])
+        .arg("check")
+        .arg("--config")
+        .arg(&example_path)
         .env("CREDENTIALS_DIRECTORY", d.path())
         .output()
         .expect("run");
@@ -87,7 +99,7 @@ fn check_refuses_an_invalid_topic_filter_naming_its_index() {
         .arg(&p)
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("mqtt.topics[1]")
@@ -119,7 +131,7 @@ fn credentials_in_urls_are_refused_and_never_printed() {
     ];
     for (text, key, setting) in &cases {
         let (_d, p) = write(text);
-        for (cmd, code) in [("check", 1), ("run", 2)] {
+        for (cmd, code) in [("check", 2), ("run", 2)] {
             let out = command(env!("CARGO_BIN_EXE_alertbridge"))
                 .args([cmd, "--config"])
                 .arg(&p)

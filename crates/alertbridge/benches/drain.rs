@@ -180,7 +180,7 @@ async fn preload(
         Preloaded {
             lanes,
             stats,
-            files: files_len(&config.store.dir),
+            files: files_len(config.store.dir()),
         }
     })
     .await
@@ -194,7 +194,7 @@ async fn store_after(config: &Config) -> (WalStats, u64) {
         let wal = alertbridge::open_wal(&config).expect("reopen wal");
         let stats = wal.stats().expect("stats");
         drop(wal);
-        (stats, files_len(&config.store.dir))
+        (stats, files_len(config.store.dir()))
     })
     .await
     .expect("stats task")

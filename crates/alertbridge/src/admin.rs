@@ -2,6 +2,8 @@
 //! `GET /health` (liveness, alias `/healthz`) and `GET /ready` (readiness), each 200 or 503 with
 //! a JSON body `{"ok": bool, "reasons": [...]}` saying why. `alertbridge status` reads it while the agent runs (the agent locks the store
 //! directory, so a second process cannot open the log then) and opens the log itself otherwise.
+//! On a loopback address it also serves the dead-letter routes of [`crate::letters`], which
+//! `alertbridge dead-letters` uses while the agent runs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -211,11 +213,14 @@ async fn status(
 }
 
 /// Serve until `cancel`. A bind failure is logged, not fatal: delivery matters more than status.
+/// `feed` wakes the drain after a dead letter is replayed through the endpoint
+/// ([`crate::letters`]).
 pub(crate) async fn spawn(
     addr: SocketAddr,
     wal: Wal,
     counters: Arc<Counters>,
     liveness: Liveness,
+    feed: crate::ingest::DrainFeed,
     cancel: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -232,11 +237,12 @@ pub(crate) async fn spawn(
         .route("/healthz", get(health))
         .route("/ready", get(ready))
         .with_state(AppState {
-            wal,
+            wal: wal.clone(),
             counters,
             liveness,
             started_ms: now_ms(),
-        });
+        })
+        .merge(crate::letters::routes(addr, wal, feed));
     Some(tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })

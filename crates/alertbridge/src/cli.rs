@@ -1,8 +1,15 @@
 //! Command line: `run`, `check`, `status`, `dead-letters`, `replay`, `demo`.
 //!
-//! Exit codes: 0 ok; 1 runtime failure (or `check` found a problem); 2 usage or configuration
-//! error of `run` (the systemd unit sets `RestartPreventExitStatus=2`: restarting cannot fix a
-//! bad config).
+//! Exit codes ([`exit_code`] chooses them from the error's type):
+//! - 0: ok.
+//! - 1: runtime failure: the log failed, a stage task died, the store is locked and the agent's
+//!   endpoint cannot be reached, the demo lost an alert. The systemd unit restarts the agent.
+//! - 2: usage or configuration error: a bad or missing option, an invalid config file, a
+//!   problem `check` found, an unreadable CA or password file at start, no store at `store.dir`
+//!   for a read-only command. The unit sets `RestartPreventExitStatus=2`: restarting cannot fix
+//!   a bad configuration, so the unit stops with the error in the journal.
+//!
+//! Every error is printed once, as one line: each cause in the chain said once.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,26 +17,45 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::admin::Status;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::operator;
+
+/// The exit codes, as `--help` shows them.
+const EXIT_CODES_HELP: &str = "Exit codes:
+  0  ok
+  1  runtime failure (the systemd unit restarts the agent)
+  2  usage or configuration error (the unit does not restart: fix the config first)";
 
 /// alertbridge: durable MQTT alerts → Genesys Cloud workflows.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// What `dead-letters` does besides listing.
+/// What `dead-letters` does; without one it lists.
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersAction {
+    /// List dead letters with their reasons (the default).
+    List,
+    /// Show one dead letter in full, payload included.
+    Show {
+        /// Dead-letter id (from `list`).
+        id: u64,
+    },
+    /// Move dead letters back to pending for another delivery (fresh attempt count).
+    Replay {
+        /// Dead-letter ids to replay (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<u64>,
+        /// Replay every dead letter that still has its record.
+        #[arg(long)]
+        all: bool,
+    },
     /// Delete dead letters from the store for good. Without `--yes` it only says how many would go.
     Purge {
-        /// Config file (or give it before `purge`).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Only those that became dead letters before this time: unix ms, or an age such as
         /// `7d`, `12h`, `30m`.
         #[arg(long)]
@@ -69,13 +95,19 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file (and that its secrets are readable); exit 0 when usable.
+    /// Validate a config file, its secrets, the store directory and the CA file; exit 0 when
+    /// usable, 2 when not.
     Check {
         /// Config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Also fetch a token and verify the target (the workflow exists, is published and is a
+        /// workflow; the events URL answers). Launches nothing.
+        #[arg(long)]
+        online: bool,
     },
-    /// Pending count, dead letters, oldest pending age, live counters.
+    /// Pending count, dead letters, oldest pending age, live counters (from the running agent's
+    /// endpoint, or from the store when it is stopped).
     Status {
         /// Config file.
         #[arg(long, short)]
@@ -84,20 +116,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List dead letters with their reasons, or purge them (agent must be stopped: the log is
-    /// locked while it runs).
+    /// List, show, replay or purge dead letters: through the running agent's admin endpoint
+    /// (loopback `admin.listen`), or on the store directly when the agent is stopped.
     DeadLetters {
-        /// Config file.
-        #[arg(long, short)]
+        /// Config file (before or after the action).
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
-        /// Print JSON lines.
-        #[arg(long)]
+        /// Print JSON (one object per line for `list`).
+        #[arg(long, global = true)]
         json: bool,
-        /// `purge`: delete dead letters for good.
+        /// What to do (default: list).
         #[command(subcommand)]
         action: Option<DeadLettersAction>,
     },
-    /// Move dead letters back to pending for another delivery (agent must be stopped).
+    /// Same as `dead-letters replay`.
     Replay {
         /// Config file.
         #[arg(long, short)]
@@ -121,6 +153,32 @@ pub enum Command {
     },
 }
 
+/// A usage or configuration problem the CLI itself finds: exit 2.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// A command that needs `--config` was given none.
+    #[error("{0} needs --config <file>")]
+    MissingConfig(&'static str),
+    /// `--before` is neither unix ms nor an age.
+    #[error("--before {0:?}: give unix milliseconds or an age like 7d, 12h, 30m")]
+    Before(String),
+    /// `replay` without `--id` or `--all`.
+    #[error("name dead letters with --id N (repeatable) or use --all")]
+    NoReplayTarget,
+    /// A read-only command found no store where the config points (a mistyped path, or an
+    /// agent that never ran): nothing was created there.
+    #[error(
+        "no alertbridge store in {dir} (store.dir of {config}); nothing was created there: \
+         check the path, or start the agent once"
+    )]
+    NoStore {
+        /// `store.dir`.
+        dir: PathBuf,
+        /// The config file.
+        config: PathBuf,
+    },
+}
+
 /// Parse arguments and run; the returned code is the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -128,14 +186,31 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-/// One line for an error and its causes, each said once: our error types already put their
-/// source's text in their own message, so printing the whole chain (`{:#}`) said the same
-/// cause two or three times.
+/// The exit code for an error, from its type (see the module doc): 2 when restarting cannot fix
+/// it (usage, configuration, a file the configuration names), 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<UsageError>() || cause.is::<ConfigError>() {
+            return 2;
+        }
+        if let Some(r) = cause.downcast_ref::<crate::RunError>() {
+            return if r.is_config() { 2 } else { 1 };
+        }
+        if let Some(i) = cause.downcast_ref::<crate::ingest::IngestError>() {
+            return if i.is_config() { 2 } else { 1 };
+        }
+    }
+    1
+}
+
+/// One line for an error and its causes, each said once: some error types put their source's
+/// text in their own message too, so printing the whole chain (`{:#}`) would say the same
+/// cause twice.
 pub(crate) fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
@@ -151,11 +226,8 @@ pub(crate) fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
-fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -264,170 +336,65 @@ where
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
+            let cfg = load_config(&config)?;
             init_logging(&cfg.log_level, cfg.log_format);
             for w in cfg.warnings() {
                 tracing::warn!("{w}");
             }
             let rt = runtime()?;
-            rt.block_on(crate::run(cfg, shutdown_signal()))
-                .context("alertbridge stopped with an error")?;
+            if let Err(e) = rt.block_on(crate::run(cfg, shutdown_signal())) {
+                // One line on stderr (the journal under systemd) that also says what happens next.
+                let what = if e.is_config() {
+                    "alertbridge stopped: configuration error (exit 2; restarting cannot fix it)"
+                } else {
+                    "alertbridge stopped: runtime failure (exit 1; systemd restarts it)"
+                };
+                return Err(anyhow::Error::new(e).context(what));
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => Ok(check(&config)),
+        Command::Check { config, online } => check(&config, online),
         Command::Status { config, json } => {
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let status = runtime()?.block_on(fetch_status(&cfg))?;
+            let cfg = load_config(&config)?;
+            let status = runtime()?.block_on(operator::fetch_status(&cfg, &config))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print_status(&status);
+                operator::print_status(&status);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::DeadLetters {
             config,
             json,
-            action:
-                Some(DeadLettersAction::Purge {
-                    config: purge_config,
-                    before,
-                    kind,
-                    yes,
-                }),
+            action,
         } => {
-            let Some(config) = purge_config.or(config) else {
-                eprintln!("error: dead-letters purge needs --config <file>");
-                return Ok(ExitCode::from(2));
-            };
-            let _ = json;
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let before = match before
-                .as_deref()
-                .map(|b| (b, parse_before(b, crate::ingest::now_ms())))
-            {
-                None => None,
-                Some((_, Some(t))) => Some(t),
-                Some((b, None)) => {
-                    eprintln!(
-                        "error: --before {b:?}: give unix milliseconds or an age like 7d, 12h, 30m"
-                    );
-                    return Ok(ExitCode::from(2));
+            let config = config.ok_or(UsageError::MissingConfig("dead-letters"))?;
+            let cfg = load_config(&config)?;
+            let action = match action.unwrap_or(DeadLettersAction::List) {
+                DeadLettersAction::Purge { before, kind, yes } => {
+                    let before_ms = match before {
+                        None => None,
+                        Some(b) => Some(
+                            parse_before(&b, crate::ingest::now_ms())
+                                .ok_or(UsageError::Before(b))?,
+                        ),
+                    };
+                    operator::Action::Purge(crate::letters::PurgeRequest {
+                        selection: crate::letters::Selection { before_ms, kind },
+                        dry_run: !yes,
+                    })
                 }
+                DeadLettersAction::Replay { ids, all } => replay_action(ids, all)?,
+                DeadLettersAction::Show { id } => operator::Action::Show(id),
+                DeadLettersAction::List => operator::Action::List,
             };
-            let wal =
-                crate::open_wal(&cfg).context("the agent must be stopped to purge dead letters")?;
-            let selected = |d: &alertbridge_wal::DeadLetter| {
-                before.is_none_or(|t| d.dead_at_ms < t)
-                    && kind
-                        .as_deref()
-                        .is_none_or(|k| format!("{:?}", d.reason.kind).eq_ignore_ascii_case(k))
-            };
-            if !yes {
-                let n = wal
-                    .dead_letters()
-                    .filter_map(|d| d.ok())
-                    .filter(|d| selected(d))
-                    .count();
-                println!("{n} dead letter(s) would be deleted; add --yes to delete them");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let n = wal
-                .purge_dead_letters(selected)
-                .context("purging dead letters")?;
-            println!("{n} dead letter(s) deleted");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::DeadLetters {
-            config,
-            json,
-            action: None,
-        } => {
-            let Some(config) = config else {
-                eprintln!("error: dead-letters needs --config <file>");
-                return Ok(ExitCode::from(2));
-            };
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let wal =
-                crate::open_wal(&cfg).context("the agent must be stopped to read dead letters")?;
-            let mut n = 0;
-            for d in wal.dead_letters() {
-                let d = d?;
-                n += 1;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&crate::export::dead_letter_json(&d))?
-                    );
-                } else {
-                    let (alert, topic, attempts) = d
-                        .record
-                        .as_ref()
-                        .map(|r| (r.alert_id.as_str(), r.topic.as_str(), r.attempts))
-                        .unwrap_or(("<corrupt>", "", 0));
-                    println!(
-                        "#{id} {kind:?} alert={alert} topic={topic} attempts={attempts} status={status} reason={reason}{api}",
-                        id = d.id,
-                        kind = d.reason.kind,
-                        status = d.reason.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                        reason = d.reason.message,
-                        api = d.reason.api_message.as_deref().map(|m| format!(" api_message={m}")).unwrap_or_default(),
-                    );
-                }
-            }
-            if !json {
-                eprintln!("{n} dead letter(s)");
-            }
-            Ok(ExitCode::SUCCESS)
+            runtime()?.block_on(operator::dead_letters(&cfg, &config, action, json))
         }
         Command::Replay { config, ids, all } => {
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            if ids.is_empty() && !all {
-                eprintln!("error: name dead letters with --id N (repeatable) or use --all");
-                return Ok(ExitCode::from(2));
-            }
-            let wal = crate::open_wal(&cfg)
-                .context("the agent must be stopped to replay dead letters")?;
-            let targets: Vec<u64> = if all {
-                wal.dead_letters()
-                    .filter_map(|d| d.ok())
-                    .filter(|d| d.record.is_some())
-                    .map(|d| d.id)
-                    .collect()
-            } else {
-                ids
-            };
-            let mut failed = 0;
-            for id in targets {
-                match wal.replay(id) {
-                    Ok(key) => println!("dead letter #{id} → pending seq {}", key.seq),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("dead letter #{id}: {e}");
-                    }
-                }
-            }
-            wal.flush().context("flushing the log")?;
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let cfg = load_config(&config)?;
+            let action = replay_action(ids, all)?;
+            runtime()?.block_on(operator::dead_letters(&cfg, &config, action, false))
         }
         #[cfg(feature = "demo")]
         Command::Demo { burst, store } => {
@@ -444,25 +411,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let mut ok = true;
-    if let Err(e) = cfg.genesys.secret.load() {
-        eprintln!("error: genesys client secret: {e}");
-        ok = false;
+fn replay_action(ids: Vec<u64>, all: bool) -> Result<operator::Action, UsageError> {
+    if ids.is_empty() && !all {
+        return Err(UsageError::NoReplayTarget);
     }
-    if let Some(src) = &cfg.mqtt.password {
-        if let Err(e) = src.load() {
-            eprintln!("error: mqtt password: {e}");
-            ok = false;
-        }
-    }
+    Ok(operator::Action::Replay(crate::letters::ReplayRequest {
+        ids,
+        all,
+    }))
+}
+
+/// `check`: the config loads (every key validated), then [`crate::check::offline`], then with
+/// `--online` [`crate::check::online`]. Problems are printed one per line; any → exit 2.
+fn check(path: &Path, online: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(path)?;
+    let mut problems = crate::check::offline(&cfg);
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
     }
@@ -472,109 +435,29 @@ fn check(path: &Path) -> ExitCode {
          (e.g. 1048576 in mosquitto.conf) so absurd publishes are refused there; alertbridge \
          reads any publish up to the MQTT maximum to dead-letter it, which costs that much memory"
     );
-    if ok {
-        // URLs go through `display_url`: validation refuses credentials in them, and this line
-        // could not show any even if one slipped through (the events URL is never shown).
-        println!(
-            "{}: ok (broker {}, topics {:?}, store {}, api {})",
-            path.display(),
-            crate::config::display_url(&format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port)),
-            cfg.mqtt.topics,
-            cfg.store.dir.display(),
-            crate::config::display_url(&cfg.genesys.api_url)
-        );
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-async fn fetch_status(cfg: &Config) -> anyhow::Result<Status> {
-    // reqwest is built without a TLS provider; building a client without one panics
-    crate::install_crypto_provider();
-    if let Some(addr) = cfg.admin_listen {
-        let url = format!("http://{addr}/status");
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(3))
-            .build()
-            .context("building HTTP client")?;
-        if let Ok(resp) = client.get(&url).send().await {
-            return resp
-                .error_for_status()
-                .context("status endpoint answered an error")?
-                .json::<Status>()
-                .await
-                .context("status endpoint answered something unexpected");
+    if online && problems.is_empty() {
+        match runtime()?.block_on(crate::check::online(&cfg)) {
+            Ok(what) => println!("online: {what}"),
+            Err(problem) => problems.push(format!("online: {problem}")),
         }
     }
-    // Not running (or no endpoint): read the log itself.
-    let c = cfg.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Status> {
-        let wal = crate::open_wal(&c).context(
-            "the agent seems to run without a reachable status endpoint ([admin] listen), and the log is locked",
-        )?;
-        Ok(crate::admin::status_of(&wal, None)?)
-    })
-    .await?
-}
-
-fn print_status(s: &Status) {
-    println!("alertbridge {} ({})", s.version, s.source);
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    if !problems.is_empty() {
+        return Ok(ExitCode::from(2));
+    }
+    // URLs go through `display_url`: validation refuses credentials in them, and this line
+    // could not show any even if one slipped through (the events URL is never shown).
     println!(
-        "  pending:        {} ({} critical)",
-        s.pending, s.pending_critical
+        "{}: ok (broker {}, topics {:?}, store {}, api {})",
+        path.display(),
+        crate::config::display_url(&format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port)),
+        cfg.mqtt.topics,
+        cfg.store.dir().display(),
+        crate::config::display_url(&cfg.genesys.api_url)
     );
-    match s.oldest_pending_age_secs {
-        Some(a) => println!("  oldest pending: {a} s"),
-        None => println!("  oldest pending: -"),
-    }
-    println!("  dead letters:   {}", s.dead_letters);
-    println!("  receipts kept:  {}", s.delivered_kept);
-    println!(
-        "  log data:       {} bytes (files on disk {} bytes)",
-        s.data_bytes, s.store_bytes
-    );
-    if let Some(c) = &s.counters {
-        println!(
-            "  since start:    received {} persisted {} duplicates {} acked {} delivered {} retried {} dead-lettered {}",
-            c.received, c.persisted, c.duplicates, c.acked, c.delivered, c.retried, c.dead_lettered
-        );
-        println!(
-            "  state:          broker {} breaker {} delivery {} disk {}",
-            if c.connected {
-                "connected"
-            } else {
-                "DISCONNECTED"
-            },
-            if c.breaker_open { "OPEN" } else { "closed" },
-            if c.paused { "PAUSED" } else { "running" },
-            if c.backpressure { "OVER BUDGET" } else { "ok" },
-        );
-        if let Some(r) = &c.pause_reason {
-            println!("  pause reason:   {r}");
-        }
-        if c.drain_repairs + c.tasks_failed + c.clock_jumps > 0 {
-            println!(
-                "  anomalies:      drain repairs {} failed delivery tasks {} clock jumps {} (see the log)",
-                c.drain_repairs, c.tasks_failed, c.clock_jumps
-            );
-        }
-        if c.subscriptions_wanted > 0 {
-            println!(
-                "  subscriptions:  {}/{} held at QoS 1{}",
-                c.subscriptions_held,
-                c.subscriptions_wanted,
-                if c.subscribed() {
-                    ""
-                } else {
-                    " (NOT READY: alerts on a filter not held never reach alertbridge)"
-                }
-            );
-        }
-        if let Some(e) = &c.subscription_error {
-            println!("  subscription error: {e}");
-        }
-    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -713,5 +596,42 @@ mod journald_tests {
         assert!(!journal_stream_is("9:12345", 8, 12345));
         assert!(!journal_stream_is("", 8, 12345));
         assert!(!journal_stream_is("8-12345", 8, 12345));
+    }
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    use super::{exit_code, UsageError};
+    use crate::ingest::IngestError;
+    use crate::RunError;
+
+    #[test]
+    fn the_exit_code_follows_the_error_type_through_context() {
+        let cases: Vec<(anyhow::Error, u8)> = vec![
+            (UsageError::NoReplayTarget.into(), 2),
+            (
+                crate::config::Config::parse("[mqtt]\nurll = 1\n", std::path::Path::new("x"))
+                    .expect_err("unknown key")
+                    .into(),
+                2,
+            ),
+            (RunError::Ingest(IngestError::NoSystemRoots).into(), 2),
+            (
+                RunError::FinalFlush(alertbridge_wal::WalError::Poisoned).into(),
+                1,
+            ),
+            (
+                RunError::Drain(crate::drain::DrainError::Wal(
+                    alertbridge_wal::WalError::Poisoned,
+                ))
+                .into(),
+                1,
+            ),
+            (anyhow::anyhow!("anything else"), 1),
+        ];
+        for (e, code) in cases {
+            let e = e.context("alertbridge stopped");
+            assert_eq!(exit_code(&e), code, "{e:#}");
+        }
     }
 }

@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alertbridge_genesys::{EventsAuth, SecretSource, Target};
+use alertbridge_genesys::{ClientConfig, EventsAuth, SecretSource, Target};
 use alertbridge_payload::MappingConfig;
+use alertbridge_wal::WalConfig;
 use serde::Deserialize;
 
 /// Environment variable that may hold the Genesys client secret (when no `client_secret_file`).
@@ -442,28 +443,17 @@ impl MqttConfig {
 /// Validated `[store]`.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Log directory.
-    pub dir: PathBuf,
+    /// How the log is opened: directory, segment size, dedup window, receipts kept and the
+    /// dead-letter budget, built here from `[store]` and handed to `Wal::open` as it is.
+    pub wal: WalConfig,
     /// Disk budget: at or above it ingest stops acking (the broker keeps the alerts).
     pub max_bytes: u64,
-    /// Segment size of the log: disk space returns a whole segment at a time.
-    pub segment_bytes: u64,
     /// The config still sets the obsolete `cache_capacity_bytes` (a warning in `check`).
     pub cache_capacity_ignored: bool,
-    /// Duplicate window (alert ids, at most).
-    pub dedup_window: usize,
-    /// Duplicate window (how long an id is remembered).
-    pub dedup_window_time: Duration,
-    /// Dead-letter budget (count); the oldest beyond it are exported, then removed.
-    pub dead_letters_max: u64,
-    /// Dead-letter budget (bytes).
-    pub dead_letters_max_bytes: u64,
     /// Export directory for dead letters beyond the budget.
     pub dead_letters_export_dir: PathBuf,
     /// Export files kept (16 MiB each).
     pub dead_letters_export_files: usize,
-    /// Receipts kept.
-    pub delivered_keep: usize,
     /// Largest group commit.
     pub batch_max: usize,
     /// Below this much free space on the store's filesystem ingest holds back like at the
@@ -471,26 +461,16 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
 }
 
-/// Validated `[genesys]`.
-#[derive(Debug, Clone)]
-pub struct GenesysConfig {
-    /// `https://login.<domain>` or override.
-    pub login_url: String,
-    /// `https://api.<domain>` or override.
-    pub api_url: String,
-    /// OAuth client id.
-    pub client_id: String,
-    /// Where the secret comes from.
-    pub secret: SecretSource,
-    /// What to call.
-    pub target: Target,
-    /// Whole-request timeout.
-    pub request_timeout: Duration,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Proactive refresh margin.
-    pub refresh_margin: Duration,
+impl StoreConfig {
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.wal.dir
+    }
 }
+
+/// Validated `[genesys]`: the client's own config, built here and handed to
+/// `GenesysClient::new` as it is.
+pub type GenesysConfig = ClientConfig;
 
 /// Validated `[delivery]`.
 #[derive(Debug, Clone)]
@@ -598,7 +578,7 @@ impl Config {
             delivery,
             mapping: raw.mapping,
             admin_listen,
-            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            log_level: log_level_from_raw(raw.log.level)?,
             log_format,
         })
     }
@@ -802,19 +782,22 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/alertbridge"));
     Ok(StoreConfig {
-        dir: dir.clone(),
+        wal: WalConfig {
+            dir: dir.clone(),
+            segment_bytes,
+            dedup_window: raw.dedup_window.unwrap_or(100_000),
+            dedup_window_ms: raw.dedup_window_secs.unwrap_or(300).saturating_mul(1000),
+            delivered_keep: raw.delivered_keep.unwrap_or(10_000),
+            dead_max_count: raw.dead_letters_max.unwrap_or(100_000),
+            dead_max_bytes: raw.dead_letters_max_bytes.unwrap_or(64 << 20),
+            ..WalConfig::default()
+        },
         max_bytes,
-        segment_bytes,
         cache_capacity_ignored: raw.cache_capacity_bytes.is_some(),
-        dedup_window: raw.dedup_window.unwrap_or(100_000),
-        dedup_window_time: Duration::from_secs(raw.dedup_window_secs.unwrap_or(300)),
-        dead_letters_max: raw.dead_letters_max.unwrap_or(100_000),
-        dead_letters_max_bytes: raw.dead_letters_max_bytes.unwrap_or(64 << 20),
         dead_letters_export_dir: raw
             .dead_letters_export_dir
             .unwrap_or_else(|| crate::export::default_dir(&dir)),
         dead_letters_export_files: raw.dead_letters_export_files.unwrap_or(16),
-        delivered_keep: raw.delivered_keep.unwrap_or(10_000),
         batch_max,
         min_free_bytes: raw.min_free_bytes.unwrap_or(64 << 20),
     })
@@ -970,6 +953,21 @@ fn genesys_from_raw(raw: RawGenesys) -> Result<GenesysConfig, ConfigError> {
     })
 }
 
+/// `log.level` must be a filter `tracing` understands (`RUST_LOG` syntax): a typo would otherwise
+/// silently log nothing, or everything.
+fn log_level_from_raw(level: Option<String>) -> Result<String, ConfigError> {
+    let level = level.unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
+        invalid(
+            "log.level",
+            format!("`{level}` is not a log filter: {e}"),
+            "write a level (error, warn, info, debug, trace) or RUST_LOG directives such as \
+             \"info,alertbridge::drain=debug\"",
+        )
+    })?;
+    Ok(level)
+}
+
 pub(crate) fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     let rate_per_sec = raw.rate_per_sec.unwrap_or(4.0);
     if !(rate_per_sec.is_finite() && rate_per_sec >= 0.001) {
@@ -1086,6 +1084,29 @@ flow_id = "f-1"
         let text = include_str!("../../../config/alertbridge.example.toml");
         let c = parse(text).expect("config/alertbridge.example.toml must stay valid");
         assert!(!c.mqtt.topics.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_log_filter_is_refused_naming_log_level() {
+        for good in ["info", "warn,alertbridge::drain=debug"] {
+            let c = parse(&format!("{MINIMAL}\n[log]\nlevel = \"{good}\"\n")).expect(good);
+            assert_eq!(c.log_level, good);
+        }
+        let err = parse(&format!("{MINIMAL}\n[log]\nlevel = \"alertbridge=loud\"\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("log.level") && msg.contains("fix:"), "{msg}");
+    }
+
+    #[test]
+    fn store_and_genesys_sections_build_the_wal_and_client_configs() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[store]\ndir = \"/tmp/s\"\ndedup_window_secs = 7\ndelivered_keep = 3\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.store.wal.dir, Path::new("/tmp/s"));
+        assert_eq!(c.store.wal.dedup_window_ms, 7_000);
+        assert_eq!(c.store.wal.delivered_keep, 3);
+        assert_eq!(c.genesys.client_id, "abc");
     }
 
     #[test]

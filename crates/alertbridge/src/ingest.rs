@@ -62,18 +62,55 @@ pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 /// connection task waits, i.e. stops reading the socket: back-pressure to the broker.
 const PUBLISH_CHANNEL: usize = 4096;
 
-/// Errors that stop ingest (the agent exits non-zero; systemd restarts it).
+/// Errors that stop ingest. Each variant says whether restarting can help: the binary exits 1
+/// (runtime, systemd restarts it) or 2 (configuration, restarting cannot fix it), see
+/// [`IngestError::is_config`].
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// The log failed to append or to make a batch durable; it is poisoned (I5).
-    #[error("write-ahead log failed: {0}")]
+    /// The log failed to append or to make a batch durable; it is poisoned (I5). Runtime: the
+    /// agent exits 1 and the restart reads the log as it is.
+    #[error("write-ahead log failed")]
     Wal(#[from] alertbridge_wal::WalError),
-    /// The blocking append task panicked or was cancelled.
-    #[error("log writer thread failed: {0}")]
-    Writer(String),
-    /// Broker options are unusable (e.g. unreadable CA or password file).
-    #[error("mqtt setup: {0}")]
-    Setup(String),
+    /// An ingest task (the batcher, or a blocking append) panicked or was cancelled: what it did
+    /// is unknown, so ingest stops. Runtime: exit 1, the broker keeps every unacked alert.
+    #[error("the ingest {task} task failed")]
+    Task {
+        /// Which task: `batcher` or `log append`.
+        task: &'static str,
+        /// The join error (panic or cancellation).
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The MQTT password could not be read (`mqtt.password_file` or its variable).
+    /// Configuration: fix the file or variable; exit 2.
+    #[error("mqtt password")]
+    Password(#[source] alertbridge_genesys::TokenError),
+    /// `mqtt.ca_file` could not be read. Configuration: fix the path or permissions; exit 2.
+    #[error("reading mqtt.ca_file {path}")]
+    CaFile {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `mqtts://` without `mqtt.ca_file`, and the system has no CA certificates.
+    /// Configuration: install ca-certificates or set `mqtt.ca_file`; exit 2.
+    #[error(
+        "mqtts:// but no system CA certificates found: install ca-certificates or set mqtt.ca_file"
+    )]
+    NoSystemRoots,
+}
+
+impl IngestError {
+    /// True when the cause is in the configuration or the files it names, so restarting
+    /// cannot fix it (the binary exits 2).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Password(_) | IngestError::CaFile { .. } | IngestError::NoSystemRoots
+        )
+    }
 }
 
 /// A publish and the connection epoch it arrived on.
@@ -263,16 +300,15 @@ pub(crate) fn mqtt_options(cfg: &MqttConfig, batch_max: usize) -> Result<MqttOpt
         .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
         .set_request_channel_capacity(request_channel_capacity(batch_max));
     if let (Some(user), Some(src)) = (&cfg.username, &cfg.password) {
-        let pw = src
-            .load()
-            .map_err(|e| IngestError::Setup(format!("mqtt password: {e}")))?;
+        let pw = src.load().map_err(IngestError::Password)?;
         o.set_credentials(user.clone(), pw.expose_secret().to_string());
     }
     if cfg.tls {
         let transport = match &cfg.ca_file {
             Some(path) => {
-                let ca = std::fs::read(path).map_err(|e| {
-                    IngestError::Setup(format!("reading mqtt.ca_file {}: {e}", path.display()))
+                let ca = std::fs::read(path).map_err(|source| IngestError::CaFile {
+                    path: path.clone(),
+                    source,
                 })?;
                 Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
                     ca,
@@ -287,9 +323,7 @@ pub(crate) fn mqtt_options(cfg: &MqttConfig, batch_max: usize) -> Result<MqttOpt
                     let _ = roots.add(cert);
                 }
                 if roots.is_empty() {
-                    return Err(IngestError::Setup(
-                        "mqtts:// but no system CA certificates found: install ca-certificates or set mqtt.ca_file".into(),
-                    ));
+                    return Err(IngestError::NoSystemRoots);
                 }
                 let tls = rustls::ClientConfig::builder()
                     .with_root_certificates(roots)
@@ -344,9 +378,10 @@ pub(crate) async fn run(
         batcher_done,
     );
     let conn_result = conn.await;
-    let batch_result = batcher
-        .await
-        .map_err(|e| IngestError::Writer(e.to_string()))?;
+    let batch_result = batcher.await.map_err(|source| IngestError::Task {
+        task: "batcher",
+        source,
+    })?;
     batch_result?;
     conn_result
 }
@@ -827,7 +862,10 @@ async fn append_when_space(
         let batch = entries.clone();
         let result = tokio::task::spawn_blocking(move || w.append_publishes(batch))
             .await
-            .map_err(|e| IngestError::Writer(e.to_string()))?;
+            .map_err(|source| IngestError::Task {
+                task: "log append",
+                source,
+            })?;
         match result {
             Ok(durable) => {
                 if held_since.is_some() {
@@ -909,7 +947,7 @@ async fn wait_for_budget(
         let reason = over_budget(
             size,
             store.max_bytes,
-            free_bytes(&store.dir),
+            free_bytes(store.dir()),
             store.min_free_bytes,
         );
         events::backpressure_changed(counters, reason.as_deref(), size);
@@ -948,17 +986,20 @@ mod tests {
             reconnect_max: Duration::from_millis(100),
         };
         let store = StoreConfig {
-            dir: dir.to_path_buf(),
+            wal: alertbridge_wal::WalConfig {
+                dir: dir.to_path_buf(),
+                segment_bytes: 64 << 10,
+                dedup_window: 100,
+                dedup_window_ms: 600_000,
+                dead_max_count: 1000,
+                dead_max_bytes: 1 << 20,
+                delivered_keep: 10,
+                ..alertbridge_wal::WalConfig::default()
+            },
             max_bytes: u64::MAX,
-            segment_bytes: 64 << 10,
             cache_capacity_ignored: false,
-            dedup_window: 100,
-            dedup_window_time: Duration::from_secs(600),
-            dead_letters_max: 1000,
-            dead_letters_max_bytes: 1 << 20,
             dead_letters_export_dir: dir.join("export"),
             dead_letters_export_files: 2,
-            delivered_keep: 10,
             batch_max: 16,
             min_free_bytes: 0,
         };

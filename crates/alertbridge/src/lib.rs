@@ -25,8 +25,15 @@
 //! Shutdown ([`run`]): ingest stops taking publishes, commits its open batch and queues those
 //! acks → drain stops picking, in-flight deliveries get `shutdown_timeout` → final durable flush.
 //! Under systemd, [`notify`] says `STOPPING=1` when shutdown begins.
+//!
+//! The operator's side: [`cli`] parses commands and turns an error's type into the exit code
+//! (0 ok, 1 runtime failure, 2 usage or configuration error); [`check`] validates a config
+//! offline and, with `--online`, against Genesys; [`operator`] runs `status` and `dead-letters`
+//! through the running agent's [`admin`] endpoint or on the stopped store, with one
+//! implementation of the dead-letter operations in [`letters`].
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "demo")]
@@ -35,54 +42,100 @@ pub mod drain;
 pub mod events;
 pub mod export;
 pub mod ingest;
+pub mod letters;
 pub mod limiter;
 pub mod notify;
+pub mod operator;
 pub mod schedule;
 mod session;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use alertbridge_genesys::{ClientConfig, GenesysClient};
+use alertbridge_genesys::GenesysClient;
 use alertbridge_payload::Mapper;
-use alertbridge_wal::{Wal, WalConfig};
+use alertbridge_wal::Wal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use events::Counters;
 
-/// Why the agent stopped with an error.
+/// Why the agent stopped with an error. [`RunError::is_config`] tells the binary which exit code
+/// to use: 2 when restarting cannot fix it (the configuration or a file it names), 1 otherwise
+/// (systemd restarts the agent).
+///
+/// Each message names only its own step; the cause is its `source()`, so printing the chain
+/// says every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The log could not be opened.
-    #[error("opening the write-ahead log in {dir}: {source}")]
+    /// The log could not be opened: locked by another process, unreadable, or an unsupported
+    /// store format. Runtime (exit 1) except an unsupported format, which only another release
+    /// can read (exit 2).
+    #[error("opening the write-ahead log in {dir}")]
     Open {
         /// Store directory.
         dir: std::path::PathBuf,
         /// Cause.
+        #[source]
         source: alertbridge_wal::WalError,
     },
-    /// The mapping could not be built.
-    #[error("mapping: {0}")]
-    Mapping(String),
-    /// The HTTP client could not be built.
-    #[error("genesys client: {0}")]
-    Client(String),
-    /// Ingest failed (log poisoned, broker options unusable).
-    #[error("ingest: {0}")]
+    /// The payload mapping could not be built. Configuration (exit 2); `check` reports it first.
+    #[error("the payload mapping")]
+    Mapping(#[source] alertbridge_payload::MappingConfigError),
+    /// The HTTP client could not be built. A bad setting is configuration (exit 2); anything
+    /// else (no TLS provider, no trust roots) is runtime (exit 1).
+    #[error("building the Genesys client")]
+    Client(#[source] alertbridge_genesys::ClientError),
+    /// Ingest failed: the log is poisoned (runtime), or the broker options are unusable
+    /// (unreadable CA or password file: configuration).
+    #[error("ingest")]
     Ingest(#[from] ingest::IngestError),
-    /// Drain failed (log error).
-    #[error("drain: {0}")]
+    /// Drain failed (log error). Runtime (exit 1).
+    #[error("drain")]
     Drain(#[from] drain::DrainError),
-    /// A stage task panicked.
-    #[error("stage task failed: {0}")]
-    Task(String),
+    /// The last durable flush at shutdown failed: removals and attempt counts of the last
+    /// moments may be lost (those alerts are delivered again after the restart), and the log is
+    /// poisoned. Runtime (exit 1).
+    #[error("the final flush of the write-ahead log")]
+    FinalFlush(#[source] alertbridge_wal::WalError),
+    /// A stage task panicked or was cancelled, or the blocking pool refused a log call. Runtime
+    /// (exit 1): what the task did is unknown, the restart reads the log as it is.
+    #[error("the {stage} task failed")]
+    Task {
+        /// Which stage: `open`, `ingest`, `drain` or `final flush`.
+        stage: &'static str,
+        /// The join error (panic or cancellation).
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// Stopping took longer than `delivery.shutdown_timeout_secs` plus a margin (a stage stuck
     /// in I/O, e.g. on a full or vanished disk): the process exits non-zero anyway, and the
     /// broker keeps every alert that was not acked.
     #[error("shutdown did not finish within {0:?}; exiting anyway (unacked alerts stay with the broker)")]
     ShutdownTimeout(std::time::Duration),
+}
+
+impl RunError {
+    /// True when restarting cannot fix the cause: the configuration, or a file it names, must
+    /// change first. The binary exits 2 then (the systemd unit does not restart on 2).
+    pub fn is_config(&self) -> bool {
+        match self {
+            RunError::Mapping(_) => true,
+            RunError::Client(e) => {
+                matches!(e, alertbridge_genesys::ClientError::InvalidConfig { .. })
+            }
+            RunError::Ingest(e) => e.is_config(),
+            RunError::Open { source, .. } => matches!(
+                source,
+                alertbridge_wal::WalError::UnsupportedStoreFormat { .. }
+            ),
+            RunError::Drain(_)
+            | RunError::FinalFlush(_)
+            | RunError::Task { .. }
+            | RunError::ShutdownTimeout(_) => false,
+        }
+    }
 }
 
 /// Install rustls' `ring` provider once per process (reqwest is built without a provider, so
@@ -93,18 +146,8 @@ pub fn install_crypto_provider() {
 
 /// Open the log described by the config.
 pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
-    let cfg = WalConfig {
-        dir: config.store.dir.clone(),
-        segment_bytes: config.store.segment_bytes,
-        dedup_window: config.store.dedup_window,
-        dedup_window_ms: config.store.dedup_window_time.as_millis() as u64,
-        delivered_keep: config.store.delivered_keep,
-        dead_max_count: config.store.dead_letters_max,
-        dead_max_bytes: config.store.dead_letters_max_bytes,
-        ..WalConfig::default()
-    };
-    let wal = Wal::open(cfg).map_err(|source| RunError::Open {
-        dir: config.store.dir.clone(),
+    let wal = Wal::open(config.store.wal.clone()).map_err(|source| RunError::Open {
+        dir: config.store.dir().to_path_buf(),
         source,
     })?;
     wal.set_dead_letter_sink(Box::new(export::JsonlExport::new(
@@ -117,18 +160,7 @@ pub fn open_wal(config: &Config) -> Result<Wal, RunError> {
 /// Build the Genesys client described by the config.
 pub fn genesys_client(config: &Config) -> Result<GenesysClient, RunError> {
     install_crypto_provider();
-    let g = &config.genesys;
-    GenesysClient::new(ClientConfig {
-        login_url: g.login_url.clone(),
-        api_url: g.api_url.clone(),
-        client_id: g.client_id.clone(),
-        secret: g.secret.clone(),
-        target: g.target.clone(),
-        request_timeout: g.request_timeout,
-        connect_timeout: g.connect_timeout,
-        refresh_margin: g.refresh_margin,
-    })
-    .map_err(|e| RunError::Client(e.to_string()))
+    GenesysClient::new(config.genesys.clone()).map_err(RunError::Client)
 }
 
 /// SIGHUP: forget the cached token, so the next request fetches a new one with the secret read
@@ -179,14 +211,16 @@ pub async fn run_with(
         let c = config.clone();
         tokio::task::spawn_blocking(move || open_wal(&c))
             .await
-            .map_err(|e| RunError::Task(e.to_string()))??
+            .map_err(|source| RunError::Task {
+                stage: "open",
+                source,
+            })??
     };
-    let mapper =
-        Arc::new(Mapper::new(&config.mapping).map_err(|e| RunError::Mapping(e.to_string()))?);
+    let mapper = Arc::new(Mapper::new(&config.mapping).map_err(RunError::Mapping)?);
     let client = genesys_client(&config)?;
     let client_for_reload = client.clone();
     tracing::info!(
-        store = %config.store.dir.display(),
+        store = %config.store.dir().display(),
         broker = %config::display_url(&format!("{}:{}", config.mqtt.host, config.mqtt.port)),
         api = %config::display_url(&config.genesys.api_url),
         "alertbridge starting"
@@ -205,6 +239,7 @@ pub async fn run_with(
                 wal.clone(),
                 counters.clone(),
                 liveness,
+                feed_tx.clone(),
                 root.child_token(),
             )
             .await
@@ -284,13 +319,20 @@ pub async fn run_with(
         // a slow status client must not hold the exit
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
     }
-    ingest_result.map_err(|e| RunError::Task(e.to_string()))??;
-    drain_result.map_err(|e| RunError::Task(e.to_string()))??;
-    match flushed {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(RunError::Ingest(ingest::IngestError::Wal(e))),
-        Err(e) => return Err(RunError::Task(e.to_string())),
-    }
+    ingest_result.map_err(|source| RunError::Task {
+        stage: "ingest",
+        source,
+    })??;
+    drain_result.map_err(|source| RunError::Task {
+        stage: "drain",
+        source,
+    })??;
+    flushed
+        .map_err(|source| RunError::Task {
+            stage: "final flush",
+            source,
+        })?
+        .map_err(RunError::FinalFlush)?;
     tracing::info!("alertbridge stopped cleanly");
     Ok(())
 }

@@ -322,6 +322,9 @@ pub(crate) async fn launch_flow(
         name,
         input_data,
     } = launch;
+    if let Some(denied) = missing_permission(&shared, PERMISSION_FLOW_LAUNCH, &ctx) {
+        return denied;
+    }
     let known = shared
         .lock()
         .known_flow_ids
@@ -372,6 +375,70 @@ fn flow_version_json(execution: &Execution) -> Value {
         "name": execution.flow_version,
         "selfUri": format!("/api/v2/flows/{}/versions/{}", execution.flow_id, execution.flow_version),
     })
+}
+
+/// The permission a role needs to launch a workflow.
+const PERMISSION_FLOW_LAUNCH: &str = "architect:flow:launch";
+/// The permission a role needs to read a flow.
+const PERMISSION_FLOW_VIEW: &str = "architect:flow:view";
+
+/// A 403 naming `permission` when the simulator was told the OAuth client's role lacks it
+/// ([`crate::Sim::set_denied_permissions`]), in the platform's shape.
+fn missing_permission(shared: &Shared, permission: &str, ctx: &RequestContext) -> Option<Response> {
+    let denied = shared
+        .lock()
+        .denied_permissions
+        .iter()
+        .any(|p| p == permission);
+    denied.then(|| {
+        error_body(
+            403,
+            "missing.any.permissions",
+            format!("You are missing the following permission(s): {permission}"),
+            ctx,
+        )
+    })
+}
+
+/// `GET /api/v2/flows/{id}`: a flow the simulator knows (every id when `known_flow_ids` is
+/// unset) is a published workflow; another id → 404. Needs `architect:flow:view`.
+pub(crate) async fn get_flow(
+    State(shared): State<Arc<Shared>>,
+    Extension(ctx): Extension<RequestContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(answer) = gate(&shared, &ctx, &headers, Auth::Bearer).await {
+        return answer;
+    }
+    if let Some(denied) = missing_permission(&shared, PERMISSION_FLOW_VIEW, &ctx) {
+        return denied;
+    }
+    let known = shared
+        .lock()
+        .known_flow_ids
+        .as_ref()
+        .is_none_or(|ids| ids.contains(&id));
+    if !known {
+        return error_body(404, "not.found", format!("Flow {id} not found."), &ctx);
+    }
+    let version = json!({
+        "id": "1.0",
+        "name": "1.0",
+        "selfUri": format!("/api/v2/flows/{id}/versions/1.0"),
+    });
+    Json(json!({
+        "id": id,
+        "name": format!("sim workflow {id}"),
+        "type": "WORKFLOW",
+        "active": true,
+        "system": false,
+        "deleted": false,
+        "publishedVersion": version,
+        "checkedInVersion": version,
+        "selfUri": format!("/api/v2/flows/{id}"),
+    }))
+    .into_response()
 }
 
 /// `GET /api/v2/flows/executions/{id}`: a launched execution, always `COMPLETED`.

@@ -12,6 +12,7 @@
 //! | `POST /oauth/token`, `Authorization: Basic base64(id:secret)`, form `grant_type=client_credentials` | 200 `{"access_token","token_type":"bearer","expires_in"}`; bad or missing Basic credentials → `token_error_status` (401, or 400) `{"error":"invalid_client","description":"authentication failed","error_description":"authentication failed"}`; not a form body (e.g. JSON) or no `grant_type` → 400 `invalid_request`; another grant → 400 `unsupported_grant_type` |
 //! | `POST /api/v2/flows/executions`, bearer, `{"flowId", "flowVersion"?, "inputData"?, "name"?}` | 200 `{"id","name","flowVersion":{"id","name","selfUri"},"selfUri"}` |
 //! | `GET /api/v2/flows/executions/{id}`, bearer | 200 `{"id","status":"COMPLETED","dateLaunched",...}` for a launched id, else 404 |
+//! | `GET /api/v2/flows/{id}`, bearer | 200 `{"id","name","type":"WORKFLOW","publishedVersion":{"id","name","selfUri"},...}` for a known flow id (every id when `known_flow_ids` is unset), else 404 |
 //! | `POST /api/v2/events`, bearer, `{"name": string, "data": object}` | 200 `{"invocationId"}` |
 //! | `POST [/platform]/api/v2/integrations/webhooks/{token}/events`, no auth, any JSON object | 200 `{"invocationId"}`; a token other than `webhook_token` → 404 |
 //!
@@ -20,7 +21,8 @@
 //! 413 `request.entity.too.large` (body longer than `max_body_bytes`); 415 `unsupported.media.type`
 //! (`Content-Type` not `application/json`); 400 `bad.request` (not JSON, not an object, `flowId`
 //! missing, `inputData` not an object, ...); 404 `not.found` (flow not in `known_flow_ids`, unknown
-//! path); and the injected faults of [`Faults`] (checked first, in the order given there).
+//! path); 403 `missing.any.permissions` naming the permission the simulator was told the role
+//! lacks (`architect:flow:launch` to launch, `architect:flow:view` to read a flow); and the injected faults of [`Faults`] (checked first, in the order given there).
 //! Checks run in this order: faults, token, size, media type, body.
 //!
 //! # Admin endpoints (for the binary and other processes; no auth: bind to loopback)
@@ -35,6 +37,7 @@
 //! | `PUT /sim/secret` (text body) | [`Sim::set_client_secret`] |
 //! | `PUT /sim/token-ttl` (text body: seconds, fractions allowed) | [`Sim::set_token_ttl`] |
 //! | `PUT /sim/known-flow-ids` (JSON array or `null`) | [`Sim::set_known_flow_ids`] |
+//! | `PUT /sim/denied-permissions` (JSON array of permissions) | [`Sim::set_denied_permissions`] |
 //!
 //! `SystemTime` fields are serialized in serde's form `{"secs_since_epoch","nanos_since_epoch"}`.
 //!
@@ -260,6 +263,13 @@ impl Sim {
     /// `Some(ids)`: launches of other flow ids answer 404; `None`: every flow id is known.
     pub fn set_known_flow_ids(&self, ids: Option<Vec<String>>) {
         self.shared.lock().known_flow_ids = ids;
+    }
+
+    /// Permissions the OAuth client's role lacks from now on (e.g. `architect:flow:view`,
+    /// `architect:flow:launch`): a call that needs one answers 403 `missing.any.permissions`
+    /// naming it. Empty (the default): every permission is granted.
+    pub fn set_denied_permissions(&self, permissions: Vec<String>) {
+        self.shared.lock().denied_permissions = permissions;
     }
 
     /// The request log (bounded, see [`REQUEST_LOG_CAPACITY`]), in arrival order.

@@ -31,6 +31,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/oauth/token", post(api::token))
         .route("/api/v2/flows/executions", post(api::launch_flow))
         .route("/api/v2/flows/executions/{id}", get(api::get_execution))
+        .route("/api/v2/flows/{id}", get(api::get_flow))
         .route("/api/v2/events", post(api::post_event))
         .route(webhook, post(api::post_webhook))
         .route(&format!("/platform{webhook}"), post(api::post_webhook))
@@ -43,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/secret", put(admin_secret))
         .route("/sim/token-ttl", put(admin_token_ttl))
         .route("/sim/known-flow-ids", put(admin_known_flow_ids))
+        .route("/sim/denied-permissions", put(admin_denied_permissions))
         .fallback(api::not_found)
         // The middleware below reads the body under its own cap.
         .layer(DefaultBodyLimit::disable())
@@ -226,6 +228,18 @@ async fn admin_known_flow_ids(State(shared): State<Arc<Shared>>, body: Bytes) ->
         }
         Err(e) => admin_bad_request(format!(
             "body must be a JSON array of flow ids or null: {e}"
+        )),
+    }
+}
+
+async fn admin_denied_permissions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(permissions) => {
+            shared.lock().denied_permissions = permissions;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_bad_request(format!(
+            "body must be a JSON array of permissions, e.g. [\"architect:flow:view\"]: {e}"
         )),
     }
 }

@@ -86,6 +86,8 @@ pub(crate) struct State {
     pub(crate) token_error_status: u16,
     pub(crate) max_body_bytes: usize,
     pub(crate) known_flow_ids: Option<Vec<String>>,
+    /// Permissions the OAuth client's role lacks: a call needing one answers 403 naming it.
+    pub(crate) denied_permissions: Vec<String>,
     pub(crate) webhook_token: String,
     pub(crate) faults: Faults,
     pub(crate) limiter: Limiter,
@@ -110,6 +112,7 @@ impl State {
             token_error_status: cfg.token_error_status,
             max_body_bytes: cfg.max_body_bytes,
             known_flow_ids: cfg.known_flow_ids.clone(),
+            denied_permissions: Vec::new(),
             webhook_token: cfg.webhook_token.clone(),
             faults: cfg.faults.clone(),
             limiter: Limiter::default(),

@@ -529,6 +529,56 @@ async fn unknown_flow_is_404_when_known_flow_ids_are_set() {
     assert_eq!(client.launch(&token, &other).await.status(), StatusCode::OK);
 }
 
+#[tokio::test]
+async fn a_known_flow_reads_as_a_published_workflow_and_another_id_is_404() {
+    let (_sim, client) = start(SimConfig {
+        known_flow_ids: Some(vec!["flow-1".into()]),
+        ..SimConfig::default()
+    })
+    .await;
+    let token = client.token().await;
+    let response = client.get("/api/v2/flows/flow-1", Some(&token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let flow: Value = response.json().await.expect("json");
+    assert_eq!(flow["id"], "flow-1");
+    assert_eq!(flow["type"], "WORKFLOW");
+    assert!(flow["publishedVersion"]["id"].is_string(), "{flow}");
+    let (status, code) = error_code(client.get("/api/v2/flows/flow-2", Some(&token)).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "not.found")
+    );
+    let (status, _) = error_code(client.get("/api/v2/flows/flow-1", None).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_denied_permission_answers_403_naming_it() {
+    let (sim, client) = start(SimConfig::default()).await;
+    let token = client.token().await;
+    sim.set_denied_permissions(vec!["architect:flow:view".into()]);
+    let response = client.get("/api/v2/flows/flow-1", Some(&token)).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("architect:flow:view")),
+        "{body}"
+    );
+    // Launching needs another permission, still granted.
+    assert_eq!(
+        client.launch(&token, &flow_body()).await.status(),
+        StatusCode::OK
+    );
+    sim.set_denied_permissions(vec!["architect:flow:launch".into()]);
+    let (status, code) = error_code(client.launch(&token, &flow_body()).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "missing.any.permissions")
+    );
+}
+
 // ---- events and webhooks -------------------------------------------------------------------
 
 #[tokio::test]

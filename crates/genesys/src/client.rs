@@ -471,6 +471,31 @@ impl GenesysClient {
         self.inner.request_timeout
     }
 
+    /// Whether requests carry `Authorization: Bearer` (false for a webhook invocation URL).
+    pub(crate) fn uses_bearer(&self) -> bool {
+        self.inner.bearer
+    }
+
+    /// A current access token from the cache (fetched when needed).
+    pub(crate) async fn bearer_token(&self) -> Result<secrecy::SecretString, TokenError> {
+        self.inner.tokens.bearer().await.map(|b| b.token)
+    }
+
+    /// The pooled HTTP client.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// Where deliveries are posted (a secret for a webhook invocation URL: never show it).
+    pub(crate) fn target_url(&self) -> &Url {
+        &self.inner.url
+    }
+
+    /// The configured target.
+    pub(crate) fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
     /// The host deliveries go to (the only part of a webhook invocation URL that may be shown).
     pub fn target_host(&self) -> &str {
         &self.inner.host

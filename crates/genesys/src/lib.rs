@@ -21,6 +21,9 @@
 //!   no `Authorization` ([`EventsAuth::None`]). 200 → `{"invocationId"}`.
 //! - Both: `Content-Type: application/json`, no redirects followed, whole request bounded by
 //!   `request_timeout`, connect by `connect_timeout`.
+//! - Checking the target without launching anything ([`GenesysClient::verify_target`], for
+//!   `alertbridge check --online`): `GET {api_url}/api/v2/flows/{flowId}` (permission
+//!   `architect:flow:view`) must answer a published `WORKFLOW`; an events URL must answer HTTP.
 //!
 //! # Classification ([`classify`], one table)
 //! | answer | [`Disposition`] |
@@ -89,6 +92,7 @@ mod classify;
 mod client;
 mod disposition;
 mod region;
+mod verify;
 
 pub use auth::{
     effective_refresh_margin, SecretSource, TokenError, TokenStats, REFRESH_RETRY_INTERVAL,
@@ -100,3 +104,4 @@ pub use classify::{
 pub use client::{ClientConfig, ClientError, EventsAuth, GenesysClient, Target, POOL_IDLE_TIMEOUT};
 pub use disposition::{Disposition, Receipt};
 pub use region::{region_hosts, RegionError};
+pub use verify::{flow_verdict, TargetCheck, PERMISSION_FLOW_LAUNCH, PERMISSION_FLOW_VIEW};

@@ -828,3 +828,85 @@ async fn secrets_are_absent_from_every_output() {
         }
     }
 }
+
+// ---- verify_target (`alertbridge check --online`) ------------------------------------------
+
+#[tokio::test]
+async fn verify_target_finds_the_published_workflow_and_names_what_is_missing() {
+    use alertbridge_genesys::TargetCheck;
+    let sim = start_sim(SimConfig {
+        known_flow_ids: Some(vec!["flow-1".into()]),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = client(config(&sim, workflow()));
+    match c.verify_target().await {
+        TargetCheck::Ready(what) => assert!(what.contains("flow-1 ") && what.contains("published")),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        sim.accepted().is_empty(),
+        "verifying launched nothing: {:?}",
+        sim.accepted()
+    );
+
+    sim.set_denied_permissions(vec!["architect:flow:view".into()]);
+    match c.verify_target().await {
+        TargetCheck::Problem { problem, fix } => {
+            assert!(problem.contains("HTTP 403"), "{problem}");
+            assert!(fix.contains("architect:flow:view"), "{fix}");
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.set_denied_permissions(Vec::new());
+
+    let other = client(config(
+        &sim,
+        Target::Workflow {
+            flow_id: "flow-2".into(),
+            flow_version: None,
+        },
+    ));
+    match other.verify_target().await {
+        TargetCheck::Problem { problem, fix } => {
+            assert!(problem.contains("no flow flow-2"), "{problem}");
+            assert!(fix.contains("genesys.flow_id"), "{fix}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut wrong = config(&sim, workflow());
+    wrong.secret = SecretSource::Static("wrong".into());
+    match client(wrong).verify_target().await {
+        TargetCheck::Problem { problem, .. } => {
+            assert!(problem.contains("fetching a token"), "{problem}");
+            assert!(!problem.contains(SECRET) && !problem.contains("wrong\""));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn verify_target_of_a_webhook_only_asks_whether_it_answers_and_never_shows_the_token() {
+    use alertbridge_genesys::TargetCheck;
+    let sim = start_sim(SimConfig::default()).await;
+    let c = client(config(
+        &sim,
+        Target::Events {
+            event_name: "alert".into(),
+            events_url: Some(format!(
+                "{}/api/v2/integrations/webhooks/{WEBHOOK_TOKEN}/events",
+                sim.base_url()
+            )),
+            auth: EventsAuth::None,
+        },
+    ));
+    match c.verify_target().await {
+        TargetCheck::Ready(what) => {
+            assert!(what.contains("answers"), "{what}");
+            assert!(!what.contains(WEBHOOK_TOKEN), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.accepted().is_empty(), "nothing was posted");
+}
