@@ -1,6 +1,7 @@
 //! The local status endpoint (`[admin] listen`, loopback by default): `GET /status` (JSON),
 //! `GET /health` (liveness, alias `/healthz`) and `GET /ready` (readiness), each 200 or 503 with
-//! a JSON body `{"ok": bool, "reasons": [...]}` saying why. `alertbridge status` reads it while the agent runs (the agent locks the store
+//! a JSON body `{"ok": bool, "reasons": [...]}` saying why, and `GET /metrics` (Prometheus text
+//! format, see `crate::metrics`). `alertbridge status` reads it while the agent runs (the agent locks the store
 //! directory, so a second process cannot open the log then) and opens the log itself otherwise.
 
 use std::net::SocketAddr;
@@ -210,6 +211,29 @@ async fn status(
         .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// `GET /metrics`: the log's stats are read off the async threads (a directory walk); if that
+/// read fails the log gauges are left out and the rest is served.
+async fn metrics(State(st): State<AppState>) -> impl axum::response::IntoResponse {
+    let wal = st.wal.clone();
+    let counters = st.counters.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let stats = wal.stats();
+        if let Err(e) = &stats {
+            tracing::warn!(error = %e, "/metrics: reading the log's stats failed; log gauges left out");
+        }
+        crate::metrics::render(&counters, stats.ok().as_ref(), now_ms())
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+}
+
 /// Serve until `cancel`. A bind failure is logged, not fatal: delivery matters more than status.
 pub(crate) async fn spawn(
     addr: SocketAddr,
@@ -231,6 +255,7 @@ pub(crate) async fn spawn(
         .route("/health", get(health))
         .route("/healthz", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(AppState {
             wal,
             counters,
