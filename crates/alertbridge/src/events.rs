@@ -1,6 +1,6 @@
-//! What each stage did: one typed event per happening. `emit` writes the tracing line, bumps
-//! the counter and records the Prometheus metric (`crate::metrics`) together, so logs, `status`,
-//! the demo's progress and `/metrics` can never disagree. There is no "dropped" event: nothing
+//! What each stage did: one typed event per happening. **O1**: `emit` writes the tracing line,
+//! bumps the counter and records the Prometheus metric (`crate::metrics`) together, so logs,
+//! `status`, the demo's progress and `/metrics` can never disagree. There is no "dropped" event: nothing
 //! is dropped.
 //!
 //! One info line per delivered alert (alert id, execution id, latency) is what an operator

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served as `GET /metrics` on the admin listener in the Prometheus text
 //! format (0.0.4), encoded by `prometheus-client` (see docs/decisions.md for why that crate).
 //!
-//! Where each number comes from, so that logs, `status` and metrics never disagree:
+//! Where each number comes from, so that logs, `status` and metrics never disagree (**O1**):
 //! - counters without labels are the [`Counters`] atomics that `events.rs` bumps next to the
 //!   log line, read at scrape time;
 //! - labelled counters and histograms live in [`Metrics`] (a field of [`Counters`]) and are
@@ -143,7 +143,8 @@ fn delivery_histogram() -> Histogram {
     ])
 }
 
-/// One Genesys request, sent → answered: 5 ms .. 60 s (the request timeout may double).
+/// One Genesys request, sent → answer taken up by the drain: 5 ms .. 60 s (the request timeout
+/// may double).
 fn request_histogram() -> Histogram {
     Histogram::new([
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -442,7 +443,7 @@ fn register_histograms(r: &mut Registry, m: &Metrics) {
     );
     r.register_with_unit(
         "alertbridge_genesys_request_duration",
-        "One Genesys delivery request, sent to answered, by status class (transport: no answer)",
+        "One Genesys delivery request, sent to its answer taken up by the drain, by status class (transport: no answer)",
         Unit::Seconds,
         m.request_latency.clone(),
     );
