@@ -81,7 +81,16 @@ async fn metrics_move_when_alerts_flow() {
 
     let mut ids = s.publish("metrics-normal", 0..12, "warning").await;
     ids.extend(s.publish("metrics-critical", 0..8, "critical").await);
-    s.wait_acked(20, Duration::from_secs(20)).await;
+    // And one payload that is not JSON: a dead letter at ingest, counted by kind.
+    s.plant
+        .publish(
+            "plant/north/alerts/SN-north-0001".into(),
+            "not json".into(),
+            "metrics-malformed".into(),
+        )
+        .await
+        .expect("publish queued");
+    s.wait_acked(21, Duration::from_secs(20)).await;
     s.wait_accepted(20, Duration::from_secs(30)).await;
 
     // Delivered is counted right after the 2xx; poll until the scrape shows all 20.
@@ -99,6 +108,11 @@ async fn metrics_move_when_alerts_flow() {
     assert!(moved, "delivered by lane never reached 12 + 8: {after:#?}");
     for (series, want) in [
         ("alertbridge_alerts_persisted_total", 20.0),
+        (
+            "alertbridge_alerts_dead_lettered_total{kind=\"malformed\"}",
+            1.0,
+        ),
+        ("alertbridge_dead_letters", 1.0),
         (
             "alertbridge_delivery_latency_seconds_count{lane=\"normal\"}",
             12.0,
@@ -118,9 +132,9 @@ async fn metrics_move_when_alerts_flow() {
         assert_eq!(value(&after, series), want, "{series}");
     }
     for (series, at_least) in [
-        ("alertbridge_alerts_received_total", 20.0),
-        ("alertbridge_alerts_acked_total", 20.0),
-        ("alertbridge_ack_latency_seconds_count", 20.0),
+        ("alertbridge_alerts_received_total", 21.0),
+        ("alertbridge_alerts_acked_total", 21.0),
+        ("alertbridge_ack_latency_seconds_count", 21.0),
         ("alertbridge_batches_committed_total", 1.0),
         ("alertbridge_fsync_duration_seconds_count", 1.0),
         (
@@ -153,6 +167,13 @@ async fn metrics_move_when_alerts_flow() {
     assert!(
         line.contains("INFO") && line.contains("execution_id=") && line.contains("latency_ms="),
         "{line}"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("payload dead-lettered at ingest")
+            && l.contains("Malformed")
+            && l.contains("plant/north/alerts/SN-north-0001")),
+        "no warning for the malformed payload:\n{logs}"
     );
     s.finish().await;
 }

@@ -213,7 +213,9 @@ async fn status(
 
 /// `GET /metrics`: the log's stats are read off the async threads (a directory walk); if that
 /// read fails the log gauges are left out and the rest is served.
-async fn metrics(State(st): State<AppState>) -> impl axum::response::IntoResponse {
+async fn metrics(
+    State(st): State<AppState>,
+) -> Result<impl axum::response::IntoResponse, (axum::http::StatusCode, String)> {
     let wal = st.wal.clone();
     let counters = st.counters.clone();
     let body = tokio::task::spawn_blocking(move || {
@@ -224,14 +226,14 @@ async fn metrics(State(st): State<AppState>) -> impl axum::response::IntoRespons
         crate::metrics::render(&counters, stats.ok().as_ref(), now_ms())
     })
     .await
-    .unwrap_or_default();
-    (
+    .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             crate::metrics::CONTENT_TYPE,
         )],
         body,
-    )
+    ))
 }
 
 /// Serve until `cancel`. A bind failure is logged, not fatal: delivery matters more than status.
