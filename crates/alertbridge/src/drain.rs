@@ -1547,9 +1547,7 @@ impl Drain {
         loop {
             // Liveness: `/health` checks this loop turned recently (it wakes at least every
             // `IDLE_WAKE`).
-            self.counters
-                .drain_tick_ms
-                .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+            events::drain_turned(&self.counters);
             // The feed only says "ingest appended": the cursors read the records themselves.
             while feed.try_recv().is_ok() {
                 self.appended();

@@ -5,8 +5,9 @@
 //!
 //! One info line per delivered alert (alert id, execution id, latency) is what an operator
 //! reads in the journal; under a burst they are rate-limited ([`DELIVERED_LINES_PER_SEC`]) and
-//! the rest are summed into one summary line per second, so a backlog draining at hundreds per
-//! second does not flood the journal. Counters and metrics always count every alert.
+//! the rest are summed into one summary line per second (flushed by [`drain_turned`] when the
+//! burst ends), so a backlog draining at hundreds per second does not flood the journal.
+//! Counters and metrics always count every alert.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -394,11 +395,7 @@ impl AlertDelivered<'_> {
             held_back: Some((n, over)),
         } = verdict
         {
-            tracing::info!(
-                alerts = n,
-                over_ms = over.as_millis() as u64,
-                "delivered alerts not logged one by one (more than {DELIVERED_LINES_PER_SEC} per second); counted in status and /metrics"
-            );
+            log_held_back(n, over);
         }
         match verdict {
             LineVerdict::Log { .. } => tracing::info!(
@@ -423,9 +420,33 @@ impl AlertDelivered<'_> {
     }
 }
 
-/// Most "delivered" info lines per second; past it, one summary line per second counts the
-/// rest (written with the first line of the next second).
+/// Most "delivered" info lines per second; past it, one summary line counts the rest (written
+/// with the first line of a later second, or by the drain's next turn once the second is over).
 pub const DELIVERED_LINES_PER_SEC: u32 = 20;
+
+fn log_held_back(alerts: u64, over: Duration) {
+    tracing::info!(
+        alerts,
+        over_ms = over.as_millis() as u64,
+        "delivered alerts not logged one by one (more than {DELIVERED_LINES_PER_SEC} per second); counted in status and /metrics"
+    );
+}
+
+/// The drain loop turned: the liveness tick `/health` reads. Also writes the summary of
+/// "delivered" lines held back in a second that is over, so the count of a burst's last second
+/// reaches the log within one drain turn (at most 5 s) even when nothing more is delivered.
+pub fn drain_turned(c: &Counters) {
+    c.drain_tick_ms
+        .store(crate::ingest::now_ms(), Ordering::Relaxed);
+    let held = c
+        .delivered_lines
+        .lock()
+        .ok()
+        .and_then(|mut b| b.flush(Instant::now()));
+    if let Some((n, over)) = held {
+        log_held_back(n, over);
+    }
+}
 
 /// The per-second budget of "delivered" info lines: a fixed one-second window.
 #[derive(Debug, Default)]
@@ -471,6 +492,21 @@ impl LineBudget {
             )
         });
         LineVerdict::Log { held_back }
+    }
+
+    /// The lines held back in a window that is over (count, over how long), once.
+    fn flush(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        let over = self
+            .window
+            .is_some_and(|w| now.saturating_duration_since(w) >= Duration::from_secs(1));
+        if !over || self.held_back == 0 {
+            return None;
+        }
+        let since = self.held_since.take().unwrap_or(now);
+        Some((
+            std::mem::take(&mut self.held_back),
+            now.saturating_duration_since(since),
+        ))
     }
 }
 
@@ -975,6 +1011,29 @@ mod tests {
             b.take(t0 + Duration::from_millis(1001)),
             LineVerdict::Log { held_back: None },
             "a summary is written once"
+        );
+    }
+
+    #[test]
+    fn the_held_back_count_of_a_finished_second_is_flushed_once_without_another_delivery() {
+        let mut b = LineBudget::default();
+        let t0 = Instant::now();
+        for _ in 0..DELIVERED_LINES_PER_SEC + 5 {
+            b.take(t0);
+        }
+        assert_eq!(
+            b.flush(t0 + Duration::from_millis(500)),
+            None,
+            "the second is not over"
+        );
+        assert_eq!(
+            b.flush(t0 + Duration::from_millis(1500)),
+            Some((5, Duration::from_millis(1500)))
+        );
+        assert_eq!(b.flush(t0 + Duration::from_millis(2000)), None, "once");
+        assert_eq!(
+            b.take(t0 + Duration::from_millis(2000)),
+            LineVerdict::Log { held_back: None }
         );
     }
 
