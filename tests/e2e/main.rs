@@ -13,6 +13,7 @@ mod dead_budget;
 mod enospc;
 mod hostile;
 mod identity;
+mod metrics;
 mod operator;
 mod pressure;
 mod readiness;

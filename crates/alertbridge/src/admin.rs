@@ -1,6 +1,7 @@
 //! The local status endpoint (`[admin] listen`, loopback by default): `GET /status` (JSON),
 //! `GET /health` (liveness, alias `/healthz`) and `GET /ready` (readiness), each 200 or 503 with
-//! a JSON body `{"ok": bool, "reasons": [...]}` saying why. `alertbridge status` reads it while the agent runs (the agent locks the store
+//! a JSON body `{"ok": bool, "reasons": [...]}` saying why, and `GET /metrics` (Prometheus text
+//! format, see `crate::metrics`). `alertbridge status` reads it while the agent runs (the agent locks the store
 //! directory, so a second process cannot open the log then) and opens the log itself otherwise.
 //! On a loopback address it also serves the dead-letter routes of [`crate::letters`], which
 //! `alertbridge dead-letters` uses while the agent runs.
@@ -212,6 +213,31 @@ async fn status(
         .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// `GET /metrics`: the log's stats are read off the async threads (a directory walk); if that
+/// read fails the log gauges are left out and the rest is served.
+async fn metrics(
+    State(st): State<AppState>,
+) -> Result<impl axum::response::IntoResponse, (axum::http::StatusCode, String)> {
+    let wal = st.wal.clone();
+    let counters = st.counters.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let stats = wal.stats();
+        if let Err(e) = &stats {
+            tracing::warn!(error = %e, "/metrics: reading the log's stats failed; log gauges left out");
+        }
+        crate::metrics::render(&counters, stats.ok().as_ref(), now_ms())
+    })
+    .await
+    .map_err(|e| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    ))
+}
+
 /// Serve until `cancel`. A bind failure is logged, not fatal: delivery matters more than status.
 /// `feed` wakes the drain after a dead letter is replayed through the endpoint
 /// ([`crate::letters`]).
@@ -236,6 +262,7 @@ pub(crate) async fn spawn(
         .route("/health", get(health))
         .route("/healthz", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(AppState {
             wal: wal.clone(),
             counters,

@@ -952,6 +952,7 @@ impl Drain {
             probe,
             sent_at,
         } = done;
+        events::request_answered(&self.counters, disposition.status(), sent_at.elapsed());
         let (key, mut record) = match job {
             Job::Alert { key, record } => (key, record),
             Job::Summary(batch) => {
@@ -987,6 +988,7 @@ impl Drain {
                         execution_id: r.execution_id.as_deref(),
                         latency: Duration::from_millis(wall.saturating_sub(record.received_at_ms)),
                         attempts: record.attempts,
+                        priority: key.priority,
                     }
                     .emit(&self.counters);
                 }
@@ -1027,6 +1029,7 @@ impl Drain {
                         status,
                         attempts: record.attempts,
                         after: delay,
+                        timed_out,
                     }
                     .emit(&self.counters);
                 }
@@ -1272,6 +1275,7 @@ impl Drain {
                             execution_id: r.execution_id.as_deref(),
                             latency: Duration::from_millis(wall.saturating_sub(m.received_at_ms)),
                             attempts: batch.attempts,
+                            priority: m.key.priority,
                         }
                         .emit(&self.counters);
                     }
@@ -1319,6 +1323,7 @@ impl Drain {
                     status,
                     attempts: batch.attempts,
                     after: delay,
+                    timed_out,
                 }
                 .emit(&self.counters);
                 self.keep_summary(batch);
@@ -1542,9 +1547,7 @@ impl Drain {
         loop {
             // Liveness: `/health` checks this loop turned recently (it wakes at least every
             // `IDLE_WAKE`).
-            self.counters
-                .drain_tick_ms
-                .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+            events::drain_turned(&self.counters);
             if fault_wedge_drain() {
                 cancel.cancelled().await;
                 break;

@@ -1,10 +1,17 @@
-//! What each stage did: one typed event per happening. `emit` writes the tracing line and bumps
-//! the counter together, so logs, `status`, the demo's progress and (later) Prometheus metrics
-//! can never disagree. There is no "dropped" event: nothing is dropped.
+//! What each stage did: one typed event per happening. **O1**: `emit` writes the tracing line,
+//! bumps the counter and records the Prometheus metric (`crate::metrics`) together, so logs,
+//! `status`, the demo's progress and `/metrics` can never disagree. There is no "dropped" event: nothing
+//! is dropped.
+//!
+//! One info line per delivered alert (alert id, execution id, latency) is what an operator
+//! reads in the journal; under a burst they are rate-limited ([`DELIVERED_LINES_PER_SEC`]) and
+//! the rest are summed into one summary line per second (flushed by [`drain_turned`] when the
+//! burst ends), so a backlog draining at hundreds per second does not flood the journal.
+//! Counters and metrics always count every alert.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,11 +73,17 @@ pub struct Counters {
     pub subscriptions_held: AtomicU64,
     /// Grants refused (0x80) or downgraded (QoS 0) since start, retries included.
     pub subscription_errors: AtomicU64,
+    /// The labelled counters and histograms of `/metrics` (recorded here, by the events).
+    pub metrics: crate::metrics::Metrics,
     latencies_ms: Mutex<Vec<u32>>,
+    /// Rate limit of the per-delivery info line.
+    delivered_lines: Mutex<LineBudget>,
     /// What is wrong with the subscriptions now (refused / downgraded filters, a missing
     /// SUBACK); `None` when nothing is.
     subscription_error: Mutex<Option<String>>,
     last_pause_reason: Mutex<Option<String>>,
+    /// The pause's `reason` label on `/metrics` (`http_<status>` or `configuration`).
+    pause_label: Mutex<Option<String>>,
 }
 
 /// Most latency samples kept (the demo's report); older samples are not replaced.
@@ -113,6 +126,11 @@ impl Counters {
             subscription_errors: g(&self.subscription_errors),
             subscription_error: self.subscription_error.lock().ok().and_then(|g| g.clone()),
         }
+    }
+
+    /// The `reason` label of the current pause on `/metrics`; `None` when not paused.
+    pub fn pause_label(&self) -> Option<String> {
+        self.pause_label.lock().ok().and_then(|g| g.clone())
     }
 
     /// Latency percentiles (received → accepted) over the kept samples, in ms.
@@ -242,6 +260,7 @@ impl BatchPersisted {
         Counters::add(&c.duplicates, self.duplicates);
         Counters::add(&c.dead_lettered, self.dead_lettered);
         Counters::add(&c.batches, 1);
+        c.metrics.group_commit(self.took);
         tracing::debug!(
             persisted = self.persisted,
             duplicates = self.duplicates,
@@ -258,32 +277,77 @@ pub struct DuplicateDropped<'a> {
     pub alert_id: &'a str,
     /// The topic it came on (the identity is topic + alert id).
     pub topic: &'a str,
+    /// A retained message the broker replayed because we subscribed (RETAIN = 1), rather
+    /// than a redelivery (DUP = 1): the `reason` label on `/metrics`.
+    pub retained: bool,
 }
 
 impl DuplicateDropped<'_> {
-    /// Log it (counted by [`BatchPersisted`]).
-    pub fn emit(self) {
+    /// Log it and count it by reason (the total is counted by [`BatchPersisted`]).
+    pub fn emit(self, c: &Counters) {
+        c.metrics.duplicate(self.retained);
+        let reason = if self.retained {
+            "retained message (RETAIN=1) replayed by the broker, already persisted within store.dedup_window_secs"
+        } else {
+            "redelivery (MQTT DUP=1) of an alert already persisted within store.dedup_window_secs"
+        };
         tracing::info!(
             alert_id = self.alert_id,
             topic = self.topic,
-            reason = "redelivery (MQTT DUP=1) of an alert already persisted within store.dedup_window_secs",
+            reason,
             "duplicate acked, not stored again"
         );
     }
 }
 
+/// A payload stored straight into dead letters at ingest (not an alert the mapping accepts:
+/// malformed, oversize). Logged at warn with what an operator needs to find the sender.
+pub struct PayloadDeadLettered<'a> {
+    /// Its dead-letter id (`alertbridge dead-letters show <id>`).
+    pub dead_letter_id: u64,
+    /// The alert id, if the payload had one.
+    pub alert_id: &'a str,
+    /// The topic it came on.
+    pub topic: &'a str,
+    /// Its dead-letter kind.
+    pub kind: alertbridge_wal::DeadKind,
+    /// Why, readable.
+    pub reason: &'a str,
+}
+
+impl PayloadDeadLettered<'_> {
+    /// Log it and count it by kind (the total is counted by [`BatchPersisted`]).
+    pub fn emit(self, c: &Counters) {
+        c.metrics.dead_lettered(self.kind);
+        tracing::warn!(
+            dead_letter_id = self.dead_letter_id,
+            alert_id = self.alert_id,
+            topic = self.topic,
+            kind = ?self.kind,
+            reason = self.reason,
+            "payload dead-lettered at ingest"
+        );
+    }
+}
+
 /// PUBACKs queued after a durable batch.
-pub struct Acked {
+pub struct Acked<'a> {
     /// Acks queued.
     pub acked: u64,
     /// Withheld: publish from an older connection.
     pub stale: u64,
+    /// When each acked publish was received (the ack latency histogram).
+    pub received: &'a [Instant],
 }
 
-impl Acked {
+impl Acked<'_> {
     /// Record it.
     pub fn emit(self, c: &Counters) {
         Counters::add(&c.acked, self.acked);
+        let now = Instant::now();
+        for at in self.received {
+            c.metrics.acked(now.saturating_duration_since(*at));
+        }
         Counters::add(&c.stale_acks_skipped, self.stale);
         if self.stale > 0 {
             tracing::info!(
@@ -308,26 +372,141 @@ pub struct AlertDelivered<'a> {
     pub latency: Duration,
     /// Attempts it took.
     pub attempts: u32,
+    /// Its lane (the `lane` label on `/metrics`).
+    pub priority: alertbridge_wal::Priority,
 }
 
 impl AlertDelivered<'_> {
-    /// Record it.
+    /// Record it: info line (rate-limited, see the module doc), counter, latency histogram.
     pub fn emit(self, c: &Counters) {
         Counters::add(&c.delivered, 1);
+        c.metrics.delivered(self.priority, self.latency);
         if let Ok(mut v) = c.latencies_ms.lock() {
             if v.len() < MAX_LATENCY_SAMPLES {
                 v.push(self.latency.as_millis().min(u32::MAX as u128) as u32);
             }
         }
-        tracing::debug!(
-            alert_id = self.alert_id,
-            seq = self.seq,
-            status = self.status,
-            execution_id = self.execution_id.unwrap_or(""),
-            latency_ms = self.latency.as_millis() as u64,
-            attempts = self.attempts,
-            "delivered"
-        );
+        let verdict = match c.delivered_lines.lock() {
+            Ok(mut b) => b.take(Instant::now()),
+            // a poisoned budget only costs the rate limit, never the line
+            Err(_) => LineVerdict::Log { held_back: None },
+        };
+        if let LineVerdict::Log {
+            held_back: Some((n, over)),
+        } = verdict
+        {
+            log_held_back(n, over);
+        }
+        match verdict {
+            LineVerdict::Log { .. } => tracing::info!(
+                alert_id = self.alert_id,
+                seq = self.seq,
+                status = self.status,
+                execution_id = self.execution_id.unwrap_or(""),
+                latency_ms = self.latency.as_millis() as u64,
+                attempts = self.attempts,
+                "delivered"
+            ),
+            LineVerdict::HeldBack => tracing::debug!(
+                alert_id = self.alert_id,
+                seq = self.seq,
+                status = self.status,
+                execution_id = self.execution_id.unwrap_or(""),
+                latency_ms = self.latency.as_millis() as u64,
+                attempts = self.attempts,
+                "delivered"
+            ),
+        }
+    }
+}
+
+/// Most "delivered" info lines per second; past it, one summary line counts the rest (written
+/// with the first line of a later second, or by the drain's next turn once the second is over).
+pub const DELIVERED_LINES_PER_SEC: u32 = 20;
+
+fn log_held_back(alerts: u64, over: Duration) {
+    tracing::info!(
+        alerts,
+        over_ms = over.as_millis() as u64,
+        "delivered alerts not logged one by one (more than {DELIVERED_LINES_PER_SEC} per second); counted in status and /metrics"
+    );
+}
+
+/// The drain loop turned: the liveness tick `/health` reads. Also writes the summary of
+/// "delivered" lines held back in a second that is over, so the count of a burst's last second
+/// reaches the log within one drain turn (at most 5 s) even when nothing more is delivered.
+pub fn drain_turned(c: &Counters) {
+    c.drain_tick_ms
+        .store(crate::ingest::now_ms(), Ordering::Relaxed);
+    let held = c
+        .delivered_lines
+        .lock()
+        .ok()
+        .and_then(|mut b| b.flush(Instant::now()));
+    if let Some((n, over)) = held {
+        log_held_back(n, over);
+    }
+}
+
+/// The per-second budget of "delivered" info lines: a fixed one-second window.
+#[derive(Debug, Default)]
+struct LineBudget {
+    /// Start of the current window.
+    window: Option<Instant>,
+    /// Lines logged in it.
+    logged: u32,
+    /// Lines held back since the last summary, and when the first of them was.
+    held_back: u64,
+    held_since: Option<Instant>,
+}
+
+/// What to do with one "delivered" line.
+#[derive(Debug, PartialEq, Eq)]
+enum LineVerdict {
+    /// Log it at info, after a summary of `held_back` (count, over how long) if some were.
+    Log { held_back: Option<(u64, Duration)> },
+    /// Over the budget: counted into the next summary (logged at debug only).
+    HeldBack,
+}
+
+impl LineBudget {
+    fn take(&mut self, now: Instant) -> LineVerdict {
+        let fresh = self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1));
+        if fresh {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= DELIVERED_LINES_PER_SEC {
+            self.held_back += 1;
+            self.held_since.get_or_insert(now);
+            return LineVerdict::HeldBack;
+        }
+        self.logged += 1;
+        let held_back = (self.held_back > 0).then(|| {
+            let since = self.held_since.take().unwrap_or(now);
+            (
+                std::mem::take(&mut self.held_back),
+                now.saturating_duration_since(since),
+            )
+        });
+        LineVerdict::Log { held_back }
+    }
+
+    /// The lines held back in a window that is over (count, over how long), once.
+    fn flush(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        let over = self
+            .window
+            .is_some_and(|w| now.saturating_duration_since(w) >= Duration::from_secs(1));
+        if !over || self.held_back == 0 {
+            return None;
+        }
+        let since = self.held_since.take().unwrap_or(now);
+        Some((
+            std::mem::take(&mut self.held_back),
+            now.saturating_duration_since(since),
+        ))
     }
 }
 
@@ -343,12 +522,15 @@ pub struct DeliveryRetried<'a> {
     pub attempts: u32,
     /// Delay until the next attempt.
     pub after: Duration,
+    /// The request timed out (no answer): the `timeout` reason on `/metrics`.
+    pub timed_out: bool,
 }
 
 impl DeliveryRetried<'_> {
     /// Record it.
     pub fn emit(self, c: &Counters) {
         Counters::add(&c.retried, 1);
+        c.metrics.retried(self.status, self.timed_out);
         tracing::info!(
             alert_id = self.alert_id,
             reason = self.reason,
@@ -378,6 +560,7 @@ impl AlertDeadLettered<'_> {
     /// Record it.
     pub fn emit(self, c: &Counters) {
         Counters::add(&c.dead_lettered, 1);
+        c.metrics.dead_lettered(self.kind);
         match self.kind {
             alertbridge_wal::DeadKind::Expired => Counters::add(&c.expired, 1),
             alertbridge_wal::DeadKind::Unconfirmed => Counters::add(&c.unconfirmed, 1),
@@ -415,6 +598,9 @@ impl DeliveryPaused<'_> {
         if let Ok(mut g) = c.last_pause_reason.lock() {
             *g = Some(self.reason.to_string());
         }
+        if let Ok(mut g) = c.pause_label.lock() {
+            *g = Some(crate::metrics::pause_reason(self.status));
+        }
         if already {
             tracing::warn!(
                 reason = self.reason,
@@ -438,6 +624,9 @@ impl DeliveryPaused<'_> {
 pub fn delivery_resumed(c: &Counters) {
     if c.paused.swap(false, Ordering::Relaxed) {
         if let Ok(mut g) = c.last_pause_reason.lock() {
+            *g = None;
+        }
+        if let Ok(mut g) = c.pause_label.lock() {
             *g = None;
         }
         tracing::warn!("delivery resumed: the configuration fault is gone");
@@ -550,6 +739,12 @@ impl Throttled<'_> {
             );
         }
     }
+}
+
+/// A Genesys delivery request ended after `took` with `status` (`None`: no answer), whatever
+/// it meant for the alert: the request latency histogram by status class.
+pub fn request_answered(c: &Counters, status: Option<u16>, took: Duration) {
+    c.metrics.request(status, took);
 }
 
 /// The client-wide `Retry-After` of a 503 (the service said how long it is away).
@@ -756,7 +951,12 @@ mod tests {
             took: Duration::ZERO,
         }
         .emit(&c);
-        Acked { acked: 4, stale: 1 }.emit(&c);
+        Acked {
+            acked: 4,
+            stale: 1,
+            received: &[Instant::now(); 4],
+        }
+        .emit(&c);
         AlertDelivered {
             alert_id: "a",
             seq: 1,
@@ -764,6 +964,7 @@ mod tests {
             execution_id: None,
             latency: Duration::from_millis(7),
             attempts: 1,
+            priority: alertbridge_wal::PRIORITY_NORMAL,
         }
         .emit(&c);
         AlertDeadLettered {
@@ -784,6 +985,56 @@ mod tests {
             (4, 1, 1, 1)
         );
         assert_eq!(c.latency_percentiles(&[50.0]), vec![7]);
+    }
+
+    #[test]
+    fn delivered_lines_are_limited_per_second_and_the_rest_summarised() {
+        let mut b = LineBudget::default();
+        let t0 = Instant::now();
+        for _ in 0..DELIVERED_LINES_PER_SEC {
+            assert_eq!(b.take(t0), LineVerdict::Log { held_back: None });
+        }
+        for i in 0..30u64 {
+            assert_eq!(
+                b.take(t0 + Duration::from_millis(10 * i)),
+                LineVerdict::HeldBack
+            );
+        }
+        // The next second: the first line comes with the summary of those held back.
+        assert_eq!(
+            b.take(t0 + Duration::from_millis(1000)),
+            LineVerdict::Log {
+                held_back: Some((30, Duration::from_millis(1000)))
+            }
+        );
+        assert_eq!(
+            b.take(t0 + Duration::from_millis(1001)),
+            LineVerdict::Log { held_back: None },
+            "a summary is written once"
+        );
+    }
+
+    #[test]
+    fn the_held_back_count_of_a_finished_second_is_flushed_once_without_another_delivery() {
+        let mut b = LineBudget::default();
+        let t0 = Instant::now();
+        for _ in 0..DELIVERED_LINES_PER_SEC + 5 {
+            b.take(t0);
+        }
+        assert_eq!(
+            b.flush(t0 + Duration::from_millis(500)),
+            None,
+            "the second is not over"
+        );
+        assert_eq!(
+            b.flush(t0 + Duration::from_millis(1500)),
+            Some((5, Duration::from_millis(1500)))
+        );
+        assert_eq!(b.flush(t0 + Duration::from_millis(2000)), None, "once");
+        assert_eq!(
+            b.take(t0 + Duration::from_millis(2000)),
+            LineVerdict::Log { held_back: None }
+        );
     }
 
     #[test]

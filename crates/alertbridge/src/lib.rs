@@ -19,8 +19,9 @@
 //! 4. The drain applies it: 2xx → `Wal::remove` with a receipt; retryable → attempts and next
 //!    attempt time persisted, back in the queue; permanent → dead letter with status and API
 //!    message; configuration fault → delivery paused loudly, alert kept (I3).
-//! 5. Every step emits a typed event ([`events`]) that logs and counts together; `status`, the
-//!    admin endpoint and the demo read the same counters.
+//! 5. Every step emits a typed event ([`events`]) that logs, counts and records its Prometheus
+//!    metric together; `status`, the admin endpoint (`/metrics`, [`metrics`]) and the demo read
+//!    the same counters.
 //!
 //! Shutdown ([`run`]): ingest stops taking publishes, commits its open batch and queues those
 //! acks → drain stops picking, in-flight deliveries get `shutdown_timeout` → final durable flush.
@@ -44,6 +45,7 @@ pub mod export;
 pub mod ingest;
 pub mod letters;
 pub mod limiter;
+pub mod metrics;
 pub mod notify;
 pub mod operator;
 pub mod schedule;
@@ -219,6 +221,7 @@ pub async fn run_with(
     let mapper = Arc::new(Mapper::new(&config.mapping).map_err(RunError::Mapping)?);
     let client = genesys_client(&config)?;
     let client_for_reload = client.clone();
+    metrics::attach(&counters, &config, &client);
     tracing::info!(
         store = %config.store.dir().display(),
         broker = %config::display_url(&format!("{}:{}", config.mqtt.host, config.mqtt.port)),
