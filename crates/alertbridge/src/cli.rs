@@ -233,7 +233,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let before = match before
                 .as_deref()
-                .map(|b| (b, parse_before(b, crate::ingest::now_ms())))
+                .map(|b| (b, parse_before(b, crate::clock::now_ms())))
             {
                 None => None,
                 Some((_, Some(t))) => Some(t),

@@ -26,7 +26,9 @@
 //! acks → drain stops picking, in-flight deliveries get `shutdown_timeout` → final durable flush.
 
 pub mod admin;
+pub mod breaker;
 pub mod cli;
+mod clock;
 pub mod config;
 pub mod demo;
 pub mod drain;
