@@ -475,7 +475,7 @@ async fn transient_4xx_answers_do_not_open_the_breaker() {
     let opened = Arc::new(AtomicBool::new(false));
     let seen = opened.clone();
     rig.run_until("20 retries, then the deliveries", |r| {
-        if r.counters.breaker_open.load(Ordering::Relaxed) {
+        if r.counters.snapshot().breaker_open {
             seen.store(true, Ordering::Relaxed);
         }
         if r.counters.retried.load(Ordering::Relaxed) >= 20 {
