@@ -13,7 +13,8 @@
 //! - `settle.rs`: one `settle` applies an answer to any job: receipts, retries, dead letters,
 //!   and the pacing (limiter, breaker, rejection run) that follows from it.
 //! - `expiry.rs`: TTL checks and the sweep.
-//! - `storm.rs`: storm coalescing (`[mapping.coalesce]`).
+//! - `storm.rs`: storm coalescing (`[mapping.coalesce]`): the drain's storm state over the
+//!   pure, time-passed-in `coalescer.rs`.
 //!
 //! The log's calls (reads of a segment, removals, re-appends, dead letters with their fsync, the
 //! periodic flush) run on tokio's blocking pool ([`wal_call`]), and the drain task awaits each
@@ -34,7 +35,7 @@
 //! | other retryable (5xx, timeout, connect, token endpoint down) | retried after the jittered backoff, persisted | counts toward the breaker; a failed probe re-opens it |
 //! | no answer within the request timeout (the request went out) | retried with a doubled timeout (up to `max_request_timeout_ms`); the `max_timeouts`-th timeout makes it a dead letter `Unconfirmed` (T1 in `schedule.rs`: Genesys may have launched it each time) | counts toward the breaker |
 //! | 408/409/423/425 | retried after `max(Retry-After, jittered backoff)`, persisted | the breaker is not counted (the API answered: a busy or locked resource) |
-//! | 400/413/415/422 | dead letter `Rejected` with status and API message | the API is up; the `pause_after_rejections`-th identical one (same status and API code) in a row pauses delivery, and later ones with the same answer stay pending until a request passes (R1 in `limiter.rs`) |
+//! | 400/413/415/422 | dead letter `Rejected` with status and API message | the API is up; the `pause_after_rejections`-th identical one (same status and API code) in a row pauses delivery, and later ones with the same answer stay pending until a request passes (R1 in `breaker.rs`) |
 //! | 403/404/410/501, second 401, bad credentials | kept pending, **not** an attempt | delivery paused: one probe per `breaker_cooldown` (or the server's wait) until it passes |
 //!
 //! Before a request goes, the record is checked: undecodable → dead letter `Corrupt`; older than
@@ -93,6 +94,7 @@ use crate::events::{self, Counters};
 use crate::limiter::Limiter;
 use crate::schedule::{Queue, Sighting};
 
+mod coalescer;
 mod dispatch;
 mod expiry;
 mod job;

@@ -1,5 +1,5 @@
 //! Storm coalescing in the drain (`[mapping.coalesce]`, off by default): the drain's side of
-//! [`alertbridge_payload::Coalescer`].
+//! the [`Coalescer`] (coalescer.rs), whose members are the drain's [`Member`]s.
 //!
 //! The drain offers each alert it is about to send for the first time (`attempts == 0`). An
 //! alert the coalescer absorbs is not sent: it becomes a [`Member`] held here, **and stays
@@ -22,21 +22,19 @@
 //! summary was accepted but before the removals reached disk sends a second summary, like a
 //! single alert is sent twice in that window.
 
-use std::collections::{HashMap, VecDeque};
-
-use alertbridge_payload::{CoalesceConfig, CoalesceDecision, Coalescer, Identity, Mapped, Mapper};
+use alertbridge_payload::{CoalesceConfig, Identity, Mapped, Mapper};
 use alertbridge_wal::{Key, Record};
 
+use super::coalescer::{CoalesceDecision, Coalescer};
 use super::job::{Coalesced, History, Job, Member};
 
 /// The drain's coalescing state. Owned by the drain task only.
 #[derive(Debug)]
 pub(crate) struct Storm {
-    coalescer: Coalescer,
-    /// Absorbed alerts by alert id (a deque: a replayed alert may share its id with another
-    /// pending one), until their window's summary is built. They are in neither the drain's
-    /// queue nor a task; dropping this map (crash, shutdown) leaves them pending in the log.
-    absorbed: HashMap<String, VecDeque<Member>>,
+    /// The windows, with the absorbed alerts as members until their window's summary is built.
+    /// They are in neither the drain's queue nor a task; dropping them (crash, shutdown) leaves
+    /// them pending in the log.
+    coalescer: Coalescer<Member>,
     /// Summaries built and not yet settled (due now, or waiting for a retry).
     batches: Vec<Job>,
 }
@@ -46,7 +44,6 @@ impl Storm {
     pub(crate) fn new(cfg: &CoalesceConfig) -> Storm {
         Storm {
             coalescer: Coalescer::new(cfg),
-            absorbed: HashMap::new(),
             batches: Vec::new(),
         }
     }
@@ -69,9 +66,10 @@ impl Storm {
             priority: mapped.priority,
             level: mapped.level.clone(),
         };
+        let member = Member::of(key, record);
         match self
             .coalescer
-            .offer(now_ms, &identity, mapped, mapped.site.as_deref())
+            .offer(now_ms, &identity, mapped, mapped.site.as_deref(), member)
         {
             CoalesceDecision::Deliver => false,
             CoalesceDecision::Absorbed { site, flush_at_ms } => {
@@ -82,10 +80,6 @@ impl Storm {
                     flush_at_ms,
                     "alert absorbed into a storm summary; it stays pending until the summary is accepted"
                 );
-                self.absorbed
-                    .entry(mapped.alert_id.clone())
-                    .or_default()
-                    .push_back(Member::of(key, record));
                 true
             }
         }
@@ -95,22 +89,7 @@ impl Storm {
     /// The summary's first/last times are the members' receive times (the window itself runs on
     /// the drain's clock).
     pub(crate) fn flush_due(&mut self, now_ms: u64, mapper: &Mapper) {
-        for mut summary in self.coalescer.flush_due(now_ms) {
-            let mut members = Vec::with_capacity(summary.alert_ids.len());
-            for id in &summary.alert_ids {
-                let member = self.absorbed.get_mut(id).and_then(VecDeque::pop_front);
-                if self.absorbed.get(id).is_some_and(VecDeque::is_empty) {
-                    self.absorbed.remove(id);
-                }
-                match member {
-                    Some(m) => members.push(m),
-                    // Cannot happen: every Absorbed decision stores its member. Were it to, the
-                    // alert is still pending in the log and goes out after a restart.
-                    None => {
-                        tracing::error!(alert_id = %id, "storm summary member not held; it stays pending")
-                    }
-                }
-            }
+        for (mut summary, members) in self.coalescer.flush_due(now_ms) {
             if members.is_empty() {
                 continue;
             }
@@ -183,16 +162,15 @@ impl Storm {
     /// The keys of every alert held here: absorbed into an open window, or a member of a
     /// summary waiting to be sent (the drain's reconcile accounts for them).
     pub(crate) fn member_keys(&self) -> impl Iterator<Item = Key> + '_ {
-        self.absorbed
-            .values()
-            .flatten()
+        self.coalescer
+            .members()
             .chain(self.batches.iter().flat_map(|b| b.members.iter()))
             .map(|m| m.key)
     }
 
     /// Nothing absorbed and no summary waiting.
     pub(crate) fn is_empty(&self) -> bool {
-        self.absorbed.is_empty() && self.batches.is_empty()
+        self.coalescer.is_empty() && self.batches.is_empty()
     }
 
     /// The next time after `now_ms` something here needs the drain: a window ending or a
@@ -296,7 +274,7 @@ mod tests {
         assert_eq!(b.data["firstMs"], Value::from(10_001));
         assert_eq!(b.data["lastMs"], Value::from(10_003));
         assert_eq!(b.data["alertId"], Value::from(b.alert_id.clone()));
-        assert!(s.absorbed.is_empty());
+        assert!(s.coalescer.is_empty());
         assert!(s.take_ready(u64::MAX).is_none());
     }
 
