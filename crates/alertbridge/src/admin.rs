@@ -14,8 +14,8 @@ use axum::{extract::State, routing::get, Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::events::{Counters, Snapshot};
-use crate::ingest::now_ms;
 
 /// What `status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -376,7 +376,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let before_ms = match before {
                         None => None,
                         Some(b) => Some(
-                            parse_before(&b, crate::ingest::now_ms())
+                            parse_before(&b, crate::clock::now_ms())
                                 .ok_or(UsageError::Before(b))?,
                         ),
                     };

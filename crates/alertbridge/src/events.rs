@@ -48,9 +48,8 @@ pub struct Counters {
     pub mqtt_tick_ms: AtomicU64,
     /// Times delivery went into a pause (configuration fault or a run of identical rejections).
     pub pauses: AtomicU64,
-    /// Breaker open or half-open (held by failures; a pause shows in `paused`).
-    pub breaker_open: AtomicBool,
-    /// [`BreakerView`] as a number (see [`BreakerView::from_u8`]).
+    /// [`BreakerView`] as a number (see [`BreakerView::from_u8`]): the one record of the
+    /// breaker's state ([`Snapshot::breaker_open`] is read from it).
     pub breaker_state: AtomicU8,
     /// 429 answers (API or token endpoint).
     pub throttled: AtomicU64,
@@ -112,7 +111,8 @@ impl Counters {
             paused: self.paused.load(Ordering::Relaxed),
             pauses: g(&self.pauses),
             pause_reason: self.last_pause_reason.lock().ok().and_then(|g| g.clone()),
-            breaker_open: self.breaker_open.load(Ordering::Relaxed),
+            breaker_open: BreakerView::from_u8(self.breaker_state.load(Ordering::Relaxed))
+                != BreakerView::Closed,
             breaker: BreakerView::from_u8(self.breaker_state.load(Ordering::Relaxed)),
             throttled: g(&self.throttled),
             rate_per_sec: g(&self.rate_millis) as f64 / 1000.0,
@@ -437,7 +437,7 @@ fn log_held_back(alerts: u64, over: Duration) {
 /// reaches the log within one drain turn (at most 5 s) even when nothing more is delivered.
 pub fn drain_turned(c: &Counters) {
     c.drain_tick_ms
-        .store(crate::ingest::now_ms(), Ordering::Relaxed);
+        .store(crate::clock::now_ms(), Ordering::Relaxed);
     let held = c
         .delivered_lines
         .lock()
@@ -635,8 +635,6 @@ pub fn delivery_resumed(c: &Counters) {
 
 fn set_breaker(c: &Counters, view: BreakerView) {
     c.breaker_state.store(view.to_u8(), Ordering::Relaxed);
-    c.breaker_open
-        .store(view != BreakerView::Closed, Ordering::Relaxed);
 }
 
 /// The circuit breaker opened: `failures` consecutive retryable failures.

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use alertbridge_wal::{DeadLetter, DeadLetterSink};
 
-use crate::ingest::now_ms;
+use crate::clock::now_ms;
 
 /// Size at which an export file is closed and a new one started.
 const FILE_BYTES: u64 = 16 << 20;

@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use alertbridge_payload::{Mapper, Priority, RejectionKind};
 use alertbridge_wal::{
@@ -40,6 +40,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{now, now_ms};
 use crate::config::{MqttConfig, StoreConfig};
 use crate::events::{
     self, Acked, BatchPersisted, BrokerUnreachable, Counters, Subscribed, SubscriptionRefused,
@@ -162,14 +163,6 @@ impl UnackedBatch {
         debug_assert_eq!(proof.get().len(), self.publishes.len());
         self.publishes.iter().map(AckToken::of).collect()
     }
-}
-
-/// Unix time in ms.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Log lane of a mapped priority.
@@ -572,11 +565,6 @@ async fn connection(
     }
     events::disconnected_for_shutdown(&counters);
     Ok(())
-}
-
-/// Now on tokio's clock, for the pure session rules (which take `std` instants).
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Sleep until `at`, or forever without one (a disabled `select!` branch that needs no flag).

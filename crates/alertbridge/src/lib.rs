@@ -13,7 +13,7 @@
 //! 2. Ingest wakes [`drain`], whose cursors page each lane of the log into a bounded window;
 //!    its [`schedule::Queue`] orders critical alerts first
 //!    without starving the rest. The [`limiter`] paces requests (token bucket, AIMD on 429,
-//!    client-wide `Retry-After`) and the circuit breaker holds them during an outage.
+//!    client-wide `Retry-After`) and the [`breaker`] holds them during an outage.
 //! 3. A delivery task maps the payload to the request body and calls Genesys
 //!    (`alertbridge-genesys`), which classifies the answer into a `Disposition`.
 //! 4. The drain applies it: 2xx → `Wal::remove` with a receipt; retryable → attempts and next
@@ -34,8 +34,10 @@
 //! implementation of the dead-letter operations in [`letters`].
 
 pub mod admin;
+pub mod breaker;
 pub mod check;
 pub mod cli;
+mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

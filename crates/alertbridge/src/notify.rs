@@ -27,8 +27,8 @@ use alertbridge_wal::Wal;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{health_problems, readiness_problems, Liveness};
+use crate::clock::now_ms;
 use crate::events::Counters;
-use crate::ingest::now_ms;
 
 /// `STATUS=` is sent at least this often even when the state did not change (the counts move).
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);

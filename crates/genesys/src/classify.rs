@@ -31,43 +31,14 @@ const MAX_TEXT: usize = 300;
 
 /// What one HTTP answer means, before the client applies its 401 rule.
 ///
-/// Like [`Disposition`] plus [`Classified::Reauthenticate`]; the client turns a first
-/// `Reauthenticate` into "drop the token, get a new one, send again" and a second into a pause.
+/// A [`Disposition`] for every answer but a 401, which only the client can resolve: it turns a
+/// first [`Classified::Reauthenticate`] into "drop the token, get a new one, send again" and a
+/// second into a pause.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
-    /// 2xx: accepted (a workflow launch is asynchronous: "started", not "finished").
-    Delivered(Receipt),
-    /// Transient (5xx except 501, 408, 409, 423, 425, 429): send again later, after at least
-    /// `after` when the server said so.
-    Retry {
-        /// Server-requested wait (`Retry-After`; 3 s default on 429), `None` = caller's backoff.
-        after: Option<Duration>,
-        /// Operator text: status, `code`, `message`, correlation id.
-        reason: String,
-        /// HTTP status.
-        status: Option<u16>,
-    },
-    /// This alert can never succeed as it is (400, 413, 415, 422, other 4xx).
-    DeadLetter {
-        /// HTTP status.
-        status: u16,
-        /// Operator text: status, `code`, `message`, `details`, correlation id.
-        reason: String,
-        /// The `message` of the error body, if there was one.
-        api_message: Option<String>,
-        /// The `code` of the error body, if there was one.
-        code: Option<String>,
-    },
-    /// Configuration fault (403, 404, 410, 501, 3xx, 429 with `Retry-After` > 180 s): stop
-    /// sending to this target and alert the operator; nothing is wrong with the alert.
-    Pause {
-        /// Operator text with a hint what to check.
-        reason: String,
-        /// HTTP status.
-        status: Option<u16>,
-        /// How long the server asked us to stay away, if it did.
-        after: Option<Duration>,
-    },
+    /// What the caller does with the alert (a classified answer never has `timed_out` set: it
+    /// is an answer).
+    Final(Disposition),
     /// 401: the token was expired or revoked.
     Reauthenticate {
         /// Operator text, used if re-authenticating does not help.
@@ -78,41 +49,11 @@ pub enum Classified {
 }
 
 impl Classified {
-    /// The [`Disposition`] for every variant except [`Classified::Reauthenticate`], which only the
+    /// The [`Disposition`] of every answer except [`Classified::Reauthenticate`], which only the
     /// client can resolve (it is returned unchanged as `Err`).
     pub fn into_disposition(self) -> Result<Disposition, Classified> {
         match self {
-            Classified::Delivered(r) => Ok(Disposition::Delivered(r)),
-            Classified::Retry {
-                after,
-                reason,
-                status,
-            } => Ok(Disposition::Retry {
-                after,
-                reason,
-                status,
-                timed_out: false,
-            }),
-            Classified::DeadLetter {
-                status,
-                reason,
-                api_message,
-                code,
-            } => Ok(Disposition::DeadLetter {
-                status,
-                reason,
-                api_message,
-                code,
-            }),
-            Classified::Pause {
-                reason,
-                status,
-                after,
-            } => Ok(Disposition::Pause {
-                reason,
-                status,
-                after,
-            }),
+            Classified::Final(d) => Ok(d),
             reauth @ Classified::Reauthenticate { .. } => Err(reauth),
         }
     }
@@ -124,26 +65,31 @@ impl Classified {
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Classified {
     let header_correlation = header_text(headers, CORRELATION_ID_HEADER);
     if (200..300).contains(&status) {
-        return Classified::Delivered(Receipt {
+        return Classified::Final(Disposition::Delivered(Receipt {
             status,
             execution_id: execution_id(body),
             correlation_id: header_correlation,
-        });
+        }));
     }
     let info = ErrorInfo::parse(body);
     let correlation_id = header_correlation.or_else(|| info.context_id.clone());
     let retry_after =
         header_text(headers, RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(&v, now));
     let reason = |what: &str| info.reason(what, status, correlation_id.as_deref());
-    let retry = |what: &str, after| Classified::Retry {
-        after,
-        reason: reason(what),
-        status: Some(status),
+    let retry = |what: &str, after| {
+        Classified::Final(Disposition::Retry {
+            after,
+            reason: reason(what),
+            status: Some(status),
+            timed_out: false,
+        })
     };
-    let pause = |what: &str| Classified::Pause {
-        reason: reason(what),
-        status: Some(status),
-        after: None,
+    let pause = |what: &str| {
+        Classified::Final(Disposition::Pause {
+            reason: reason(what),
+            status: Some(status),
+            after: None,
+        })
     };
     match status {
         401 => Classified::Reauthenticate {
@@ -170,7 +116,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
         429 => {
             let after = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT);
             if after > MAX_RATE_LIMIT_WAIT {
-                Classified::Pause {
+                Classified::Final(Disposition::Pause {
                     reason: reason(&format!(
                         "rate limit with Retry-After {} s (over {} s, a quota breach): pausing the target",
                         after.as_secs(),
@@ -178,13 +124,13 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
                     )),
                     status: Some(status),
                     after: Some(after),
-                }
+                })
             } else {
                 retry("rate limited", Some(after))
             }
         }
         500..=599 => retry("server error", retry_after),
-        400..=499 => Classified::DeadLetter {
+        400..=499 => Classified::Final(Disposition::DeadLetter {
             status,
             reason: reason(match status {
                 400 => "bad request (e.g. inputData does not match the flow's inputs)",
@@ -195,7 +141,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
             }),
             api_message: info.message.clone(),
             code: info.code.clone(),
-        },
+        }),
         _ => retry("unexpected status", retry_after),
     }
 }
@@ -432,12 +378,17 @@ mod tests {
     fn row(c: &Classified) -> Row {
         let secs = |d: &Option<Duration>| d.map(|d| d.as_secs());
         match c {
-            Classified::Delivered(_) => Row::Delivered,
-            Classified::Retry { after, .. } => Row::Retry(secs(after)),
-            Classified::DeadLetter { .. } => Row::DeadLetter,
-            Classified::Pause { after, .. } => Row::Pause(secs(after)),
+            Classified::Final(Disposition::Delivered(_)) => Row::Delivered,
+            Classified::Final(Disposition::Retry { after, .. }) => Row::Retry(secs(after)),
+            Classified::Final(Disposition::DeadLetter { .. }) => Row::DeadLetter,
+            Classified::Final(Disposition::Pause { after, .. }) => Row::Pause(secs(after)),
             Classified::Reauthenticate { .. } => Row::Reauthenticate,
         }
+    }
+
+    /// The disposition of an answer that is not a 401.
+    fn final_of(c: Classified) -> Disposition {
+        c.into_disposition().expect("not a 401")
     }
 
     #[test]
@@ -513,19 +464,21 @@ mod tests {
             );
             // Every non-2xx outcome carries a reason naming the status.
             let reason = match &got {
-                Classified::Delivered(_) => continue,
-                Classified::Retry {
-                    reason, status: s, ..
-                }
-                | Classified::Pause {
-                    reason, status: s, ..
-                } => {
+                Classified::Final(Disposition::Delivered(_)) => continue,
+                Classified::Final(
+                    Disposition::Retry {
+                        reason, status: s, ..
+                    }
+                    | Disposition::Pause {
+                        reason, status: s, ..
+                    },
+                ) => {
                     assert_eq!(*s, Some(*status));
                     reason
                 }
-                Classified::DeadLetter {
+                Classified::Final(Disposition::DeadLetter {
                     reason, status: s, ..
-                } => {
+                }) => {
                     assert_eq!(s, status);
                     reason
                 }
@@ -541,14 +494,16 @@ mod tests {
         let body = br#"{"id":"exec-1","name":"a1","selfUri":"/api/v2/flows/executions/exec-1"}"#;
         assert_eq!(
             classify(200, &h, body, now()),
-            Classified::Delivered(Receipt {
+            Classified::Final(Disposition::Delivered(Receipt {
                 status: 200,
                 execution_id: Some("exec-1".into()),
                 correlation_id: Some("corr-42".into()),
-            })
+            }))
         );
         let body = br#"{"invocationId":"inv-9"}"#;
-        let Classified::Delivered(receipt) = classify(200, &HeaderMap::new(), body, now()) else {
+        let Disposition::Delivered(receipt) =
+            final_of(classify(200, &HeaderMap::new(), body, now()))
+        else {
             panic!("not delivered");
         };
         assert_eq!(receipt.execution_id.as_deref(), Some("inv-9"));
@@ -558,7 +513,8 @@ mod tests {
     #[test]
     fn delivered_with_an_unparsable_body_still_counts_as_delivered() {
         for body in [&b""[..], b"not json", b"[1,2]", br#"{"id": 5}"#] {
-            let Classified::Delivered(receipt) = classify(200, &HeaderMap::new(), body, now())
+            let Disposition::Delivered(receipt) =
+                final_of(classify(200, &HeaderMap::new(), body, now()))
             else {
                 panic!("not delivered for {body:?}");
             };
@@ -576,12 +532,12 @@ mod tests {
         })
         .to_string();
         let h = headers(&[("ININ-Correlation-Id", "c-413")]);
-        let Classified::DeadLetter {
+        let Disposition::DeadLetter {
             status,
             reason,
             api_message,
             code,
-        } = classify(413, &h, body.as_bytes(), now())
+        } = final_of(classify(413, &h, body.as_bytes(), now()))
         else {
             panic!("not a dead letter");
         };
@@ -605,7 +561,8 @@ mod tests {
     #[test]
     fn context_id_stands_in_for_a_missing_correlation_header() {
         let body = error_body("bad.request", "nope", 400);
-        let Classified::DeadLetter { reason, .. } = classify(400, &HeaderMap::new(), &body, now())
+        let Disposition::DeadLetter { reason, .. } =
+            final_of(classify(400, &HeaderMap::new(), &body, now()))
         else {
             panic!("not a dead letter");
         };
@@ -626,7 +583,7 @@ mod tests {
             body.as_bytes(),
             now(),
         );
-        let Classified::Retry { after, reason, .. } = got else {
+        let Disposition::Retry { after, reason, .. } = final_of(got) else {
             panic!("not a retry");
         };
         assert_eq!(after, Some(Duration::from_secs(4)));
@@ -642,8 +599,8 @@ mod tests {
             "<html>\r\n<body>\n  502   Bad Gateway\n{}</body></html>",
             "x".repeat(1000)
         );
-        let Classified::Retry { reason, .. } =
-            classify(502, &HeaderMap::new(), html.as_bytes(), now())
+        let Disposition::Retry { reason, .. } =
+            final_of(classify(502, &HeaderMap::new(), html.as_bytes(), now()))
         else {
             panic!("not a retry");
         };
@@ -651,7 +608,8 @@ mod tests {
         assert!(!reason.contains('\n') && reason.len() < 500, "{reason}");
         // Empty and binary bodies do not break the reason either.
         for body in [&b""[..], &[0xff, 0xfe, 0x00][..]] {
-            let Classified::Retry { reason, .. } = classify(503, &HeaderMap::new(), body, now())
+            let Disposition::Retry { reason, .. } =
+                final_of(classify(503, &HeaderMap::new(), body, now()))
             else {
                 panic!("not a retry");
             };
@@ -708,19 +666,15 @@ mod tests {
 
     #[test]
     fn into_disposition_keeps_everything_but_reauthenticate() {
-        let retry = Classified::Retry {
+        let retry = Disposition::Retry {
             after: Some(Duration::from_secs(1)),
             reason: "r".into(),
             status: Some(503),
+            timed_out: false,
         };
         assert_eq!(
-            retry.into_disposition(),
-            Ok(Disposition::Retry {
-                after: Some(Duration::from_secs(1)),
-                reason: "r".into(),
-                status: Some(503),
-                timed_out: false,
-            })
+            Classified::Final(retry.clone()).into_disposition(),
+            Ok(retry)
         );
         let reauth = Classified::Reauthenticate {
             reason: "x".into(),

@@ -406,19 +406,9 @@ impl GenesysClient {
                 }
             };
             let classified = classify(status, &headers, &answer, SystemTime::now());
-            let reason = match classified.into_disposition() {
-                Ok(d) => return (inner.redact_disposition(d), correlation),
-                Err(Classified::Reauthenticate { reason, .. }) => reason,
-                // into_disposition hands back nothing but Reauthenticate.
-                Err(other) => {
-                    let retry = Disposition::Retry {
-                        after: None,
-                        reason: inner.redact(format!("unexpected classification {other:?}")),
-                        status: Some(status),
-                        timed_out: false,
-                    };
-                    return (retry, correlation);
-                }
+            let reason = match classified {
+                Classified::Final(d) => return (inner.redact_disposition(d), correlation),
+                Classified::Reauthenticate { reason, .. } => reason,
             };
             let hint = match &bearer {
                 Some(b) if !reauthenticated => {

@@ -238,7 +238,8 @@ impl<'de> Deserialize<'de> for FieldSpec {
 }
 
 /// `[mapping.coalesce]`: collapse a storm of non-critical alerts from one site into one summary
-/// alert per window (see [`crate::Coalescer`]). Off by default.
+/// alert per window (the agent's drain coalesces; [`crate::Mapper::map_summary`] maps the
+/// summary). Off by default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoalesceConfig {

@@ -9,7 +9,8 @@
 //!   which reports every config problem by its key (`mapping.fields.readingValue: ...`).
 //! - [`Mapper::map`]: topic + payload bytes → [`Mapped`] or [`Rejection`] (a dead letter).
 //! - [`Mapper::identify`]: alert id (the dedup key) and priority lane, for ingest.
-//! - [`Coalescer`]: the storm-coalescing state machine, and [`Mapper::map_summary`].
+//! - [`Summary`]: a storm summary as the agent's storm coalescer collected it, and
+//!   [`Mapper::map_summary`], its mapping (coalescing itself is the agent drain's policy).
 //!
 //! It does not own delivery, retries, the dead-letter store or the audit record: a [`Rejection`]
 //! or a lossy [`Note`] tells the agent to keep the original payload there.
@@ -74,7 +75,7 @@ mod mapper;
 mod path;
 mod size;
 
-pub use coalesce::{CoalesceDecision, Coalescer, Summary};
+pub use coalesce::Summary;
 pub use config::{
     BlobPolicy, CoalesceConfig, FieldSpec, FieldType, KeyCase, MappingConfig, MappingConfigError,
 };

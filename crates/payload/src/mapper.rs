@@ -534,7 +534,7 @@ impl Mapper {
     }
 
     /// The checked `[mapping.coalesce]` section when storm coalescing is enabled, `None` when it
-    /// is off: the agent builds its [`crate::Coalescer`] from it.
+    /// is off: the agent builds its storm coalescer from it.
     pub fn coalesce(&self) -> Option<&CoalesceConfig> {
         self.coalesce.as_ref()
     }
@@ -1147,7 +1147,7 @@ impl Mapper {
         }
     }
 
-    /// The `data` object of a storm summary (see [`crate::Coalescer`]), under the same key policy
+    /// The `data` object of a storm summary (see [`crate::Summary`]), under the same key policy
     /// and budget: alert id, `summary = true`, site, alert count, alerts delivered individually,
     /// device count, devices (comma-separated, cut with a marker if needed), first and last time,
     /// worst level (under the first priority field's key, e.g. `alertLevel`).

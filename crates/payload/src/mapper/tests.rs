@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{CoalesceConfig, FieldSpec};
-use crate::{is_legal_key, Coalescer, Summary};
+use crate::{is_legal_key, Summary};
 use serde_json::json;
 
 const TOPIC: &str = "plant/berlin/alerts/p7";
@@ -963,18 +963,22 @@ fn summaries_map_to_a_budgeted_alert_under_the_key_policy() {
             ..CoalesceConfig::default()
         };
     });
-    let mut coalescer = Coalescer::new(&CoalesceConfig {
-        enabled: true,
-        min_count: 1,
-        ..CoalesceConfig::default()
-    });
-    for i in 0..300u64 {
-        let p = bytes(&json!({"device_id": format!("pump-{i:03}"), "alert_level": "warning"}));
-        let id = m.identify(TOPIC, &p);
-        let mapped = ok(&m, &p);
-        coalescer.offer(i, &id, &mapped, mapped.site.as_deref());
-    }
-    let summaries: Vec<Summary> = coalescer.flush_all();
+    // What the agent's coalescer collects for one window of 300 warnings from one site.
+    let devices: Vec<String> = (0..300u64).map(|i| format!("pump-{i:03}")).collect();
+    let site = ok(&m, &bytes(&json!({"device_id": "pump-000"}))).site;
+    let summaries = [Summary {
+        site: site.unwrap_or_default(),
+        window_start_ms: 0,
+        window_end_ms: 60_000,
+        count: 300,
+        delivered_individually: 0,
+        first_ms: 0,
+        last_ms: 299,
+        worst_level: Some("warning".into()),
+        critical: false,
+        alert_ids: devices.iter().map(|d| format!("id-{d}")).collect(),
+        devices,
+    }];
     assert_eq!(summaries.len(), 1);
     let out = m.map_summary(&summaries[0]);
     assert!(out.serialized_len <= 1024 && out.serialized_len == json_len(&out.data));

@@ -1,18 +1,19 @@
 //! Storm coalescing in the drain (`[mapping.coalesce]`, off by default): the drain's side of
-//! [`alertbridge_payload::Coalescer`].
+//! the [`Coalescer`] (coalescer.rs), whose members are the drain's [`Member`]s.
 //!
 //! The drain offers each alert it is about to send for the first time (`attempts == 0`). An
 //! alert the coalescer absorbs is not sent: it becomes a [`Member`] held here, **and stays
 //! pending in the log** (nothing is written for it). When its site's window ends, the members
-//! become one [`Batch`]: the summary's `data` (from `Mapper::map_summary`) plus the keys it
-//! covers. The drain sends the batch like an alert (breaker, limiter, in-flight cap) and settles
-//! it for every member at once:
+//! become one summary [`Job`]: the summary's `data` (from `Mapper::map_summary`) plus the alerts
+//! it covers. The drain sends it like an alert (breaker, limiter, in-flight cap) and settles it
+//! through the same `settle` as an alert, for every member at once:
 //!
 //! - accepted: each member is removed from pending with a receipt carrying the summary's
 //!   execution id, and `correlation_id = "summary:<summary alert id>"` (plus the request's
 //!   correlation id), so the receipts are the summary's audit record;
-//! - permanently rejected: each member becomes a dead letter naming the summary and the reason;
-//! - retryable or paused: the batch is kept here with its next attempt time; the members stay
+//! - permanently rejected (or unanswered `max_timeouts` times): each member becomes a dead
+//!   letter naming the summary and the reason, with the summary's attempt history;
+//! - retryable or paused: the job is kept here with its next attempt time; the members stay
 //!   pending and untouched.
 //!
 //! This state is in memory only. After a crash (or a shutdown) the members are still pending
@@ -21,56 +22,21 @@
 //! summary was accepted but before the removals reached disk sends a second summary, like a
 //! single alert is sent twice in that window.
 
-use std::collections::{HashMap, VecDeque};
-
-use alertbridge_payload::{CoalesceConfig, CoalesceDecision, Coalescer, Identity, Mapped, Mapper};
+use alertbridge_payload::{CoalesceConfig, Identity, Mapped, Mapper};
 use alertbridge_wal::{Key, Record};
-use serde_json::{Map, Value};
 
-/// An absorbed alert: pending in the log, covered by the summary of its window.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Member {
-    /// Its pending key (removed or dead-lettered when the summary is settled).
-    pub(crate) key: Key,
-    /// Its alert id (the receipt's `alert_id`).
-    pub(crate) alert_id: String,
-    /// When ingest received it (the receipt's `received_at_ms`, the summary's first/last).
-    pub(crate) received_at_ms: u64,
-}
-
-/// One summary to send: its request data and every alert it covers.
-#[derive(Clone, Debug)]
-pub(crate) struct Batch {
-    /// The summary's alert id (a digest of site, window and members), also in `data`.
-    pub(crate) summary_id: String,
-    /// The site it summarises.
-    pub(crate) site: String,
-    /// The request data (`inputData` / `data`).
-    pub(crate) data: Map<String, Value>,
-    /// The alerts it covers, in arrival order.
-    pub(crate) members: Vec<Member>,
-    /// Requests made for it so far.
-    pub(crate) attempts: u32,
-    /// Of those, requests that went unanswered within their timeout (the drain's T1 bound, as
-    /// for an alert: the next one waits longer, and `max_timeouts` of them end the summary's
-    /// members as `Unconfirmed` dead letters).
-    pub(crate) timeouts: u32,
-    /// Not before this time (the drain's monotonic ms; 0 = now).
-    pub(crate) next_attempt_ms: u64,
-    /// A member was critical (only with `include_critical`): goes ahead of other summaries.
-    pub(crate) critical: bool,
-}
+use super::coalescer::{CoalesceDecision, Coalescer};
+use super::job::{Coalesced, History, Job, Member};
 
 /// The drain's coalescing state. Owned by the drain task only.
 #[derive(Debug)]
 pub(crate) struct Storm {
-    coalescer: Coalescer,
-    /// Absorbed alerts by alert id (a deque: a replayed alert may share its id with another
-    /// pending one), until their window's summary is built. They are in neither the drain's
-    /// queue nor a task; dropping this map (crash, shutdown) leaves them pending in the log.
-    absorbed: HashMap<String, VecDeque<Member>>,
+    /// The windows, with the absorbed alerts as members until their window's summary is built.
+    /// They are in neither the drain's queue nor a task; dropping them (crash, shutdown) leaves
+    /// them pending in the log.
+    coalescer: Coalescer<Member>,
     /// Summaries built and not yet settled (due now, or waiting for a retry).
-    batches: Vec<Batch>,
+    batches: Vec<Job>,
 }
 
 impl Storm {
@@ -78,7 +44,6 @@ impl Storm {
     pub(crate) fn new(cfg: &CoalesceConfig) -> Storm {
         Storm {
             coalescer: Coalescer::new(cfg),
-            absorbed: HashMap::new(),
             batches: Vec::new(),
         }
     }
@@ -101,9 +66,10 @@ impl Storm {
             priority: mapped.priority,
             level: mapped.level.clone(),
         };
+        let member = Member::of(key, record);
         match self
             .coalescer
-            .offer(now_ms, &identity, mapped, mapped.site.as_deref())
+            .offer(now_ms, &identity, mapped, mapped.site.as_deref(), member)
         {
             CoalesceDecision::Deliver => false,
             CoalesceDecision::Absorbed { site, flush_at_ms } => {
@@ -114,14 +80,6 @@ impl Storm {
                     flush_at_ms,
                     "alert absorbed into a storm summary; it stays pending until the summary is accepted"
                 );
-                self.absorbed
-                    .entry(mapped.alert_id.clone())
-                    .or_default()
-                    .push_back(Member {
-                        key,
-                        alert_id: mapped.alert_id.clone(),
-                        received_at_ms: record.received_at_ms,
-                    });
                 true
             }
         }
@@ -131,22 +89,7 @@ impl Storm {
     /// The summary's first/last times are the members' receive times (the window itself runs on
     /// the drain's clock).
     pub(crate) fn flush_due(&mut self, now_ms: u64, mapper: &Mapper) {
-        for mut summary in self.coalescer.flush_due(now_ms) {
-            let mut members = Vec::with_capacity(summary.alert_ids.len());
-            for id in &summary.alert_ids {
-                let member = self.absorbed.get_mut(id).and_then(VecDeque::pop_front);
-                if self.absorbed.get(id).is_some_and(VecDeque::is_empty) {
-                    self.absorbed.remove(id);
-                }
-                match member {
-                    Some(m) => members.push(m),
-                    // Cannot happen: every Absorbed decision stores its member. Were it to, the
-                    // alert is still pending in the log and goes out after a restart.
-                    None => {
-                        tracing::error!(alert_id = %id, "storm summary member not held; it stays pending")
-                    }
-                }
-            }
+        for (mut summary, members) in self.coalescer.flush_due(now_ms) {
             if members.is_empty() {
                 continue;
             }
@@ -168,61 +111,66 @@ impl Storm {
                 worst_level = summary.worst_level.as_deref().unwrap_or(""),
                 "storm summary ready"
             );
-            self.batches.push(Batch {
-                summary_id: mapped.alert_id,
-                site: summary.site,
+            self.batches.push(Job {
+                alert_id: mapped.alert_id,
                 data: mapped.data,
                 members,
-                attempts: 0,
-                timeouts: 0,
-                next_attempt_ms: 0,
-                critical: summary.critical,
+                history: History::default(),
+                coalesced: Some(Coalesced {
+                    site: summary.site,
+                    critical: summary.critical,
+                    next_attempt_ms: 0,
+                }),
             });
         }
     }
 
     /// Whether a summary may be sent at `now_ms`.
     pub(crate) fn has_ready(&self, now_ms: u64) -> bool {
-        self.batches.iter().any(|b| b.next_attempt_ms <= now_ms)
+        self.batches.iter().any(|b| next_attempt_ms(b) <= now_ms)
     }
 
     /// Take the next summary to send at `now_ms`: critical ones first, then the longest waiting.
-    pub(crate) fn take_ready(&mut self, now_ms: u64) -> Option<Batch> {
+    pub(crate) fn take_ready(&mut self, now_ms: u64) -> Option<Job> {
         let i = self
             .batches
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.next_attempt_ms <= now_ms)
-            .min_by_key(|(_, b)| (!b.critical, b.next_attempt_ms))
+            .filter(|(_, b)| next_attempt_ms(b) <= now_ms)
+            .min_by_key(|(_, b)| {
+                (
+                    !b.coalesced.as_ref().is_some_and(|c| c.critical),
+                    next_attempt_ms(b),
+                )
+            })
             .map(|(i, _)| i)?;
         Some(self.batches.remove(i))
     }
 
     /// Keep a summary that was not settled (retry, pause) until its `next_attempt_ms`.
-    pub(crate) fn keep(&mut self, batch: Batch) {
+    pub(crate) fn keep(&mut self, batch: Job) {
         self.batches.push(batch);
     }
 
     /// Make every kept summary ready now (the API is back, like `Queue::promote_all`).
     pub(crate) fn promote_all(&mut self) {
-        for b in &mut self.batches {
-            b.next_attempt_ms = 0;
+        for c in self.batches.iter_mut().filter_map(|b| b.coalesced.as_mut()) {
+            c.next_attempt_ms = 0;
         }
     }
 
     /// The keys of every alert held here: absorbed into an open window, or a member of a
     /// summary waiting to be sent (the drain's reconcile accounts for them).
     pub(crate) fn member_keys(&self) -> impl Iterator<Item = Key> + '_ {
-        self.absorbed
-            .values()
-            .flatten()
+        self.coalescer
+            .members()
             .chain(self.batches.iter().flat_map(|b| b.members.iter()))
             .map(|m| m.key)
     }
 
     /// Nothing absorbed and no summary waiting.
     pub(crate) fn is_empty(&self) -> bool {
-        self.absorbed.is_empty() && self.batches.is_empty()
+        self.coalescer.is_empty() && self.batches.is_empty()
     }
 
     /// The next time after `now_ms` something here needs the drain: a window ending or a
@@ -232,7 +180,7 @@ impl Storm {
         let retry = self
             .batches
             .iter()
-            .map(|b| b.next_attempt_ms)
+            .map(next_attempt_ms)
             .filter(|t| *t > now_ms)
             .min();
         [self.coalescer.next_flush_ms(), retry]
@@ -242,11 +190,17 @@ impl Storm {
     }
 }
 
+/// When a kept summary may go (every job kept here is one).
+fn next_attempt_ms(job: &Job) -> u64 {
+    job.coalesced.as_ref().map_or(0, |c| c.next_attempt_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alertbridge_payload::MappingConfig;
     use alertbridge_wal::PRIORITY_CRITICAL;
+    use serde_json::Value;
 
     fn mapper(min_count: u32) -> Mapper {
         let mut cfg = MappingConfig::default();
@@ -319,8 +273,8 @@ mod tests {
         // first/last are the members' receive times
         assert_eq!(b.data["firstMs"], Value::from(10_001));
         assert_eq!(b.data["lastMs"], Value::from(10_003));
-        assert_eq!(b.data["alertId"], Value::from(b.summary_id.clone()));
-        assert!(s.absorbed.is_empty());
+        assert_eq!(b.data["alertId"], Value::from(b.alert_id.clone()));
+        assert!(s.coalescer.is_empty());
         assert!(s.take_ready(u64::MAX).is_none());
     }
 
@@ -345,12 +299,14 @@ mod tests {
         assert!(s.offer(0, k, &r, &mp));
         s.flush_due(1_000, &m);
         let mut b = s.take_ready(1_000).expect("ready");
-        b.attempts = 1;
-        b.next_attempt_ms = 5_000;
+        b.history.attempts = 1;
+        if let Some(c) = b.coalesced.as_mut() {
+            c.next_attempt_ms = 5_000;
+        }
         s.keep(b);
         assert!(s.take_ready(4_999).is_none());
         assert_eq!(s.next_wakeup_ms(1_000), Some(5_000));
         s.promote_all();
-        assert_eq!(s.take_ready(1_001).map(|b| b.attempts), Some(1));
+        assert_eq!(s.take_ready(1_001).map(|b| b.history.attempts), Some(1));
     }
 }
