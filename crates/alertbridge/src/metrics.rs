@@ -2,7 +2,7 @@
 //! format (0.0.4), encoded by `prometheus-client` (see docs/decisions.md for why that crate).
 //!
 //! Where each number comes from, so that logs, `status` and metrics never disagree (**O1**):
-//! - counters without labels are the [`Counters`] atomics that `events.rs` bumps next to the
+//! - counters without labels are the [`Counters`] atomics that `events/` bumps next to the
 //!   log line, read at scrape time;
 //! - labelled counters and histograms live in [`Metrics`] (a field of [`Counters`]) and are
 //!   recorded by the same `emit` that writes the log line;
@@ -151,7 +151,7 @@ fn request_histogram() -> Histogram {
     ])
 }
 
-/// The labelled counters and histograms, recorded by the events in `events.rs`, and the few
+/// The labelled counters and histograms, recorded by the events in `events/`, and the few
 /// facts the scrape needs that are fixed at start (the store budgets, the Genesys client for
 /// its token counts). Cheap to record: each is an atomic add behind a read lock.
 #[derive(Debug)]
