@@ -90,6 +90,7 @@
 mod auth;
 mod classify;
 mod client;
+mod config;
 mod disposition;
 mod region;
 mod verify;
@@ -101,7 +102,8 @@ pub use classify::{
     classify, parse_retry_after, Classified, CORRELATION_ID_HEADER, DEFAULT_RATE_LIMIT_WAIT,
     MAX_RATE_LIMIT_WAIT, RETRY_AFTER_CAP,
 };
-pub use client::{ClientConfig, ClientError, EventsAuth, GenesysClient, Target, POOL_IDLE_TIMEOUT};
+pub use client::{GenesysClient, POOL_IDLE_TIMEOUT};
+pub use config::{ClientConfig, ClientError, EventsAuth, Target};
 pub use disposition::{Disposition, Receipt};
 pub use region::{region_hosts, RegionError};
 pub use verify::{flow_verdict, TargetCheck, PERMISSION_FLOW_LAUNCH, PERMISSION_FLOW_VIEW};

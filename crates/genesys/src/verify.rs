@@ -12,7 +12,8 @@
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::client::{transport_reason, GenesysClient, Target};
+use crate::client::{transport_reason, GenesysClient};
+use crate::config::Target;
 
 /// The permission `GET /api/v2/flows/{id}` needs.
 pub const PERMISSION_FLOW_VIEW: &str = "architect:flow:view";
