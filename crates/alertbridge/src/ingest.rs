@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use alertbridge_payload::{Mapper, Priority, RejectionKind};
+use alertbridge_payload::{digest_id, Mapper, Priority, RejectionKind};
 use alertbridge_wal::{
     Appended, DeadKind, DeadReason, Durable, Entry, Key, Record, Wal, PRIORITY_CRITICAL,
     PRIORITY_NORMAL,
@@ -165,16 +165,6 @@ pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u6
             )
         }
     }
-}
-
-/// Fallback identity when the mapper cannot give one: sha256(topic \0 payload), 16 bytes hex.
-fn digest_id(topic: &str, payload: &[u8]) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(topic.as_bytes());
-    h.update([0u8]);
-    h.update(payload);
-    hex::encode(&h.finalize()[..16])
 }
 
 /// A record as ingest stores it: never tried, due now.
@@ -1042,6 +1032,19 @@ mod tests {
         };
         assert_eq!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "t", p, 999)));
         assert_ne!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "u", p, 1)));
+    }
+
+    /// The stored id is the dedup identity: without an id field it is the payload crate's
+    /// digest, for a payload the mapping accepts and for one it dead-letters alike.
+    #[test]
+    fn a_payload_without_an_id_field_is_stored_under_the_digest_of_topic_and_payload() {
+        let m = mapper();
+        for payload in [&br#"{"device_id":"d1"}"#[..], b"not json"] {
+            let stored = match entry_for(&m, "plant/a/alerts/d1", payload, 0) {
+                Entry::Pending(r) | Entry::DeadLetter(r, _) => r.alert_id,
+            };
+            assert_eq!(stored, digest_id("plant/a/alerts/d1", payload));
+        }
     }
 
     /// Regression (review F1): rumqttc keeps publishes it decoded from a connection that then
