@@ -9,6 +9,9 @@ use crate::config::BlobPolicy;
 use crate::json;
 
 impl Mapper {
+    /// Scans `out` (all but the alert id) and `rest` for binary-looking values: each is replaced
+    /// by a marker with a [`Note::StrippedBlob`], or the first one rejects the alert
+    /// (`blob_policy = "dead_letter"`).
     pub(super) fn handle_blobs(
         &self,
         out: &mut Map<String, Value>,

@@ -86,6 +86,7 @@ impl Mapper {
         base
     }
 
+    /// The `OverBudget` rejection for `out` of `len` bytes, naming its largest field.
     pub(super) fn over_budget(&self, out: &Map<String, Value>, len: usize) -> Rejection {
         let largest = out
             .iter()

@@ -25,14 +25,20 @@ pub(super) enum FieldSource {
 /// One compiled `[mapping.fields]` entry.
 #[derive(Debug)]
 pub(super) struct Field {
+    /// The normalised output key.
     pub(super) out_key: String,
+    /// Where the value comes from.
     pub(super) source: FieldSource,
+    /// The declared `type` the value is coerced to.
     pub(super) kind: FieldType,
+    /// A missing value rejects the alert (`MissingField`) instead of omitting the key.
     pub(super) required: bool,
+    /// Used when the source has no value; already coerced and with its keys normalised.
     pub(super) default: Option<Value>,
 }
 
 impl Field {
+    /// The field as a reason names it: output key and source.
     pub(super) fn describe(&self) -> String {
         match &self.source {
             FieldSource::Source(s) => format!("field `{}` (from `{}`)", self.out_key, s.describe()),
@@ -41,12 +47,8 @@ impl Field {
     }
 }
 
-pub(super) fn out_of_range(
-    key: &str,
-    value: u64,
-    min: u64,
-    max: u64,
-) -> Result<(), MappingConfigError> {
+/// `value` of config key `key` within `min..=max`, else the error naming the key and the range.
+fn out_of_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), MappingConfigError> {
     if value < min || value > max {
         return Err(MappingConfigError::OutOfRange {
             key: key.to_owned(),
@@ -58,6 +60,7 @@ pub(super) fn out_of_range(
     Ok(())
 }
 
+/// A count as `u64` (saturating; `usize` is at most 64 bits on every supported target).
 pub(super) fn as_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }

@@ -15,6 +15,8 @@ use crate::key::normalize_key_cow;
 use crate::path::Source;
 
 impl Mapper {
+    /// Every `required` path present, non-null, non-empty and scalar, else the rejection naming
+    /// the first that is not.
     pub(super) fn check_required(&self, obj: &Map<String, Value>) -> Result<(), Rejection> {
         for path in &self.required {
             let p = path.as_str();
@@ -196,7 +198,7 @@ impl Mapper {
 }
 
 /// The value of a source: a non-null payload value, or a topic placeholder's level.
-pub(super) fn resolve(
+fn resolve(
     src: &Source,
     obj: &Map<String, Value>,
     captures: Option<&[(&str, &str)]>,
@@ -210,6 +212,7 @@ pub(super) fn resolve(
     }
 }
 
+/// [`resolve`] as trimmed, clipped, non-empty text (a site or device name).
 pub(super) fn resolve_text(
     src: &Source,
     obj: &Map<String, Value>,

@@ -102,6 +102,8 @@ pub fn digest_id(topic: &str, payload: &[u8]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// The id a payload value gives: a string of 1..=128 characters without control characters, or
+/// a number; `None` for anything else.
 fn usable_id(v: &Value) -> Option<String> {
     match v {
         Value::String(s)

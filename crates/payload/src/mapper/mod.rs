@@ -218,7 +218,8 @@ impl fmt::Display for RejectionKind {
     }
 }
 
-pub(super) fn reject(kind: RejectionKind, field: Option<&str>, reason: String) -> Rejection {
+/// A rejection of `kind` naming `field` when there is one.
+fn reject(kind: RejectionKind, field: Option<&str>, reason: String) -> Rejection {
     Rejection {
         kind,
         reason,
@@ -414,6 +415,7 @@ impl Mapper {
         })
     }
 
+    /// The rejection for a payload the reader refused, with the limit or offset concerned.
     fn parse_rejection(&self, e: ParseError) -> Rejection {
         use RejectionKind as K;
         match e {
@@ -450,7 +452,8 @@ impl Mapper {
     }
 }
 
-pub(super) fn type_name(v: &Value) -> &'static str {
+/// The JSON type of `v`, as reasons name it.
+fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
