@@ -99,7 +99,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod broker;
-use broker::{broker, free_port, raw_subscriber, unreachable_genesys, INFLIGHT};
+use broker::{broker, free_port, raw_subscriber, runtime, unreachable_genesys, INFLIGHT};
 /// Size of every alert payload, bytes.
 const PAYLOAD_BYTES: usize = 250;
 /// RSS sampling period.
@@ -1086,11 +1086,7 @@ fn main() {
         max_ingest: Duration::from_secs(env_u64("BACKLOG_MAX_INGEST_SECS", 900)),
         max_rss_kb: env_u64("BACKLOG_MAX_RSS_MB", 1024) * 1024,
     };
-    alertbridge::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let sim = unreachable_genesys(Duration::from_secs(24 * 3600)).await;
         let mut rows = vec![idle(&sim).await];

@@ -2,7 +2,7 @@
 //! loopback port, persistence on in a data dir of its own, `max_inflight_messages` [`INFLIGHT`], a
 //! queue big enough for any N; killed and reaped on drop), a QoS 1 publisher, and the raw
 //! subscriber that measures the broker's QoS 1 ceiling; and the Genesys simulator in an outage,
-//! so the agent's drain stays out of the way.
+//! so the agent's drain stays out of the way; and the runtime they run on.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -223,4 +223,14 @@ pub(crate) async fn unreachable_genesys(outage: Duration) -> Sim {
     .expect("sim");
     sim.outage_for(outage);
     sim
+}
+
+/// The benches' runtime (multi-threaded, I/O and time on), with the TLS crypto provider the
+/// agent installs at start.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    alertbridge::install_crypto_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

@@ -20,7 +20,7 @@ use genesys_sim::Sim;
 use tokio_util::sync::CancellationToken;
 
 mod broker;
-use broker::{broker, raw_subscriber, unreachable_genesys, INFLIGHT};
+use broker::{broker, raw_subscriber, runtime, unreachable_genesys, INFLIGHT};
 
 /// Alert `i` of a run: (topic, payload of about 150 bytes), every tenth critical.
 fn alert(i: usize) -> (String, String) {
@@ -138,11 +138,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(20_000);
-    alertbridge::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         println!("ingest benchmark: {n} QoS1 alerts (~150 B), mosquitto max_inflight_messages={INFLIGHT}, {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
         println!("{:<10} {:<44} {:>12} {:>10}", "mode", "consumer", "alerts/s", "batches");
