@@ -297,6 +297,22 @@ fn event_request(object: &Map<String, Value>) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The common front of the JSON endpoints: the time the request arrived, the gate (auth,
+/// injected faults, rate limit) and a JSON object body; `Err` is the answer to send instead.
+async fn admit(
+    shared: &Arc<Shared>,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: &Bytes,
+    auth: Auth,
+) -> Result<(SystemTime, Map<String, Value>), Response> {
+    let arrived = SystemTime::now();
+    gate(shared, ctx, headers, auth).await?;
+    json_object(shared, headers, body)
+        .map(|object| (arrived, object))
+        .map_err(|rejection| rejection.answer(ctx))
+}
+
 /// `POST /api/v2/flows/executions`: launch a workflow.
 pub(crate) async fn launch_flow(
     State(shared): State<Arc<Shared>>,
@@ -304,13 +320,9 @@ pub(crate) async fn launch_flow(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let arrived = SystemTime::now();
-    if let Err(answer) = gate(&shared, &ctx, &headers, Auth::Bearer).await {
-        return answer;
-    }
-    let object = match json_object(&shared, &headers, &body) {
-        Ok(object) => object,
-        Err(rejection) => return rejection.answer(&ctx),
+    let (arrived, object) = match admit(&shared, &ctx, &headers, &body, Auth::Bearer).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
     };
     let launch = match launch_request(&object) {
         Ok(launch) => launch,
@@ -480,13 +492,9 @@ pub(crate) async fn post_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let arrived = SystemTime::now();
-    if let Err(answer) = gate(&shared, &ctx, &headers, Auth::Bearer).await {
-        return answer;
-    }
-    let object = match json_object(&shared, &headers, &body) {
-        Ok(object) => object,
-        Err(rejection) => return rejection.answer(&ctx),
+    let (arrived, object) = match admit(&shared, &ctx, &headers, &body, Auth::Bearer).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
     };
     if let Err(rejection) = event_request(&object) {
         return rejection.answer(&ctx);
