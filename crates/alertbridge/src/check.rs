@@ -20,11 +20,14 @@ use crate::config::Config;
 pub fn offline(cfg: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = cfg.genesys.secret.load() {
-        problems.push(format!("genesys client secret: {e}"));
+        problems.push(format!(
+            "genesys client secret: {e}{}",
+            credential_hint(&cfg.genesys.secret)
+        ));
     }
     if let Some(src) = &cfg.mqtt.password {
         if let Err(e) = src.load() {
-            problems.push(format!("mqtt password: {e}"));
+            problems.push(format!("mqtt password: {e}{}", credential_hint(src)));
         }
     }
     problems.extend(store_dir_problem(cfg.store.dir()));
@@ -32,6 +35,20 @@ pub fn offline(cfg: &Config) -> Vec<String> {
         problems.extend(ca_file_problem(path));
     }
     problems
+}
+
+/// The usual cause of an unreadable credential outside the unit: a relative `*_file` name is
+/// looked up in `$CREDENTIALS_DIRECTORY`, which only systemd's `LoadCredential=` sets, so from
+/// a shell it names a file in the current directory.
+fn credential_hint(src: &alertbridge_genesys::SecretSource) -> &'static str {
+    let relative = matches!(src, alertbridge_genesys::SecretSource::File(p) if p.is_relative());
+    if relative && std::env::var_os(crate::config::ENV_CREDENTIALS_DIRECTORY).is_none() {
+        " (fix: a relative name is looked up in $CREDENTIALS_DIRECTORY, which the unit's \
+         LoadCredential= sets; from a shell run `CREDENTIALS_DIRECTORY=/etc/alertbridge/credentials \
+         alertbridge check ...` or name the file by its absolute path)"
+    } else {
+        ""
+    }
 }
 
 /// Whether this process could create or write the store at `dir`, without creating anything:
@@ -120,6 +137,18 @@ pub async fn online(cfg: &Config) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alertbridge_genesys::SecretSource;
+
+    #[test]
+    fn a_relative_credential_outside_the_unit_gets_the_credentials_directory_hint() {
+        if std::env::var_os(crate::config::ENV_CREDENTIALS_DIRECTORY).is_some() {
+            return; // the hint is for a shell without it; this test runs without it in CI
+        }
+        let hint = credential_hint(&SecretSource::File("genesys-client-secret".into()));
+        assert!(hint.contains("$CREDENTIALS_DIRECTORY") && hint.contains("fix:"), "{hint}");
+        assert_eq!(credential_hint(&SecretSource::File("/etc/x/secret".into())), "");
+        assert_eq!(credential_hint(&SecretSource::Env("X".into())), "");
+    }
 
     #[test]
     fn a_store_dir_must_be_a_directory_or_creatable_and_nothing_is_created() {
