@@ -518,7 +518,8 @@ impl Drop for Agent {
 pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, serde_json::Value)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    // generous: on a loaded 2-core CI machine an agent busy with a 20 MiB publish answers late
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
