@@ -45,14 +45,13 @@ async fn broker_restart_mid_stream_loses_nothing() {
     );
     let acked = plant.acked_ids();
     // the broker really kept our session across its restarts (else this test proves little)
-    assert!(
-        wait_until(Duration::from_secs(10), || agent
-            .logs()
-            .contains("session_present=true"))
-        .await,
-        "agent never resumed its session\n{}",
-        agent.logs()
-    );
+    assert_logged(
+        &agent,
+        "session_present=true",
+        Duration::from_secs(10),
+        "agent never resumed its session",
+    )
+    .await;
     assert_all_delivered(&acked, &sim, &agent, Duration::from_secs(40)).await;
     assert_clean_exit(&mut agent);
     cancel.cancel();

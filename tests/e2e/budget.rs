@@ -17,23 +17,16 @@ async fn disk_budget_holds_alerts_at_the_broker_and_loses_nothing_when_space_fre
         store_extra: "max_bytes = 409600\nsegment_bytes = 65536".into(),
         breaker_cooldown_ms: 300,
         breaker_failures: 3,
-        admin: true,
-        ..AgentOptions::default()
+        ..AgentOptions::with_admin()
     };
-    let s = Scenario::start("plant-budget", sim, &opts);
+    let s = Scenario::start_subscribed("plant-budget", sim, &opts).await;
     let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     publish_alerts(plant, 0, N, 20).await;
 
     // The broker accepted every publish from the plant (it queues for our session) ...
     assert_all_acked(plant, N, Duration::from_secs(20)).await;
     // ... but the agent holds back at its budget: it reports it, and has stored only part.
-    let held = wait_until(Duration::from_secs(20), || {
-        agent
-            .status()
-            .is_some_and(|s| s["counters"]["backpressure"] == true)
-    })
-    .await;
+    let held = agent.wait_backpressure(Duration::from_secs(20)).await;
     let status = agent.status().expect("status");
     assert!(held, "backpressure reported: {status}\n{}", agent.logs());
     let pending = status["pending"].as_u64().unwrap_or(0);

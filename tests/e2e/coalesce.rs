@@ -255,20 +255,17 @@ async fn storm_of_one_site_becomes_one_summary_and_every_alert_keeps_a_receipt()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_the_summary_is_accepted_loses_no_absorbed_alert() {
     // Genesys fails every launch: the summary is built, sent and retried, never accepted.
-    let sim = failing_sim(503).await;
-    let mut rig = start(sim, "plant-coalesce-crash").await;
+    let mut rig = start(failing_sim(503).await, "plant-coalesce-crash").await;
     let sent = burst("cr");
     publish(&rig.plant, &sent).await;
     assert_all_acked(&rig.plant, sent.len(), Duration::from_secs(20)).await;
-    assert!(
-        wait_until(Duration::from_secs(20), || rig
-            .agent
-            .logs()
-            .contains("storm summary ready"))
-        .await,
-        "no summary was built\n{}",
-        rig.agent.logs()
-    );
+    assert_logged(
+        &rig.agent,
+        "storm summary ready",
+        Duration::from_secs(20),
+        "no summary was built",
+    )
+    .await;
     // let the summary's first request fail at least once
     let failed = launches(&rig.sim).len();
     assert!(

@@ -1,8 +1,6 @@
 //! Bad configuration: a clear message naming the key, and the documented exit codes.
 
-use std::process::Stdio;
-
-use crate::support::command;
+use crate::support::run_cli;
 
 fn write(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -14,13 +12,9 @@ fn write(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 #[test]
 fn check_names_the_bad_key_and_exits_2() {
     let (_d, p) = write("[genesys]\nregion = \"mypurecloud.ie\"\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent\"\nflow_id = \"f\"\n[delivery]\nrate_per_sec = -3.0\n");
-    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = run_cli("check", &p, None);
+    assert_eq!(out.code, Some(2));
+    let err = out.stderr;
     assert!(
         err.contains("delivery.rate_per_sec") && err.contains("fix:"),
         "{err}"
@@ -30,28 +24,17 @@ fn check_names_the_bad_key_and_exits_2() {
 #[test]
 fn run_with_unknown_key_exits_2_naming_it() {
     let (_d, p) = write("[mqtt]\nurll = \"mqtt://x\"\n");
-    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
-        .args(["run", "--config"])
-        .arg(&p)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("urll"), "{err}");
+    let out = run_cli("run", &p, None);
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("urll"), "{}", out.stderr);
 }
 
 #[test]
 fn check_reports_an_unreadable_secret_without_printing_secrets() {
     let (d, p) = write("[genesys]\nregion = \"eu-west-1\"\nclient_id = \"x\"\nclient_secret_file = \"missing-secret\"\nflow_id = \"f\"\n");
-    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
-        .args(["check", "--config"])
-        .arg(&p)
-        .env("CREDENTIALS_DIRECTORY", d.path())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = run_cli("check", &p, Some(d.path()));
+    assert_eq!(out.code, Some(2));
+    let err = out.stderr;
     assert!(err.contains("missing-secret"), "names the file: {err}");
 }
 
@@ -73,19 +56,9 @@ fn example_config_passes_check_with_a_secret() {
     );
     let example_path = d.path().join("alertbridge.toml");
     std::fs::write(&example_path, example).expect("write");
-    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
-        .arg("check")
-        .arg("--config")
-        .arg(&example_path)
-        .env("CREDENTIALS_DIRECTORY", d.path())
-        .output()
-        .expect("run");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "{all}");
+    let out = run_cli("check", &example_path, Some(d.path()));
+    let all = out.all();
+    assert_eq!(out.code, Some(0), "{all}");
     assert!(!all.contains("s3cr3t-value"), "secret printed: {all}");
 }
 
@@ -94,13 +67,9 @@ fn example_config_passes_check_with_a_secret() {
 #[test]
 fn check_refuses_an_invalid_topic_filter_naming_its_index() {
     let (_d, p) = write("[mqtt]\ntopics = [\"plant/+/alerts/#\", \"plant/#/alerts\"]\n[genesys]\nregion = \"mypurecloud.ie\"\nclient_id = \"x\"\nclient_secret_file = \"/nonexistent\"\nflow_id = \"f\"\n");
-    let out = command(env!("CARGO_BIN_EXE_alertbridge"))
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = run_cli("check", &p, None);
+    assert_eq!(out.code, Some(2));
+    let err = out.stderr;
     assert!(
         err.contains("mqtt.topics[1]")
             && err.contains("`#` is allowed only as the whole last level")
@@ -132,18 +101,9 @@ fn credentials_in_urls_are_refused_and_never_printed() {
     for (text, key, setting) in &cases {
         let (_d, p) = write(text);
         for (cmd, code) in [("check", 2), ("run", 2)] {
-            let out = command(env!("CARGO_BIN_EXE_alertbridge"))
-                .args([cmd, "--config"])
-                .arg(&p)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run");
-            let all = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(out.status.code(), Some(code), "{cmd}: {all}");
+            let out = run_cli(cmd, &p, None);
+            let all = out.all();
+            assert_eq!(out.code, Some(code), "{cmd}: {all}");
             assert!(
                 all.contains(key) && all.contains(setting) && all.contains("fix:"),
                 "{cmd}: {all}"

@@ -48,8 +48,7 @@ async fn full_filesystem_holds_alerts_at_the_broker_and_loses_nothing_when_space
     let sim = sim(Duration::from_secs(3600)).await;
     let opts = AgentOptions {
         store_extra: format!("min_free_bytes = {}", 16 << 20),
-        admin: true,
-        ..AgentOptions::default()
+        ..AgentOptions::with_admin()
     };
     let s = Scenario::start_with_store("plant-enospc", sim, &opts, &store);
     let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
@@ -66,12 +65,7 @@ async fn full_filesystem_holds_alerts_at_the_broker_and_loses_nothing_when_space
     publish_alerts(plant, 0, 300, 10).await;
     // the broker takes them
     assert_all_acked(plant, 300, Duration::from_secs(20)).await;
-    let held = wait_until(Duration::from_secs(15), || {
-        agent
-            .status()
-            .is_some_and(|s| s["counters"]["backpressure"] == true)
-    })
-    .await;
+    let held = agent.wait_backpressure(Duration::from_secs(15)).await;
     let status = agent.status().expect("status");
     assert!(
         held,
@@ -120,8 +114,7 @@ async fn a_restart_on_a_full_filesystem_delivers_what_is_pending_and_stops_on_si
     sim.outage_for(Duration::from_secs(3600));
     let opts = AgentOptions {
         store_extra: format!("min_free_bytes = {}", 4 << 20),
-        admin: true,
-        ..AgentOptions::default()
+        ..AgentOptions::with_admin()
     };
     let mut s = Scenario::start_with_store("plant-full", sim, &opts, &store);
     assert!(

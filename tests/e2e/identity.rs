@@ -75,8 +75,7 @@ async fn crash_between_fsync_and_puback(store_extra: &str) -> usize {
     sim.outage_for(Duration::from_secs(3600));
     let opts = AgentOptions {
         store_extra: store_extra.into(),
-        admin: true,
-        ..AgentOptions::default()
+        ..AgentOptions::with_admin()
     };
     let broker = Mosquitto::start();
     let mut agent = Agent::start(broker.port, &sim, &opts);

@@ -77,6 +77,25 @@ fn assert_probes_spaced(probes: &[SystemTime], min: Duration, while_: &str) {
     }
 }
 
+/// Let the failing Genesys meet the agent until `observe` after `from`, then clear its faults,
+/// wait (up to 15 s) until it accepted `n` alerts and stop the agent cleanly; returns when the
+/// faults were cleared, the end of the window in which [`probes`] are counted.
+async fn fix_genesys_after(
+    rig: &mut Scenario,
+    from: SystemTime,
+    observe: Duration,
+    n: usize,
+) -> SystemTime {
+    while since(from, SystemTime::now()) < observe {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cleared = SystemTime::now();
+    rig.sim.set_faults(Faults::default());
+    rig.wait_accepted(n, Duration::from_secs(15)).await;
+    rig.stop().await;
+    cleared
+}
+
 /// Delivery paused loudly and resumed by itself, and no alert became a dead letter meanwhile.
 fn assert_paused_and_resumed_without_dead_letters(agent: &Agent) {
     assert!(agent.dead_letters().is_empty());
@@ -136,8 +155,7 @@ async fn retry_after_of_a_429_silences_the_whole_client_and_the_rate_recovers_gr
             max_in_flight: 4,
             backoff_initial_ms: 100,
             backoff_max_ms: 300,
-            admin: true,
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;
@@ -206,10 +224,9 @@ async fn retry_after_of_a_429_silences_the_whole_client_and_the_rate_recovers_gr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisted_next_attempt_survives_a_kill_so_a_restart_is_no_retry_stampede() {
     const N: usize = 20;
-    let sim = failing_sim(503).await;
-    let mut rig = Scenario::start_subscribed(
+    let mut rig = Scenario::start_failing(
         "plant-backoff",
-        sim,
+        503,
         &AgentOptions {
             max_in_flight: 20,
             backoff_initial_ms: 8_000,
@@ -273,10 +290,9 @@ async fn persisted_next_attempt_survives_a_kill_so_a_restart_is_no_retry_stamped
 /// cool-down and nothing else; ingest goes on; the first good probe closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_after_n_failures_and_genesys_sees_only_probes_until_one_succeeds() {
-    let sim = failing_sim(503).await;
-    let mut rig = Scenario::start_subscribed(
+    let mut rig = Scenario::start_failing(
         "plant-breaker",
-        sim,
+        503,
         &AgentOptions {
             rate_per_sec: 200.0,
             burst: 20,
@@ -285,8 +301,7 @@ async fn breaker_opens_after_n_failures_and_genesys_sees_only_probes_until_one_s
             backoff_max_ms: 200,
             breaker_failures: 3,
             breaker_cooldown_ms: 1_000,
-            admin: true,
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;
@@ -310,13 +325,7 @@ async fn breaker_opens_after_n_failures_and_genesys_sees_only_probes_until_one_s
     rig.wait_acked(30, Duration::from_secs(10)).await;
     // observe the open breaker for a while
     let opened_at = launches(&rig.sim)[2].at;
-    while since(opened_at, SystemTime::now()) < Duration::from_millis(4_500) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let cleared = SystemTime::now();
-    rig.sim.set_faults(Faults::default());
-    rig.wait_accepted(30, Duration::from_secs(15)).await;
-    rig.stop().await;
+    let cleared = fix_genesys_after(&mut rig, opened_at, Duration::from_millis(4_500), 30).await;
 
     let probes = probes(&rig.sim, opened_at, cleared);
     assert_probes_spaced(
@@ -350,8 +359,7 @@ async fn rotated_secret_file_is_picked_up_without_restart_and_no_alert_is_lost()
         sim,
         &AgentOptions {
             breaker_cooldown_ms: 500,
-            admin: true,
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;
@@ -504,14 +512,12 @@ async fn rejected_and_malformed_alerts_become_dead_letters_with_status_message_a
 /// log, Genesys sees one probe per interval, and delivery resumes by itself once it is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_fault_pauses_delivery_keeps_the_alerts_and_resumes_when_fixed() {
-    let sim = failing_sim(404).await;
-    let mut rig = Scenario::start_subscribed(
+    let mut rig = Scenario::start_failing(
         "plant-pause",
-        sim,
+        404,
         &AgentOptions {
             breaker_cooldown_ms: 700,
-            admin: true,
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;
@@ -540,13 +546,7 @@ async fn configuration_fault_pauses_delivery_keeps_the_alerts_and_resumes_when_f
     rig.publish("more", 0..5, "major").await;
     rig.wait_acked(15, Duration::from_secs(10)).await;
     let first = launches(&rig.sim)[0].at;
-    while since(first, SystemTime::now()) < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let cleared = SystemTime::now();
-    rig.sim.set_faults(Faults::default());
-    rig.wait_accepted(15, Duration::from_secs(15)).await;
-    rig.stop().await;
+    let cleared = fix_genesys_after(&mut rig, first, Duration::from_secs(3), 15).await;
 
     let probes = probes(&rig.sim, first, cleared);
     assert_probes_spaced(&probes, Duration::from_millis(650), "while paused");
@@ -559,18 +559,16 @@ async fn configuration_fault_pauses_delivery_keeps_the_alerts_and_resumes_when_f
 /// delivered after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_alerts_become_visible_dead_letters_and_critical_ones_never_expire() {
-    let sim = failing_sim(503).await;
-    let mut rig = Scenario::start_subscribed(
+    let mut rig = Scenario::start_failing(
         "plant-ttl",
-        sim,
+        503,
         &AgentOptions {
             backoff_initial_ms: 100,
             backoff_max_ms: 500,
             breaker_failures: 2,
             breaker_cooldown_ms: 1_000,
-            admin: true,
             delivery_extra: "ttl_normal_secs = 2".into(),
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;
@@ -624,10 +622,9 @@ async fn expired_alerts_become_visible_dead_letters_and_critical_ones_never_expi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn critical_alerts_go_first_through_a_backlog_and_normal_ones_are_not_starved() {
     const EACH: usize = 24;
-    let sim = failing_sim(503).await;
-    let rig = Scenario::start_subscribed(
+    let rig = Scenario::start_failing(
         "plant-lanes",
-        sim,
+        503,
         &AgentOptions {
             rate_per_sec: 500.0,
             burst: 50,
@@ -700,8 +697,7 @@ async fn long_outage_is_ingested_in_full_then_drained_at_the_configured_rate_cri
             breaker_failures: 3,
             breaker_cooldown_ms: 1_000,
             delivery_extra: "normal_every = 10".into(),
-            admin: true,
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;

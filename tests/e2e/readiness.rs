@@ -10,20 +10,9 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_follows_the_broker_and_health_the_main_loops() {
     let sim = sim(Duration::from_secs(3600)).await;
-    let opts = AgentOptions {
-        admin: true,
-        ..AgentOptions::default()
-    };
-    let mut s = Scenario::start_subscribed("plant-ready", sim, &opts).await;
+    let mut s = Scenario::start_subscribed("plant-ready", sim, &AgentOptions::with_admin()).await;
     let ready = |agent: &Agent| agent.get("/ready");
-    assert!(
-        wait_until(Duration::from_secs(10), || ready(&s.agent)
-            .is_some_and(|(c, _)| c == 200))
-        .await,
-        "ready once subscribed: {:?}\n{}",
-        ready(&s.agent),
-        s.agent.logs()
-    );
+    assert_ready_within(&s.agent, Duration::from_secs(10), "ready once subscribed").await;
     for path in ["/health", "/healthz"] {
         let (code, body) = s.agent.get(path).expect("health answers");
         assert_eq!(
@@ -50,13 +39,25 @@ async fn ready_follows_the_broker_and_health_the_main_loops() {
 
     // Back: ready again by itself.
     tokio::task::block_in_place(|| s.broker.restart());
+    assert_ready_within(
+        &s.agent,
+        Duration::from_secs(30),
+        "ready again after the broker returned",
+    )
+    .await;
+    s.finish().await;
+}
+
+/// `/ready` answers 200 within `timeout`; else the test fails with `what`, the last answer and
+/// the agent's logs.
+async fn assert_ready_within(agent: &Agent, timeout: Duration, what: &str) {
     assert!(
-        wait_until(Duration::from_secs(30), || ready(&s.agent)
+        wait_until(timeout, || agent
+            .get("/ready")
             .is_some_and(|(c, _)| c == 200))
         .await,
-        "ready again after the broker returned: {:?}\n{}",
-        ready(&s.agent),
-        s.agent.logs()
+        "{what}: {:?}\n{}",
+        agent.get("/ready"),
+        agent.logs()
     );
-    s.finish().await;
 }

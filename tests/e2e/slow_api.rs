@@ -27,8 +27,7 @@ async fn an_api_slower_than_the_timeout_launches_each_alert_at_most_max_timeouts
         &AgentOptions {
             request_timeout_secs: 1,
             delivery_extra: format!("max_timeouts = {MAX_TIMEOUTS}\nmax_request_timeout_ms = 4000"),
-            admin: true,
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;

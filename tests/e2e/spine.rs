@@ -8,10 +8,7 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_reaches_genesys_exactly_once() {
     let sim = sim(Duration::from_secs(3600)).await;
-    let mut s = Scenario::start("plant-spine", sim, &AgentOptions::default());
-
-    // give the agent its subscription first (its session then queues what it misses anyway)
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut s = Scenario::start_subscribed("plant-spine", sim, &AgentOptions::default()).await;
     publish_alerts(&s.plant, 0, 300, 10).await;
     s.plant
         .publish_malformed(b"TEMP=85;ALARM")
@@ -23,12 +20,7 @@ async fn every_alert_reaches_genesys_exactly_once() {
         .expect("publish");
 
     assert_all_acked(&s.plant, 302, Duration::from_secs(20)).await;
-    let acked: std::collections::HashSet<String> = s
-        .plant
-        .acked_ids()
-        .into_iter()
-        .filter(|id| !id.starts_with("malformed-"))
-        .collect();
+    let acked = s.acked_alert_ids();
     assert_all_delivered(&acked, &s.sim, &s.agent, Duration::from_secs(30)).await;
 
     let counts = accepted_counts(&s.sim);

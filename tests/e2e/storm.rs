@@ -18,9 +18,8 @@ async fn storm_503_delivers_everything_after_recovery() {
         breaker_cooldown_ms: 300,
         ..AgentOptions::default()
     };
-    let s = Scenario::start("plant-storm", sim, &opts);
+    let s = Scenario::start_subscribed("plant-storm", sim, &opts).await;
     let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     publish_alerts(plant, 0, N / 2, 5).await;
     sim.outage_for(Duration::from_secs(3));

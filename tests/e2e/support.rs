@@ -222,6 +222,17 @@ impl Default for AgentOptions {
     }
 }
 
+impl AgentOptions {
+    /// The defaults with the status endpoint on ([`AgentOptions::admin`]), for tests that read
+    /// live counters.
+    pub(crate) fn with_admin() -> AgentOptions {
+        AgentOptions {
+            admin: true,
+            ..AgentOptions::default()
+        }
+    }
+}
+
 /// The real `alertbridge` binary, run with a config of this test's own.
 pub(crate) struct Agent {
     pub(crate) dir: tempfile::TempDir,
@@ -452,6 +463,16 @@ level = "info"
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Wait until `status` reports backpressure (ingest holding back at its budget); false when
+    /// `timeout` passed first.
+    pub(crate) async fn wait_backpressure(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.status()
+                .is_some_and(|s| s["counters"]["backpressure"] == true)
+        })
+        .await
+    }
+
     /// `alertbridge dead-letters --json` (agent stopped): one JSON object per dead letter.
     pub(crate) fn dead_letters(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["dead-letters", "--json"]);
@@ -531,6 +552,36 @@ pub(crate) fn command(bin: &str) -> Command {
             c
         }
         None => Command::new(bin),
+    }
+}
+
+/// What one run of the `alertbridge` binary printed, and its exit code.
+pub(crate) struct CliOutput {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl CliOutput {
+    /// Standard output then standard error, for assertions about everything printed.
+    pub(crate) fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Run `alertbridge <cmd> --config <config>` to its end with stdin closed, with systemd's
+/// `CREDENTIALS_DIRECTORY` set to `credentials` when given.
+pub(crate) fn run_cli(cmd: &str, config: &Path, credentials: Option<&Path>) -> CliOutput {
+    let mut c = command(env!("CARGO_BIN_EXE_alertbridge"));
+    c.args([cmd, "--config"]).arg(config).stdin(Stdio::null());
+    if let Some(dir) = credentials {
+        c.env("CREDENTIALS_DIRECTORY", dir);
+    }
+    let out = c.output().expect("run alertbridge");
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -638,12 +689,20 @@ pub(crate) async fn failing_sim(status: u16) -> Sim {
 /// Wait (up to 15 s) until the agent's subscription is acknowledged (its log says
 /// `subscribed`), so nothing published afterwards misses the persistent session.
 pub(crate) async fn wait_subscribed(agent: &Agent) {
+    assert_logged(
+        agent,
+        "subscribed",
+        Duration::from_secs(15),
+        "the agent did not subscribe",
+    )
+    .await;
+}
+
+/// Wait until the agent's log contains `text`; else the test fails with `what` and the logs.
+pub(crate) async fn assert_logged(agent: &Agent, text: &str, timeout: Duration, what: &str) {
     assert!(
-        wait_until(Duration::from_secs(15), || agent
-            .logs()
-            .contains("subscribed"))
-        .await,
-        "the agent did not subscribe\n{}",
+        wait_until(timeout, || agent.logs().contains(text)).await,
+        "{what}\n{}",
         agent.logs()
     );
 }
@@ -724,6 +783,12 @@ impl Scenario {
         Scenario::connect(name, broker, sim, agent)
     }
 
+    /// [`Scenario::start_subscribed`] against a [`failing_sim`] answering every launch with
+    /// `status` until the test clears its faults.
+    pub(crate) async fn start_failing(name: &str, status: u16, opts: &AgentOptions) -> Scenario {
+        Scenario::start_subscribed(name, failing_sim(status).await, opts).await
+    }
+
     fn connect(name: &str, broker: Mosquitto, sim: Sim, agent: Agent) -> Scenario {
         let cancel = CancellationToken::new();
         let (plant, task) = Plant::connect(broker.port, name, cancel.clone());
@@ -749,6 +814,16 @@ impl Scenario {
             ids.push(publish_leveled(&self.plant, prefix, i, level).await);
         }
         ids
+    }
+
+    /// Ids of the alerts the broker acked, without the malformed payloads (which have no alert
+    /// to deliver: they become dead letters).
+    pub(crate) fn acked_alert_ids(&self) -> HashSet<String> {
+        self.plant
+            .acked_ids()
+            .into_iter()
+            .filter(|id| !id.starts_with("malformed-"))
+            .collect()
     }
 
     /// Wait until the broker acked at least `n` publishes of the plant.

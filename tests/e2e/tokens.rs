@@ -7,13 +7,13 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_cause_no_failed_delivery_and_no_gap() {
-    let s = Scenario::start(
+    let s = Scenario::start_subscribed(
         "plant-tokens",
         sim(Duration::from_secs(3)).await,
         &AgentOptions::default(),
-    );
+    )
+    .await;
     let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // a steady trickle across several token lifetimes
     for i in 0..40 {
@@ -37,13 +37,13 @@ async fn short_lived_tokens_cause_no_failed_delivery_and_no_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_replaced_and_the_alert_delivered() {
-    let s = Scenario::start(
+    let s = Scenario::start_subscribed(
         "plant-revoke",
         sim(Duration::from_secs(3600)).await,
         &AgentOptions::default(),
-    );
+    )
+    .await;
     let (sim, agent, plant) = (&s.sim, &s.agent, &s.plant);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     publish_alerts(plant, 0, 20, 0).await;
     assert!(
         wait_until(Duration::from_secs(20), || accepted_counts(sim).len() == 20).await,

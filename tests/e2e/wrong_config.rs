@@ -17,14 +17,12 @@ use crate::support::*;
 async fn a_400_to_everything_pauses_after_five_dead_letters_and_delivers_the_rest_after_the_fix() {
     const N: usize = 1000;
     const PAUSE_AFTER: usize = 5;
-    let sim = failing_sim(400).await;
-    let mut rig = Scenario::start_subscribed(
+    let mut rig = Scenario::start_failing(
         "plant-wrong-config",
-        sim,
+        400,
         &AgentOptions {
             breaker_cooldown_ms: 500,
-            admin: true,
-            ..AgentOptions::default()
+            ..AgentOptions::with_admin()
         },
     )
     .await;

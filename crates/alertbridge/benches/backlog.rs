@@ -94,13 +94,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use genesys_sim::{Sim, SimConfig};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use genesys_sim::Sim;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod broker;
-use broker::{broker, free_port, INFLIGHT};
+use broker::{broker, free_port, raw_subscriber, runtime, unreachable_genesys, INFLIGHT};
 /// Size of every alert payload, bytes.
 const PAYLOAD_BYTES: usize = 250;
 /// RSS sampling period.
@@ -113,10 +112,7 @@ const SETTLE: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------------------
-// broker
-
-// ---------------------------------------------------------------------------------------------
-// alerts, publisher, raw subscriber
+// alerts and their publisher
 
 /// Alert `i` of a run: (topic, payload of exactly [`PAYLOAD_BYTES`]).
 fn alert(prefix: &str, i: usize) -> (String, String) {
@@ -135,124 +131,14 @@ fn alert(prefix: &str, i: usize) -> (String, String) {
     (format!("plant/north/alerts/{device}"), body)
 }
 
-/// Publish alerts `0..n` of `prefix` at QoS 1 as fast as the broker acks them; returns the
+/// Publish alerts `0..n` of `prefix` at QoS 1 (paced to `rate` alerts/s when given); returns the
 /// time from the first publish queued to the last PUBACK.
 async fn publish(port: u16, prefix: &str, n: usize, rate: Option<f64>) -> Duration {
-    let mut o = MqttOptions::new(format!("pub-{prefix}"), "127.0.0.1", port);
-    o.set_inflight(1000)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(64 * 1024, 64 * 1024);
-    let (client, mut el) = AsyncClient::new(o, 10_000);
-    let start = Instant::now();
-    let prefix = prefix.to_string();
-    let pubs = tokio::spawn(async move {
-        for i in 0..n {
-            if let Some(rate) = rate.filter(|_| i % 100 == 0) {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
-            }
-            let (t, b) = alert(&prefix, i);
-            client
-                .publish(t, QoS::AtLeastOnce, false, b)
-                .await
-                .expect("queue publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < n {
-        match el.poll().await {
-            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-            Ok(_) => {}
-            Err(e) => panic!("publisher lost the broker: {e}"),
-        }
-    }
-    let d = start.elapsed();
-    if let Ok(client) = pubs.await {
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
-    }
-    d
-}
-
-/// A plain subscriber that acks each publish at once: the broker's QoS 1 ceiling (the approach
-/// of the ingest bench). Sends on `ready` once subscribed; returns after `n` publishes (first →
-/// n-th), or right after subscribing when `n` is 0.
-async fn raw_subscriber(
-    port: u16,
-    id: &str,
-    clean: bool,
-    n: usize,
-    ready: tokio::sync::oneshot::Sender<()>,
-) -> Duration {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_clean_session(clean)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(64 * 1024, 64 * 1024);
-    let (client, mut el) = AsyncClient::new(o, 10_000);
-    let mut ready = Some(ready);
-    let mut got = 0;
-    let mut start = None;
-    let mut unacked = std::collections::VecDeque::new();
-    loop {
-        while let Some(p) = unacked.front() {
-            if client.try_ack(p).is_err() {
-                break;
-            }
-            unacked.pop_front();
-        }
-        match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                client
-                    .try_subscribe("plant/+/alerts/#", QoS::AtLeastOnce)
-                    .expect("subscribe");
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
-                if n == 0 {
-                    let _ = client.disconnect().await;
-                    let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
-                    return Duration::ZERO;
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                start.get_or_insert_with(Instant::now);
-                // a full request channel: keep it and retry after the next poll
-                unacked.push_back(p);
-                got += 1;
-                if got == n {
-                    let d = start.map(|s| s.elapsed()).unwrap_or_default();
-                    // Tens of thousands of acks may still wait here, more than the request
-                    // channel holds: keep the event loop polled while they go (awaiting `ack`
-                    // with nobody polling would never return).
-                    while !unacked.is_empty() {
-                        while let Some(p) = unacked.front() {
-                            if client.try_ack(p).is_err() {
-                                break;
-                            }
-                            unacked.pop_front();
-                        }
-                        let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
-                    }
-                    let _ = client.try_disconnect();
-                    let flush_until = Instant::now() + Duration::from_secs(2);
-                    while Instant::now() < flush_until {
-                        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
-                            Ok(Ok(_)) => {}
-                            _ => break,
-                        }
-                    }
-                    return d;
-                }
-            }
-            Ok(_) => {}
-            // e.g. the previous session of this id being taken over: rumqttc reconnects
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let owned = prefix.to_string();
+    broker::publish(port, &format!("pub-{prefix}"), n, rate, move |i| {
+        alert(&owned, i)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1200,20 +1086,9 @@ fn main() {
         max_ingest: Duration::from_secs(env_u64("BACKLOG_MAX_INGEST_SECS", 900)),
         max_rss_kb: env_u64("BACKLOG_MAX_RSS_MB", 1024) * 1024,
     };
-    alertbridge::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
-        let sim = Sim::start(SimConfig {
-            client_id: "bench".into(),
-            client_secret: "bench-secret".into(),
-            ..SimConfig::default()
-        })
-        .await
-        .expect("sim");
-        sim.outage_for(Duration::from_secs(24 * 3600));
+        let sim = unreachable_genesys(Duration::from_secs(24 * 3600)).await;
         let mut rows = vec![idle(&sim).await];
         for &mode in &modes {
             for &n in &ns {

@@ -1,9 +1,16 @@
-//! The benches' own mosquitto: a free loopback port, persistence on in a data dir of its own,
-//! `max_inflight_messages` [`INFLIGHT`], a queue big enough for any N; killed and reaped on drop.
+//! What the ingest and backlog benches share on the MQTT side: their own mosquitto (a free
+//! loopback port, persistence on in a data dir of its own, `max_inflight_messages` [`INFLIGHT`], a
+//! queue big enough for any N; killed and reaped on drop), a QoS 1 publisher, and the raw
+//! subscriber that measures the broker's QoS 1 ceiling; and the Genesys simulator in an outage,
+//! so the agent's drain stays out of the way; and the runtime they run on.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use genesys_sim::{Sim, SimConfig};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// mosquitto's `max_inflight_messages`: unacked QoS 1 publishes it sends one client.
 pub(crate) const INFLIGHT: u32 = 100;
@@ -69,4 +76,161 @@ pub(crate) fn broker() -> Broker {
         port,
         _dir: dir,
     }
+}
+
+/// Largest MQTT packet the bench clients send or accept: above every bench payload.
+const MAX_PACKET: usize = 64 * 1024;
+
+/// Publishes `alert(0..n)` (topic, payload) at QoS 1 as client `id`, 1000 in flight, as fast as
+/// the broker acks them or paced to `rate` alerts/s; returns the time from the first publish
+/// queued to the last PUBACK.
+pub(crate) async fn publish<F>(
+    port: u16,
+    id: &str,
+    n: usize,
+    rate: Option<f64>,
+    alert: F,
+) -> Duration
+where
+    F: Fn(usize) -> (String, String) + Send + 'static,
+{
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_inflight(1000)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    let (client, mut el) = AsyncClient::new(o, 10_000);
+    let start = Instant::now();
+    let pubs = tokio::spawn(async move {
+        for i in 0..n {
+            if let Some(rate) = rate.filter(|_| i % 100 == 0) {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let (t, b) = alert(i);
+            client
+                .publish(t, QoS::AtLeastOnce, false, b)
+                .await
+                .expect("queue publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < n {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("publisher lost the broker: {e}"),
+        }
+    }
+    let d = start.elapsed();
+    if let Ok(client) = pubs.await {
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+    }
+    d
+}
+
+/// Queues as many of `unacked` as rumqttc's request channel takes; the rest wait for the next
+/// poll (a full channel must not block: nobody would poll the event loop that empties it).
+fn try_ack_front(client: &AsyncClient, unacked: &mut VecDeque<rumqttc::Publish>) {
+    while let Some(p) = unacked.front() {
+        if client.try_ack(p).is_err() {
+            break;
+        }
+        unacked.pop_front();
+    }
+}
+
+/// A plain subscriber to `plant/+/alerts/#` that acks each publish at once: the broker's QoS 1
+/// ceiling. `clean` picks a clean or a persistent session. Sends on `ready` once subscribed;
+/// returns the time from the first to the `n`-th publish, or right after subscribing (and
+/// disconnecting, the session registered) when `n` is 0.
+pub(crate) async fn raw_subscriber(
+    port: u16,
+    id: &str,
+    clean: bool,
+    n: usize,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Duration {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_clean_session(clean)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    let (client, mut el) = AsyncClient::new(o, 10_000);
+    let mut ready = Some(ready);
+    let mut got = 0;
+    let mut start = None;
+    let mut unacked = VecDeque::new();
+    loop {
+        try_ack_front(&client, &mut unacked);
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                client
+                    .try_subscribe("plant/+/alerts/#", QoS::AtLeastOnce)
+                    .expect("subscribe");
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                if n == 0 {
+                    let _ = client.disconnect().await;
+                    let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+                    return Duration::ZERO;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                start.get_or_insert_with(Instant::now);
+                unacked.push_back(p);
+                got += 1;
+                if got == n {
+                    let d = start.map(|s| s.elapsed()).unwrap_or_default();
+                    // Tens of thousands of acks may still wait here, more than the request
+                    // channel holds: keep the event loop polled while they go (awaiting `ack`
+                    // with nobody polling would never return).
+                    while !unacked.is_empty() {
+                        try_ack_front(&client, &mut unacked);
+                        let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
+                    }
+                    let _ = client.try_disconnect();
+                    let flush_until = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < flush_until {
+                        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+                            Ok(Ok(_)) => {}
+                            _ => break,
+                        }
+                    }
+                    return d;
+                }
+            }
+            Ok(_) => {}
+            // e.g. the previous session of this id being taken over: rumqttc reconnects
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// An in-process genesys-sim (client `bench`, secret `bench-secret`) in an outage for `outage`:
+/// 503 to token and API calls, so the agent delivers nothing and only ingest is measured.
+pub(crate) async fn unreachable_genesys(outage: Duration) -> Sim {
+    let sim = Sim::start(SimConfig {
+        client_id: "bench".into(),
+        client_secret: "bench-secret".into(),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    sim.outage_for(outage);
+    sim
+}
+
+/// The benches' runtime (multi-threaded, I/O and time on), with the TLS crypto provider the
+/// agent installs at start.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    alertbridge::install_crypto_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

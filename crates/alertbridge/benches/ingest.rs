@@ -16,100 +16,25 @@ use std::time::{Duration, Instant};
 
 use alertbridge::config::Config;
 use alertbridge::events::Counters;
-use genesys_sim::{Sim, SimConfig};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use genesys_sim::Sim;
 use tokio_util::sync::CancellationToken;
 
 mod broker;
-use broker::{broker, INFLIGHT};
+use broker::{broker, raw_subscriber, runtime, unreachable_genesys, INFLIGHT};
+
+/// Alert `i` of a run: (topic, payload of about 150 bytes), every tenth critical.
+fn alert(i: usize) -> (String, String) {
+    let body = format!(
+        r#"{{"alert_id":"b-{i}","device_id":"SN-{:04}","alert_level":"{}","reading_value":85.4,"timestamp_ms":1678892340000}}"#,
+        i % 997,
+        if i % 10 == 0 { "critical" } else { "warning" }
+    );
+    (format!("plant/s{}/alerts/d{}", i % 4, i % 997), body)
+}
 
 /// Publish n QoS1 messages; returns when the broker acked them all.
 async fn publish(port: u16, n: usize, id: &str) {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_inflight(1000).set_keep_alive(Duration::from_secs(30));
-    let (client, mut el) = AsyncClient::new(o, 10_000);
-    let pubs = tokio::spawn(async move {
-        for i in 0..n {
-            let body = format!(
-                r#"{{"alert_id":"b-{i}","device_id":"SN-{:04}","alert_level":"{}","reading_value":85.4,"timestamp_ms":1678892340000}}"#,
-                i % 997,
-                if i % 10 == 0 { "critical" } else { "warning" }
-            );
-            client
-                .publish(
-                    format!("plant/s{}/alerts/d{}", i % 4, i % 997),
-                    QoS::AtLeastOnce,
-                    false,
-                    body,
-                )
-                .await
-                .expect("queue publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < n {
-        if let Ok(Event::Incoming(Packet::PubAck(_))) = el.poll().await {
-            acked += 1;
-        }
-    }
-    let _ = pubs.await;
-}
-
-/// A plain subscriber that acks each publish immediately: the broker's QoS 1 ceiling.
-/// Connects (persistent session) and returns once subscribed; `run` consumes n.
-async fn raw_subscriber(
-    port: u16,
-    id: &str,
-    n: usize,
-    ready: tokio::sync::oneshot::Sender<()>,
-) -> Duration {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(30));
-    let (client, mut el) = AsyncClient::new(o, 10_000);
-    let mut ready = Some(ready);
-    let mut got = 0;
-    let mut start = None;
-    let mut unacked = std::collections::VecDeque::new();
-    loop {
-        while let Some(p) = unacked.front() {
-            if client.try_ack(p).is_err() {
-                break;
-            }
-            unacked.pop_front();
-        }
-        match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                client
-                    .try_subscribe("plant/+/alerts/#", QoS::AtLeastOnce)
-                    .expect("subscribe");
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                start.get_or_insert_with(Instant::now);
-                // a full request channel: keep it and retry after the next poll
-                unacked.push_back(p);
-                got += 1;
-                if got == n {
-                    while let Some(p) = unacked.pop_front() {
-                        let _ = client.ack(&p).await;
-                    }
-                    // flush the last acks
-                    let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
-                    return start.map(|s| s.elapsed()).unwrap_or_default();
-                }
-            }
-            Ok(_) => {}
-            // e.g. the previous session of this id being taken over: rumqttc reconnects
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    broker::publish(port, id, n, None, alert).await;
 }
 
 async fn raw(mode: &str, n: usize) -> f64 {
@@ -117,25 +42,18 @@ async fn raw(mode: &str, n: usize) -> f64 {
     let id = format!("raw-{mode}");
     if mode == "backlog" {
         // register the session, go offline, queue n, come back
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let h = tokio::spawn({
-            let id = id.clone();
-            let port = b.port;
-            async move { raw_subscriber(port, &id, usize::MAX, tx).await }
-        });
-        let _ = rx.await;
-        h.abort();
-        let _ = h.await;
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        raw_subscriber(b.port, &id, false, 0, tx).await;
         publish(b.port, n, "pub").await;
         let (tx, _rx) = tokio::sync::oneshot::channel();
-        let d = raw_subscriber(b.port, &id, n, tx).await;
+        let d = raw_subscriber(b.port, &id, false, n, tx).await;
         n as f64 / d.as_secs_f64()
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let h = tokio::spawn({
             let id = id.clone();
             let port = b.port;
-            async move { raw_subscriber(port, &id, n, tx).await }
+            async move { raw_subscriber(port, &id, false, n, tx).await }
         });
         let _ = rx.await;
         publish(b.port, n, "pub").await;
@@ -159,14 +77,7 @@ fn agent_config(port: u16, sim: &Sim, dir: &std::path::Path) -> Config {
 async fn agent(mode: &str, n: usize) -> (f64, u64) {
     let b = broker();
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = Sim::start(SimConfig {
-        client_id: "bench".into(),
-        client_secret: "bench-secret".into(),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
-    sim.outage_for(Duration::from_secs(3600));
+    let sim = unreachable_genesys(Duration::from_secs(3600)).await;
     let start_agent = |counters: Arc<Counters>, stop: CancellationToken| {
         let cfg = agent_config(b.port, &sim, dir.path());
         tokio::spawn(
@@ -227,11 +138,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(20_000);
-    alertbridge::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         println!("ingest benchmark: {n} QoS1 alerts (~150 B), mosquitto max_inflight_messages={INFLIGHT}, {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
         println!("{:<10} {:<44} {:>12} {:>10}", "mode", "consumer", "alerts/s", "batches");

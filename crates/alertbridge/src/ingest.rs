@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use alertbridge_payload::{Mapper, Priority, RejectionKind};
+use alertbridge_payload::{digest_id, Mapper, Priority, RejectionKind};
 use alertbridge_wal::{
     Appended, DeadKind, DeadReason, Durable, Entry, Key, Record, Wal, PRIORITY_CRITICAL,
     PRIORITY_NORMAL,
@@ -205,16 +205,6 @@ pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u6
             )
         }
     }
-}
-
-/// Fallback identity when the mapper cannot give one: sha256(topic \0 payload), 16 bytes hex.
-fn digest_id(topic: &str, payload: &[u8]) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(topic.as_bytes());
-    h.update([0u8]);
-    h.update(payload);
-    hex::encode(&h.finalize()[..16])
 }
 
 /// A record as ingest stores it: never tried, due now.
@@ -1111,7 +1101,20 @@ mod tests {
         assert_ne!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "u", p, 1)));
     }
 
-    /// Regression (review F1): rumqttc keeps publishes it decoded from a connection that then
+    /// The stored id is the dedup identity: without an id field it is the payload crate's
+    /// digest, for a payload the mapping accepts and for one it dead-letters alike.
+    #[test]
+    fn a_payload_without_an_id_field_is_stored_under_the_digest_of_topic_and_payload() {
+        let m = mapper();
+        for payload in [&br#"{"device_id":"d1"}"#[..], b"not json"] {
+            let stored = match entry_for(&m, "plant/a/alerts/d1", payload, 0) {
+                Entry::Pending(r) | Entry::DeadLetter(r, _) => r.alert_id,
+            };
+            assert_eq!(stored, digest_id("plant/a/alerts/d1", payload));
+        }
+    }
+
+    /// Regression: rumqttc keeps publishes it decoded from a connection that then
     /// died in `state.events` and returns them *after* the next ConnAck. Stamped with the new
     /// epoch they were acked on the new connection, where a fresh session reuses their packet
     /// ids for other messages: the stale-ack hazard. A mock broker sends three publishes and
@@ -1121,40 +1124,27 @@ mod tests {
     async fn publishes_buffered_from_a_dead_connection_are_stored_but_never_acked_on_the_next() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        fn publish(pkid: u16, payload: &str) -> Vec<u8> {
-            let topic = "plant/a/alerts/d";
-            let mut body = Vec::new();
-            body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-            body.extend_from_slice(topic.as_bytes());
-            body.extend_from_slice(&pkid.to_be_bytes());
-            body.extend_from_slice(payload.as_bytes());
-            let mut v = vec![0x32, body.len() as u8];
-            v.extend(body);
-            v
-        }
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
+        let (listener, port) = mock::listen().await;
         let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             // connection 1: CONNACK (fresh session), three publishes and EOF in one write
             let (mut s, _) = listener.accept().await.expect("accept 1");
             let _ = s.read(&mut buf).await;
-            let mut w = vec![0x20, 0x02, 0x00, 0x00];
+            let mut w = mock::connack_bytes(false).to_vec();
             for i in 1..=3u16 {
-                w.extend(publish(i, &format!("{{\"alert_id\":\"old-{i}\"}}")));
+                w.extend(mock::publish_bytes(
+                    i,
+                    "plant/a/alerts/d",
+                    &format!("{{\"alert_id\":\"old-{i}\"}}"),
+                ));
             }
             s.write_all(&w).await.expect("write");
             drop(s);
             // connection 2: a fresh session; record everything the client sends for a while
             let (mut s, _) = listener.accept().await.expect("accept 2");
             let _ = s.read(&mut buf).await; // CONNECT
-            s.write_all(&[0x20, 0x02, 0x00, 0x00])
-                .await
-                .expect("connack");
+            mock::connack(&mut s, false).await;
             let mut seen = Vec::new();
             let deadline = tokio::time::sleep(Duration::from_millis(1500));
             tokio::pin!(deadline);
@@ -1170,21 +1160,7 @@ mod tests {
             let _ = seen_tx.send(seen);
         });
 
-        let dir = tempfile::tempdir().expect("tempdir");
-        let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
-        let (mqtt, store) = test_configs(dir.path(), port, &["plant/+/alerts/#"]);
-        let counters = Arc::new(Counters::default());
-        let (feed, mut keys) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            mqtt,
-            store,
-            wal.clone(),
-            Arc::new(mapper()),
-            counters.clone(),
-            feed,
-            cancel.clone(),
-        ));
+        let mut rig = Rig::start(port, &["plant/+/alerts/#"]);
 
         let seen = seen_rx.await.expect("mock broker result");
         // PUBACK = 0x40 0x02 <pkid>; the client may send CONNECT, SUBSCRIBE, PINGREQ — never PUBACK
@@ -1197,7 +1173,8 @@ mod tests {
             "stale PUBACK sent on the new connection: {seen:02x?}"
         );
         let mut stored = 0;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), keys.recv()).await {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), rig.keys.recv()).await
+        {
             stored += 1;
             if stored == 3 {
                 break;
@@ -1207,14 +1184,14 @@ mod tests {
             stored, 3,
             "the buffered publishes are stored (the fresh session will not resend them)"
         );
-        cancel.cancel();
-        let _ = task.await;
+        rig.stop().await;
     }
 
-    /// Just enough of an MQTT 3.1.1 broker for the subscription tests: packets in and out.
+    /// Just enough of an MQTT 3.1.1 broker for the connection and subscription tests: packets in
+    /// and out.
     mod mock {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        use tokio::net::TcpStream;
+        use tokio::net::{TcpListener, TcpStream};
 
         /// Packet types (upper nibble of the first byte).
         pub(super) const CONNECT: u8 = 1;
@@ -1264,8 +1241,20 @@ mod tests {
             (pkid, filters)
         }
 
+        /// A listener on a free loopback port, and the port.
+        pub(super) async fn listen() -> (TcpListener, u16) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            (listener, port)
+        }
+
+        /// A CONNACK accepting the connection.
+        pub(super) fn connack_bytes(session_present: bool) -> [u8; 4] {
+            [0x20, 0x02, u8::from(session_present), 0x00]
+        }
+
         pub(super) async fn connack(s: &mut TcpStream, session_present: bool) {
-            let w = [0x20, 0x02, u8::from(session_present), 0x00];
+            let w = connack_bytes(session_present);
             s.write_all(&w).await.expect("write CONNACK");
         }
 
@@ -1276,8 +1265,8 @@ mod tests {
             s.write_all(&w).await.expect("write SUBACK");
         }
 
-        /// A QoS 1 PUBLISH.
-        pub(super) async fn publish(s: &mut TcpStream, pkid: u16, topic: &str, payload: &str) {
+        /// A QoS 1 PUBLISH, encoded (a body under 128 bytes: one length byte).
+        pub(super) fn publish_bytes(pkid: u16, topic: &str, payload: &str) -> Vec<u8> {
             let mut body = Vec::new();
             body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
             body.extend_from_slice(topic.as_bytes());
@@ -1285,6 +1274,12 @@ mod tests {
             body.extend_from_slice(payload.as_bytes());
             let mut w = vec![0x32, body.len() as u8];
             w.extend(body);
+            w
+        }
+
+        /// A QoS 1 PUBLISH, sent.
+        pub(super) async fn publish(s: &mut TcpStream, pkid: u16, topic: &str, payload: &str) {
+            let w = publish_bytes(pkid, topic, payload);
             s.write_all(&w).await.expect("write PUBLISH");
         }
     }
@@ -1348,13 +1343,31 @@ mod tests {
             }
         }
 
+        /// The alert id of the next record ingest stores, waiting up to 10 s.
+        async fn next_stored_alert_id(&mut self, what: &str) -> String {
+            let key = tokio::time::timeout(Duration::from_secs(10), self.keys.recv())
+                .await
+                .expect(what)
+                .expect("key");
+            let record = self.wal.get(key).expect("read").expect("stored");
+            record.alert_id
+        }
+
         async fn stop(self) {
             self.cancel.cancel();
             let _ = self.task.await;
         }
     }
 
-    /// Regression (issue 9, item 2): the agent subscribed only when the broker started a fresh
+    /// What the mock broker reports on `rx`, waiting up to 10 s.
+    async fn within_10s<T>(rx: tokio::sync::oneshot::Receiver<T>, what: &str) -> T {
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect(what)
+            .expect("mock broker")
+    }
+
+    /// Regression: the agent subscribed only when the broker started a fresh
     /// session. When the connection dropped between the CONNACK and the SUBACK of a fresh
     /// session, the broker kept a session without the subscription, every later CONNACK said
     /// "session present", and the agent sat connected, healthy and deaf forever. Here the
@@ -1363,10 +1376,7 @@ mod tests {
     /// stored and acked.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_subscription_lost_before_its_suback_is_sent_again_when_the_session_resumes() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
+        let (listener, port) = mock::listen().await;
         let (resubscribed_tx, resubscribed_rx) = tokio::sync::oneshot::channel();
         let (acked_tx, acked_rx) = tokio::sync::oneshot::channel();
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1406,10 +1416,11 @@ mod tests {
         });
 
         let mut rig = Rig::start(port, &["plant/+/alerts/#", "site/b/#"]);
-        let filters = tokio::time::timeout(Duration::from_secs(10), resubscribed_rx)
-            .await
-            .expect("no SUBSCRIBE after a session-present CONNACK: the agent would be deaf")
-            .expect("mock broker");
+        let filters = within_10s(
+            resubscribed_rx,
+            "no SUBSCRIBE after a session-present CONNACK: the agent would be deaf",
+        )
+        .await;
         assert_eq!(
             filters,
             vec![
@@ -1423,31 +1434,24 @@ mod tests {
             .await;
         assert_eq!((st.subscriptions_held, st.subscriptions_wanted), (2, 2));
         assert_eq!((st.subscription_errors, st.subscription_error), (0, None));
-        let key = tokio::time::timeout(Duration::from_secs(10), rig.keys.recv())
-            .await
-            .expect("the alert published after the SUBACK is stored")
-            .expect("key");
-        let record = rig.wal.get(key).expect("read").expect("stored");
-        assert_eq!(record.alert_id, "after-resubscribe");
-        let puback = tokio::time::timeout(Duration::from_secs(10), acked_rx)
-            .await
-            .expect("PUBACK in time")
-            .expect("mock broker");
+        assert_eq!(
+            rig.next_stored_alert_id("the alert published after the SUBACK is stored")
+                .await,
+            "after-resubscribe"
+        );
+        let puback = within_10s(acked_rx, "PUBACK in time").await;
         assert_eq!(puback, Some(vec![0, 7]), "acked after it was stored");
         let _ = end_tx.send(());
         rig.stop().await;
     }
 
-    /// Issue 9, item 2: a refused grant (SUBACK 0x80, e.g. the broker's ACL) was only logged.
+    /// Regression: a refused grant (SUBACK 0x80, e.g. the broker's ACL) was only logged.
     /// Now it is an error in status naming the filter, counted, the agent is not `subscribed`,
     /// and the refused filter alone is asked again with backoff on the open connection until
     /// the broker grants it (an ACL fixed while the agent runs needs no restart).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_subscription_shows_in_status_and_is_asked_again_until_granted() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
+        let (listener, port) = mock::listen().await;
         let (retried_tx, mut retried_rx) = mpsc::unbounded_channel();
         let (grant_tx, grant_rx) = tokio::sync::oneshot::channel::<()>();
         let (acked_tx, acked_rx) = tokio::sync::oneshot::channel();
@@ -1510,16 +1514,12 @@ mod tests {
             .status_until("the retried filter is granted", |c| c.subscribed())
             .await;
         assert_eq!(st.subscription_error, None, "the error clears once held");
-        let key = tokio::time::timeout(Duration::from_secs(10), rig.keys.recv())
-            .await
-            .expect("the alert on the late-granted filter is stored")
-            .expect("key");
-        let record = rig.wal.get(key).expect("read").expect("stored");
-        assert_eq!(record.alert_id, "granted-late");
-        let puback = tokio::time::timeout(Duration::from_secs(10), acked_rx)
-            .await
-            .expect("PUBACK in time")
-            .expect("mock broker");
+        assert_eq!(
+            rig.next_stored_alert_id("the alert on the late-granted filter is stored")
+                .await,
+            "granted-late"
+        );
+        let puback = within_10s(acked_rx, "PUBACK in time").await;
         assert_eq!(puback, Some(vec![0, 9]));
         let _ = end_tx.send(());
         rig.stop().await;

@@ -8,7 +8,8 @@
 //! - [`MappingConfig`] (`[mapping]` of `alertbridge.toml`) and its compilation, [`Mapper::new`],
 //!   which reports every config problem by its key (`mapping.fields.readingValue: ...`).
 //! - [`Mapper::map`]: topic + payload bytes → [`Mapped`] or [`Rejection`] (a dead letter).
-//! - [`Mapper::identify`]: alert id (the dedup key) and priority lane, for ingest.
+//! - [`Mapper::identify`]: alert id (the dedup key) and priority lane, for ingest; [`digest_id`],
+//!   the id of an alert without a usable id field (the one definition: ingest uses it too).
 //! - [`Coalescer`]: the storm-coalescing state machine, and [`Mapper::map_summary`].
 //!
 //! It does not own delivery, retries, the dead-letter store or the audit record: a [`Rejection`]
@@ -61,8 +62,8 @@
 //! 8. `map` and `identify` cost O(n log n) or less in the payload size n, at every step, and the
 //!    notes they return are O(n) in size (field paths in notes and reasons are cut to 256 bytes):
 //!    a hostile payload costs milliseconds, not minutes, in ingest and in the drain (issue 9).
-//!    Guarded by `mapper::tests::a_payload_of_100_000_keys_maps_under_a_raised_max_keys_with_identifying_fields_kept`
-//!    and `note_paths_are_clipped_so_notes_stay_linear_in_the_payload`; the worst cases are rows
+//!    Guarded by `mapper::tests::budget::a_payload_of_100_000_keys_maps_under_a_raised_max_keys_with_identifying_fields_kept`
+//!    and `mapper::tests::blob_policy::note_paths_are_clipped_so_notes_stay_linear_in_the_payload`; the worst cases are rows
 //!    of the `mapping` bench.
 
 mod blob;
@@ -79,4 +80,4 @@ pub use config::{
     BlobPolicy, CoalesceConfig, FieldSpec, FieldType, KeyCase, MappingConfig, MappingConfigError,
 };
 pub use key::{is_legal_key, normalize_key, MAX_KEY_LEN};
-pub use mapper::{Identity, Mapped, Mapper, Note, Priority, Rejection, RejectionKind};
+pub use mapper::{digest_id, Identity, Mapped, Mapper, Note, Priority, Rejection, RejectionKind};
