@@ -195,6 +195,8 @@ pub(crate) struct AgentOptions {
     pub(crate) request_timeout_secs: u64,
     /// More `[store]` keys, one per line (e.g. `"max_bytes = 1048576"`).
     pub(crate) store_extra: String,
+    /// More `[mqtt]` keys, one per line (e.g. `"protocol = \"5\""`).
+    pub(crate) mqtt_extra: String,
     /// More `[delivery]` keys, one per line (e.g. `"normal_every = 3\nttl_normal_secs = 2"`).
     pub(crate) delivery_extra: String,
     /// Serve the status endpoint on a free loopback port, so `status --json` shows live
@@ -215,6 +217,7 @@ impl Default for AgentOptions {
             breaker_cooldown_ms: 200,
             request_timeout_secs: 3,
             store_extra: String::new(),
+            mqtt_extra: String::new(),
             delivery_extra: String::new(),
             admin: false,
             extra: String::new(),
@@ -284,6 +287,7 @@ topics = ["plant/+/alerts/#"]
 keep_alive_secs = 5
 reconnect_min_ms = 100
 reconnect_max_ms = 1000
+{mqtt_extra}
 
 [store]
 dir = "{store}"
@@ -331,6 +335,7 @@ level = "info"
             request_timeout = opts.request_timeout_secs,
             delivery_extra = opts.delivery_extra,
             store_extra = opts.store_extra,
+            mqtt_extra = opts.mqtt_extra,
             admin = admin.clone().unwrap_or_default(),
             extra = opts.extra,
         );
