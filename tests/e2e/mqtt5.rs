@@ -3,6 +3,7 @@
 //! outage by the Session Expiry Interval, and what a v5 publisher sets (message expiry, user
 //! properties) reaching the alert.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::*;
@@ -13,6 +14,27 @@ fn v5(mqtt: &str) -> AgentOptions {
         mqtt_extra: format!("protocol = \"5\"\n{mqtt}"),
         ..AgentOptions::default()
     }
+}
+
+/// Publish one QoS 1 alert with `mosquitto_pub` speaking MQTT 5, with `-D publish …` property
+/// arguments; returns when the broker acked it.
+fn publish_v5(port: u16, topic: &str, payload: &str, props: &[(&str, &str)]) {
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+        .args(["-q", "1", "-t", topic, "-m", payload]);
+    for (name, value) in props {
+        cmd.arg("-D").arg("publish").arg(name);
+        cmd.args(value.split(' '));
+    }
+    let out = cmd
+        .stdout(Stdio::null())
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,6 +108,55 @@ async fn the_v5_session_keeps_alerts_published_while_the_agent_is_down() {
             .contains("session_present=true session_expiry_secs=604800"),
         "the restarted agent resumed its 7-day session\n{}",
         s.agent.logs()
+    );
+    s.finish().await;
+}
+
+/// A v5 publisher's message expiry is the alert's TTL: with Genesys failing, an alert with a 2 s
+/// expiry is dead-lettered `Expired` naming the publisher's expiry; one with 600 s is
+/// delivered once Genesys recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_message_expiry_becomes_the_alert_ttl() {
+    let mut s = Scenario::start_failing("plant-v5-expiry", 503, &v5("")).await;
+    let port = s.broker.port;
+    let short = r#"{"alert_id":"exp-short","device_id":"p7","alert_level":"critical"}"#;
+    let long = r#"{"alert_id":"exp-long","device_id":"p8","alert_level":"critical"}"#;
+    tokio::task::block_in_place(|| {
+        publish_v5(
+            port,
+            "plant/north/alerts/p7",
+            short,
+            &[("message-expiry-interval", "2")],
+        );
+        publish_v5(
+            port,
+            "plant/north/alerts/p8",
+            long,
+            &[("message-expiry-interval", "600")],
+        );
+    });
+    assert_logged(
+        &s.agent,
+        "publisher's MQTT 5 message expiry",
+        Duration::from_secs(20),
+        "the 2 s alert was not dead-lettered by its publisher's expiry",
+    )
+    .await;
+    s.sim.set_faults(Faults::default());
+    s.wait_accepted(1, Duration::from_secs(20)).await;
+    s.stop().await;
+
+    let counts = accepted_counts(&s.sim);
+    assert_eq!(counts.get("exp-long"), Some(&1), "{counts:?}");
+    assert!(!counts.contains_key("exp-short"), "{counts:?}");
+    let letters = s.agent.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["kind"], "Expired");
+    assert!(letters[0].to_string().contains("exp-short"), "{letters:#?}");
+    let reason = letters[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("publisher's MQTT 5 message expiry of") && reason.contains("attempt(s)"),
+        "{reason}"
     );
     s.finish().await;
 }

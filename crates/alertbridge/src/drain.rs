@@ -544,6 +544,17 @@ impl Drain {
         let Some(Held { record, seen, .. }) = self.held.get(&key).cloned() else {
             return Ok(None);
         };
+        // MQTT 5: the publisher's message expiry is this alert's own TTL (kept with the record).
+        if let Some(ttl) = crate::ingest::publisher_ttl(&record) {
+            let age = seen.age_ms(now);
+            if schedule::expired(age, Some(ttl)) {
+                let message = crate::ingest::publisher_expiry_reason(&record, ttl, age);
+                let status = record.last_error.as_deref().and_then(status_in);
+                self.dead_letter(key, &record, DeadKind::Expired, message, status, None)
+                    .await?;
+                return Ok(None);
+            }
+        }
         if let Some(ttl) = self.ttl(key) {
             let age = seen.age_ms(now);
             if schedule::expired(age, Some(ttl)) {
@@ -1796,6 +1807,7 @@ mod tests {
             last_attempt_ms: None,
             next_attempt_ms: 0,
             last_error: None,
+            mqtt: None,
         }
     }
 

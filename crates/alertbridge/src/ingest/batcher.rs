@@ -52,10 +52,12 @@ pub(super) async fn batcher(
         let entries: Vec<(Entry, bool)> = publishes
             .iter()
             .map(|(_, p, _)| {
-                (
-                    entry_for(&mapper, &p.topic, &p.payload, now),
-                    p.dup || p.retain,
-                )
+                let mut entry = entry_for(&mapper, &p.topic, &p.payload, now);
+                let (Entry::Pending(r) | Entry::DeadLetter(r, _)) = &mut entry;
+                // MQTT 5: kept in the log with the alert, so a restart maps and expires it the
+                // same way.
+                r.mqtt = p.props.clone();
+                (entry, p.dup || p.retain)
             })
             .collect();
         // Why each rejected payload goes to dead letters, for the warning once it is durable.

@@ -52,6 +52,7 @@ fn new_record(alert_id: String, topic: &str, payload: &[u8], priority: u8, now_m
         last_attempt_ms: None,
         next_attempt_ms: 0,
         last_error: None,
+        mqtt: None,
     }
 }
 
@@ -106,4 +107,31 @@ fn oversize_prefix(payload: &[u8]) -> (&[u8], String) {
             kept.len()
         ),
     )
+}
+
+/// MQTT 5: the publisher's Message Expiry Interval as the alert's TTL, counted from its receipt
+/// (like the lane TTLs, by the drain's age rule), when the publisher set one.
+pub(crate) fn publisher_ttl(record: &Record) -> Option<std::time::Duration> {
+    let secs = record.mqtt.as_ref()?.expiry_secs?;
+    Some(std::time::Duration::from_secs(u64::from(secs)))
+}
+
+/// The dead-letter reason of an alert whose publisher's message expiry ran out: it names the
+/// publisher's expiry, so an operator does not look for a TTL in the agent's config.
+pub(crate) fn publisher_expiry_reason(
+    record: &Record,
+    ttl: std::time::Duration,
+    age_ms: u64,
+) -> String {
+    let mut message = format!(
+        "expired: the publisher's MQTT 5 message expiry of {} s (what was left of it when the broker handed the alert over) ran out before delivery (age {} s, {} attempt(s))",
+        ttl.as_secs(),
+        age_ms / 1000,
+        record.attempts
+    );
+    if let Some(e) = &record.last_error {
+        message.push_str("; last error: ");
+        message.push_str(e);
+    }
+    message
 }

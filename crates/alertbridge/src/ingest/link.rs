@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 
 use std::sync::Arc;
 
+use alertbridge_wal::MqttProps;
 use bytes::Bytes;
 use rumqttc::{QoS, Transport};
 use secrecy::ExposeSecret;
@@ -34,6 +35,9 @@ pub(crate) struct Inbound {
     pub(crate) dup: bool,
     /// RETAIN: a stored retained message replayed because we subscribed.
     pub(crate) retain: bool,
+    /// MQTT 5 properties kept with the alert (message expiry, user properties); `None` in
+    /// MQTT 3.1.1 and when the publisher set none of them.
+    pub(crate) props: Option<Box<MqttProps>>,
 }
 
 /// What one poll of the link yielded.

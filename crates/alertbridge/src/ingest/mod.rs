@@ -48,6 +48,7 @@ mod v4;
 mod v5;
 
 use entry::entry_for;
+pub(crate) use entry::{publisher_expiry_reason, publisher_ttl};
 pub use v4::MAX_INCOMING_PACKET;
 
 use link::Inbound;

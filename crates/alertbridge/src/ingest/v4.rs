@@ -50,6 +50,7 @@ impl From<Publish> for Inbound {
             qos: p.qos,
             dup: p.dup,
             retain: p.retain,
+            props: None,
         }
     }
 }

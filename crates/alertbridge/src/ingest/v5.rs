@@ -16,6 +16,9 @@
 //!   publish larger than what the client announced, as if delivered; with rumqttc's 10 KiB
 //!   default every larger alert would vanish instead of being dead-lettered `Oversize`.
 //! - **SUBACK reason codes** (0x87 NotAuthorized, …) reach status and the log.
+//! - A publish's **Message Expiry Interval** and **user properties** are kept with the alert
+//!   ([`MqttProps`]): the drain dead-letters it `Expired` once the expiry runs out, and the
+//!   mapping reads user properties as `$props.<name>`.
 //! - Retained alerts are asked for only on a new subscription (Retain Handling 1), so
 //!   subscribing again to a filter the resumed session already holds (S1) re-sends nothing.
 //! - Publishes rumqttc buffered from a dead connection come out *before* the next ConnAck in v5
@@ -23,6 +26,7 @@
 
 use std::collections::VecDeque;
 
+use alertbridge_wal::MqttProps;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode,
 };
@@ -113,6 +117,13 @@ fn inbound(p: Publish) -> Inbound {
         },
         dup: p.dup,
         retain: p.retain,
+        props: p.properties.and_then(|props| {
+            let kept = MqttProps {
+                expiry_secs: props.message_expiry_interval,
+                user: props.user_properties,
+            };
+            (kept != MqttProps::default()).then(|| Box::new(kept))
+        }),
     }
 }
 
