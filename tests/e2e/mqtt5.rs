@@ -160,3 +160,39 @@ async fn a_publishers_message_expiry_becomes_the_alert_ttl() {
     );
     s.finish().await;
 }
+
+/// A v5 publisher's user property reaches the Genesys payload through `$props.site` in the
+/// mapping, also for an alert that waited in the store across a kill -9 (the properties are
+/// kept with the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_properties_reach_the_mapping_across_a_kill9() {
+    let opts = AgentOptions {
+        extra: "[mapping.fields]\ndeviceId = \"device_id\"\nsite = \"$props.site\"\n".into(),
+        ..v5("")
+    };
+    let mut s = Scenario::start_failing("plant-v5-props", 503, &opts).await;
+    let port = s.broker.port;
+    let payload = r#"{"alert_id":"props-1","device_id":"p7","alert_level":"critical"}"#;
+    tokio::task::block_in_place(|| {
+        publish_v5(
+            port,
+            "plant/north/alerts/p7",
+            payload,
+            &[("user-property", "site north")],
+        );
+    });
+    // Stored and tried once (Genesys answered 503): it now waits in the log.
+    assert!(
+        wait_until(Duration::from_secs(20), || !launches(&s.sim).is_empty()).await,
+        "no delivery attempt\n{}",
+        s.agent.logs()
+    );
+    s.agent.restart(); // SIGKILL, then start on the same store
+    s.sim.set_faults(Faults::default());
+    s.wait_accepted(1, Duration::from_secs(20)).await;
+    let accepted = s.sim.accepted();
+    let input = &accepted[0].body["inputData"];
+    assert_eq!(input["site"], "north", "{input}");
+    assert_eq!(input["deviceId"], "p7", "{input}");
+    s.finish().await;
+}

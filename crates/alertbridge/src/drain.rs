@@ -160,7 +160,7 @@ type Prepared = (Record, Mapped);
 
 /// How the drain maps a stored payload: [`Mapper::map`], or a test's stand-in (a mapper that
 /// panics).
-type MapFn = fn(&Mapper, &str, &[u8]) -> Result<Mapped, Rejection>;
+type MapFn = fn(&Mapper, &str, &[u8], &[(String, String)]) -> Result<Mapped, Rejection>;
 
 /// Why a payload did not map.
 #[derive(Debug)]
@@ -180,8 +180,11 @@ fn map_guarded(
     mapper: &Mapper,
     topic: &str,
     payload: &[u8],
+    props: &[(String, String)],
 ) -> Result<Mapped, MapFailure> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map(mapper, topic, payload))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        map(mapper, topic, payload, props)
+    })) {
         Ok(Ok(mapped)) => Ok(mapped),
         Ok(Err(rejection)) => Err(MapFailure::Rejected(rejection)),
         Err(panic) => {
@@ -407,7 +410,7 @@ impl Drain {
             rejections: Rejections::new(cfg.pause_after_rejections),
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
-            map: Mapper::map,
+            map: Mapper::map_with_props,
             next_reconcile: now + RECONCILE_EVERY,
             reconcile_suspect: false,
             not_before: NotBefore::default(),
@@ -562,7 +565,15 @@ impl Drain {
                 return Ok(None);
             }
         }
-        match map_guarded(self.map, &self.mapper, &record.topic, &record.payload) {
+        // MQTT 5 user properties kept with the record feed `$props.<name>` sources.
+        let props = record.mqtt.as_ref().map_or(&[][..], |p| &p.user[..]);
+        match map_guarded(
+            self.map,
+            &self.mapper,
+            &record.topic,
+            &record.payload,
+            props,
+        ) {
             Ok(m) => {
                 if !m.notes.is_empty() {
                     // what the mapping changed on the way (stripped blob, truncated catch-all,
@@ -1971,24 +1982,29 @@ mod tests {
     }
 
     /// A mapper with a bug: it panics on any payload containing `PANIC`.
-    fn buggy_map(mapper: &Mapper, topic: &str, payload: &[u8]) -> Result<Mapped, Rejection> {
+    fn buggy_map(
+        mapper: &Mapper,
+        topic: &str,
+        payload: &[u8],
+        props: &[(String, String)],
+    ) -> Result<Mapped, Rejection> {
         if payload.windows(5).any(|w| w == b"PANIC") {
             panic!("index out of bounds (test)");
         }
-        mapper.map(topic, payload)
+        mapper.map_with_props(topic, payload, props)
     }
 
     #[test]
     fn a_panicking_mapper_is_caught_with_its_message() {
         let mapper = Mapper::new(&MappingConfig::default()).expect("default mapping");
-        let ok = map_guarded(buggy_map, &mapper, "t", br#"{"a": 1}"#);
+        let ok = map_guarded(buggy_map, &mapper, "t", br#"{"a": 1}"#, &[]);
         assert!(ok.is_ok(), "{ok:?}");
-        match map_guarded(buggy_map, &mapper, "t", br#"{"a": "PANIC"}"#) {
+        match map_guarded(buggy_map, &mapper, "t", br#"{"a": "PANIC"}"#, &[]) {
             Err(MapFailure::Panicked(m)) => assert!(m.contains("index out of bounds"), "{m}"),
             other => panic!("not caught: {other:?}"),
         }
         assert!(matches!(
-            map_guarded(buggy_map, &mapper, "t", b"not json"),
+            map_guarded(buggy_map, &mapper, "t", b"not json", &[]),
             Err(MapFailure::Rejected(_))
         ));
     }

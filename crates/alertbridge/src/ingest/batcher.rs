@@ -52,11 +52,7 @@ pub(super) async fn batcher(
         let entries: Vec<(Entry, bool)> = publishes
             .iter()
             .map(|(_, p, _)| {
-                let mut entry = entry_for(&mapper, &p.topic, &p.payload, now);
-                let (Entry::Pending(r) | Entry::DeadLetter(r, _)) = &mut entry;
-                // MQTT 5: kept in the log with the alert, so a restart maps and expires it the
-                // same way.
-                r.mqtt = p.props.clone();
+                let entry = entry_for(&mapper, &p.topic, &p.payload, p.props.as_deref(), now);
                 (entry, p.dup || p.retain)
             })
             .collect();

@@ -2,7 +2,9 @@
 //! goes straight to dead letters. Pure (no I/O, no clock), so every rule is a unit test.
 
 use alertbridge_payload::{digest_id, Mapper, Priority, RejectionKind};
-use alertbridge_wal::{DeadKind, DeadReason, Entry, Record, PRIORITY_CRITICAL, PRIORITY_NORMAL};
+use alertbridge_wal::{
+    DeadKind, DeadReason, Entry, MqttProps, Record, PRIORITY_CRITICAL, PRIORITY_NORMAL,
+};
 
 /// Log lane of a mapped priority.
 pub(crate) fn lane(p: Priority) -> u8 {
@@ -18,11 +20,20 @@ pub(crate) fn lane(p: Priority) -> u8 {
 /// The mapper is pure and fuzzed, but a panic in it must not become a crash loop (the broker
 /// would redeliver the same payload forever while other alerts pile up at the broker): it is
 /// caught and the payload dead-lettered with the reason.
-pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
+///
+/// `props` (MQTT 5) go with the record, and the mapping sees their user properties, as the
+/// drain's will.
+pub(crate) fn entry_for(
+    mapper: &Mapper,
+    topic: &str,
+    payload: &[u8],
+    props: Option<&MqttProps>,
+    now_ms: u64,
+) -> Entry {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        entry_for_unguarded(mapper, topic, payload, now_ms)
+        entry_for_unguarded(mapper, topic, payload, props, now_ms)
     }));
-    match attempt {
+    let mut entry = match attempt {
         Ok(entry) => entry,
         Err(_) => {
             tracing::error!(topic, "payload mapper panicked; payload dead-lettered");
@@ -36,7 +47,11 @@ pub(crate) fn entry_for(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u6
                 },
             )
         }
-    }
+    };
+    // MQTT 5: kept in the log with the alert, so a restart maps and expires it the same way.
+    let (Entry::Pending(r) | Entry::DeadLetter(r, _)) = &mut entry;
+    r.mqtt = props.cloned().map(Box::new);
+    entry
 }
 
 /// A record as ingest stores it: never tried, due now.
@@ -56,10 +71,17 @@ fn new_record(alert_id: String, topic: &str, payload: &[u8], priority: u8, now_m
     }
 }
 
-fn entry_for_unguarded(mapper: &Mapper, topic: &str, payload: &[u8], now_ms: u64) -> Entry {
+fn entry_for_unguarded(
+    mapper: &Mapper,
+    topic: &str,
+    payload: &[u8],
+    props: Option<&MqttProps>,
+    now_ms: u64,
+) -> Entry {
     // One pass for a valid payload: `map` yields the same id and lane as `identify` (a property
     // the payload crate tests); only a rejected payload needs `identify` for its identity.
-    match mapper.map(topic, payload) {
+    let user = props.map_or(&[][..], |p| &p.user[..]);
+    match mapper.map_with_props(topic, payload, user) {
         Ok(m) => Entry::Pending(new_record(
             m.alert_id,
             topic,

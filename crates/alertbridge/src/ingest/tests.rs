@@ -70,6 +70,7 @@ fn json_object_becomes_pending_with_lane() {
         &m,
         "plant/a/alerts/d1",
         br#"{"device_id":"d1","alert_level":"critical"}"#,
+        None,
         5,
     );
     match e {
@@ -94,7 +95,7 @@ fn json_object_becomes_pending_with_lane() {
 fn malformed_payloads_are_persisted_as_dead_letters_with_reason() {
     let m = mapper();
     for payload in [&b"not json"[..], b"[1,2]", b"\xff\xfe", b"42"] {
-        match entry_for(&m, "t", payload, 0) {
+        match entry_for(&m, "t", payload, None, 0) {
             Entry::DeadLetter(r, reason) => {
                 assert_eq!(r.payload, payload, "original kept");
                 assert_eq!(reason.kind, DeadKind::Malformed);
@@ -109,7 +110,7 @@ fn malformed_payloads_are_persisted_as_dead_letters_with_reason() {
 fn oversize_payload_is_dead_lettered_as_oversize() {
     let m = mapper();
     let big = format!("{{\"x\":\"{}\"}}", "a".repeat(70 * 1024));
-    match entry_for(&m, "t", big.as_bytes(), 0) {
+    match entry_for(&m, "t", big.as_bytes(), None, 0) {
         Entry::DeadLetter(_, reason) => assert_eq!(reason.kind, DeadKind::Oversize),
         Entry::Pending(_) => panic!("oversize must be dead-lettered"),
     }
@@ -138,8 +139,14 @@ fn redelivered_publish_gets_the_same_alert_id() {
     let id = |e: Entry| match e {
         Entry::Pending(r) | Entry::DeadLetter(r, _) => r.alert_id,
     };
-    assert_eq!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "t", p, 999)));
-    assert_ne!(id(entry_for(&m, "t", p, 1)), id(entry_for(&m, "u", p, 1)));
+    assert_eq!(
+        id(entry_for(&m, "t", p, None, 1)),
+        id(entry_for(&m, "t", p, None, 999))
+    );
+    assert_ne!(
+        id(entry_for(&m, "t", p, None, 1)),
+        id(entry_for(&m, "u", p, None, 1))
+    );
 }
 
 /// The stored id is the dedup identity: without an id field it is the payload crate's
@@ -148,7 +155,7 @@ fn redelivered_publish_gets_the_same_alert_id() {
 fn a_payload_without_an_id_field_is_stored_under_the_digest_of_topic_and_payload() {
     let m = mapper();
     for payload in [&br#"{"device_id":"d1"}"#[..], b"not json"] {
-        let stored = match entry_for(&m, "plant/a/alerts/d1", payload, 0) {
+        let stored = match entry_for(&m, "plant/a/alerts/d1", payload, None, 0) {
             Entry::Pending(r) | Entry::DeadLetter(r, _) => r.alert_id,
         };
         assert_eq!(stored, digest_id("plant/a/alerts/d1", payload));
