@@ -343,9 +343,15 @@ struct Rig {
 
 impl Rig {
     fn start(port: u16, topics: &[&str]) -> Rig {
+        Rig::start_with(port, topics, |_| {})
+    }
+
+    /// [`Rig::start`] with the broker settings changed by `edit` (e.g. MQTT 5).
+    fn start_with(port: u16, topics: &[&str], edit: impl FnOnce(&mut MqttConfig)) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
-        let (mqtt, store) = test_configs(dir.path(), port, topics);
+        let (mut mqtt, store) = test_configs(dir.path(), port, topics);
+        edit(&mut mqtt);
         let counters = Arc::new(Counters::default());
         let (feed, keys) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
@@ -567,6 +573,88 @@ async fn a_refused_subscription_shows_in_status_and_is_asked_again_until_granted
     );
     let puback = within_10s(acked_rx, "PUBACK in time").await;
     assert_eq!(puback, Some(vec![0, 9]));
+    let _ = end_tx.send(());
+    rig.stop().await;
+}
+
+/// MQTT 5 against a mock v5 broker: the CONNECT asks for the configured session expiry and
+/// Receive Maximum and announces the protocol's largest packet size; a refused filter shows its
+/// reason code (0x87 NotAuthorized) in status; a publish is stored and acked through rumqttc's
+/// request channel with its packet id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_connection_asks_for_its_session_shows_refusal_codes_and_acks_after_storing() {
+    use tokio::io::AsyncWriteExt;
+
+    let (listener, port) = mock::listen().await;
+    let (connect_tx, connect_rx) = tokio::sync::oneshot::channel();
+    let (acked_tx, acked_rx) = tokio::sync::oneshot::channel();
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let connect = mock::expect(&mut s, mock::CONNECT).await.expect("CONNECT");
+        let _ = connect_tx.send(connect);
+        // CONNACK v5: flags, reason, empty properties
+        s.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00])
+            .await
+            .expect("CONNACK");
+        let body = mock::expect(&mut s, mock::SUBSCRIBE)
+            .await
+            .expect("SUBSCRIBE");
+        let pkid = [body[0], body[1]];
+        // SUBACK v5: packet id, empty properties, granted QoS 1 / 0x87 NotAuthorized
+        s.write_all(&[0x90, 0x05, pkid[0], pkid[1], 0x00, 0x01, 0x87])
+            .await
+            .expect("SUBACK");
+        // PUBLISH v5 QoS 1, packet id 7, empty properties
+        let (topic, payload) = ("plant/a/alerts/d", r#"{"alert_id":"v5-1"}"#);
+        let mut p = (topic.len() as u16).to_be_bytes().to_vec();
+        p.extend_from_slice(topic.as_bytes());
+        p.extend_from_slice(&[0x00, 0x07, 0x00]);
+        p.extend_from_slice(payload.as_bytes());
+        let mut w = vec![0x32, p.len() as u8];
+        w.extend(p);
+        s.write_all(&w).await.expect("PUBLISH");
+        let puback = mock::expect(&mut s, mock::PUBACK).await;
+        let _ = acked_tx.send(puback);
+        let _ = end_rx.await;
+    });
+
+    let mut rig = Rig::start_with(port, &["plant/+/alerts/#", "site/b/#"], |m| {
+        m.protocol = crate::config::MqttProtocol::V5;
+        m.session_expiry_secs = 60;
+        m.receive_maximum = 32;
+    });
+    let connect = within_10s(connect_rx, "CONNECT in time").await;
+    assert_eq!(connect[6], 5, "protocol level 5: {connect:02x?}");
+    let has = |bytes: &[u8]| connect.windows(bytes.len()).any(|w| w == bytes);
+    assert!(
+        has(&[0x11, 0, 0, 0, 60]),
+        "session expiry 60 s: {connect:02x?}"
+    );
+    assert!(has(&[0x21, 0, 32]), "receive maximum 32: {connect:02x?}");
+    assert!(
+        has(&[0x27, 0x10, 0x00, 0x00, 0x04]),
+        "maximum packet size 268435460: {connect:02x?}"
+    );
+    let st = rig
+        .status_until("the refusal is counted", |c| c.subscription_errors >= 1)
+        .await;
+    assert!(!st.subscribed(), "not ready while a filter is refused");
+    let err = st.subscription_error.expect("the error is in status");
+    assert!(
+        err.contains("`site/b/#` (SUBACK 0x87 NotAuthorized)"),
+        "{err}"
+    );
+    assert_eq!(
+        rig.next_stored_alert_id("the v5 publish is stored").await,
+        "v5-1"
+    );
+    let puback = within_10s(acked_rx, "PUBACK in time").await;
+    assert_eq!(
+        puback,
+        Some(vec![0, 7]),
+        "acked with its packet id after it was stored"
+    );
     let _ = end_tx.send(());
     rig.stop().await;
 }
