@@ -196,3 +196,51 @@ async fn user_properties_reach_the_mapping_across_a_kill9() {
     assert_eq!(input["deviceId"], "p7", "{input}");
     s.finish().await;
 }
+
+/// mosquitto's dynamic security plugin with a role that may subscribe only to `site/#`: the
+/// agent's `plant/+/alerts/#` is refused at SUBSCRIBE, and the MQTT 5 reason code (0x87
+/// NotAuthorized) is in the journal and in `/ready`'s reasons.
+const DYNSEC: &str = r#"{
+  "defaultACLAccess": {"publishClientSend": true, "publishClientReceive": true,
+                       "subscribe": false, "unsubscribe": true},
+  "clients": [],
+  "groups": [{"groupname": "anon", "roles": [{"rolename": "site-reader"}]}],
+  "anonymousGroup": "anon",
+  "roles": [{"rolename": "site-reader", "acls": [
+    {"acltype": "subscribePattern", "topic": "site/#", "priority": 0, "allow": true}]}]
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_v5_subscription_logs_its_reason_code_and_the_agent_is_not_ready() {
+    let broker = Mosquitto::start_with(
+        &[("dynsec.json", DYNSEC)],
+        "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\nplugin_opt_config_file @DIR@/dynsec.json",
+    );
+    let sim = sim(Duration::from_secs(3600)).await;
+    let opts = AgentOptions {
+        admin: true,
+        ..v5("")
+    };
+    let mut agent = Agent::start(broker.port, &sim, &opts);
+    assert_logged(
+        &agent,
+        "SUBACK 0x87 NotAuthorized",
+        Duration::from_secs(15),
+        "the refusal's reason code is not in the journal",
+    )
+    .await;
+    assert!(
+        agent.logs().contains("SUBSCRIPTION REFUSED"),
+        "{}",
+        agent.logs()
+    );
+    let ready = agent.get("/ready");
+    assert!(
+        ready.as_ref().is_some_and(|(code, body)| *code == 503
+            && body["reasons"]
+                .to_string()
+                .contains("SUBACK 0x87 NotAuthorized")),
+        "not ready, naming the reason code: {ready:?}"
+    );
+    assert_clean_exit(&mut agent);
+}

@@ -76,12 +76,23 @@ pub(crate) struct Mosquitto {
     pub(crate) port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Lines appended to the test template (`@DIR@` stands for the data dir).
+    extra_conf: String,
 }
 
 impl Mosquitto {
     /// Start on a free port with persistence in its own directory.
     pub(crate) fn start() -> Mosquitto {
+        Mosquitto::start_with(&[], "")
+    }
+
+    /// [`Mosquitto::start`] with `files` (name, content) written into its data dir first and
+    /// `extra_conf` appended to its config (`@DIR@` is the data dir), e.g. a security plugin.
+    pub(crate) fn start_with(files: &[(&str, &str)], extra_conf: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write broker file");
+        }
         // mosquitto started as root drops to user `mosquitto`: without this it cannot write its
         // persistence file, and a broker restart silently loses every queued message.
         std::fs::set_permissions(
@@ -93,6 +104,7 @@ impl Mosquitto {
             port: free_port(),
             dir,
             child: None,
+            extra_conf: extra_conf.to_string(),
         };
         m.spawn();
         m
@@ -100,7 +112,7 @@ impl Mosquitto {
 
     fn spawn(&mut self) {
         let template = include_str!("../../config/mosquitto-test.conf.in");
-        let conf = template
+        let conf = format!("{template}{}\n", self.extra_conf)
             .replace("@PORT@", &self.port.to_string())
             .replace("@DIR@", &self.dir.path().display().to_string());
         let conf_path = self.dir.path().join("mosquitto.conf");

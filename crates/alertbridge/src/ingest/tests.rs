@@ -658,3 +658,86 @@ async fn an_mqtt5_connection_asks_for_its_session_shows_refusal_codes_and_acks_a
     let _ = end_tx.send(());
     rig.stop().await;
 }
+
+/// The MQTT 5 form of the stale-ack regression above: rumqttc's v5 event loop hands publishes
+/// buffered from a dead connection out *before* the next ConnAck. They must be stored and never
+/// acked on the new connection (I2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_publishes_buffered_from_a_dead_connection_are_stored_but_never_acked_on_the_next() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A v5 QoS 1 PUBLISH with empty properties.
+    fn publish_v5(pkid: u16, topic: &str, payload: &str) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.push(0x00);
+        body.extend_from_slice(payload.as_bytes());
+        let mut w = vec![0x32, body.len() as u8];
+        w.extend(body);
+        w
+    }
+    const CONNACK_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x00, 0x00];
+
+    let (listener, port) = mock::listen().await;
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        // connection 1: CONNACK (fresh session), three publishes and EOF in one write
+        let (mut s, _) = listener.accept().await.expect("accept 1");
+        let _ = s.read(&mut buf).await;
+        let mut w = CONNACK_V5.to_vec();
+        for i in 1..=3u16 {
+            w.extend(publish_v5(
+                i,
+                "plant/a/alerts/d",
+                &format!("{{\"alert_id\":\"old-{i}\"}}"),
+            ));
+        }
+        s.write_all(&w).await.expect("write");
+        drop(s);
+        // connection 2: a fresh session; record everything the client sends for a while
+        let (mut s, _) = listener.accept().await.expect("accept 2");
+        let _ = s.read(&mut buf).await; // CONNECT
+        s.write_all(&CONNACK_V5).await.expect("CONNACK 2");
+        let mut seen = Vec::new();
+        let deadline = tokio::time::sleep(Duration::from_millis(1500));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                r = s.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+        let _ = seen_tx.send(seen);
+    });
+
+    let mut rig = Rig::start_with(port, &["plant/+/alerts/#"], |m| {
+        m.protocol = crate::config::MqttProtocol::V5;
+    });
+    let seen = seen_rx.await.expect("mock broker result");
+    // PUBACK = 0x40 0x02 <pkid> (or 0x40 0x03 <pkid> <reason>); never on the new connection
+    let pubacks: Vec<_> = seen
+        .windows(2)
+        .filter(|w| w[0] == 0x40 && (w[1] == 0x02 || w[1] == 0x03))
+        .collect();
+    assert!(
+        pubacks.is_empty(),
+        "stale PUBACK sent on the new connection: {seen:02x?}"
+    );
+    let mut stored = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), rig.keys.recv()).await {
+        stored += 1;
+        if stored == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        stored, 3,
+        "the buffered publishes are stored (the fresh session will not resend them)"
+    );
+    rig.stop().await;
+}
