@@ -244,3 +244,68 @@ async fn a_refused_v5_subscription_logs_its_reason_code_and_the_agent_is_not_rea
     );
     assert_clean_exit(&mut agent);
 }
+
+/// MQTT 5 Retain Handling 1: a retained alert is delivered once, and not replayed by the
+/// broker when the restarted agent subscribes again on its resumed session (MQTT 3.1.1 replays
+/// it at every start, where only the duplicate window recognises it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_alert_is_not_replayed_when_the_v5_agent_restarts() {
+    let broker = Mosquitto::start();
+    let sim = sim(Duration::from_secs(3600)).await;
+    let payload = r#"{"alert_id":"retained-1","device_id":"p7","alert_level":"critical"}"#;
+    let out = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .args([
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "plant/north/alerts/p7",
+            "-m",
+            payload,
+        ])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut agent = Agent::start(broker.port, &sim, &v5(""));
+    assert!(
+        wait_until(Duration::from_secs(20), || accepted_counts(&sim)
+            .contains_key("retained-1"))
+        .await,
+        "the retained alert is delivered at the first subscription\n{}",
+        agent.logs()
+    );
+    assert_eq!(agent.stop(), Some(0), "clean stop\n{}", agent.logs());
+    agent.start_again();
+    let held = "every subscription held";
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .logs()
+            .matches(held)
+            .count()
+            >= 2)
+        .await,
+        "the restarted agent subscribed again\n{}",
+        agent.logs()
+    );
+    // Give a replay, if the broker sent one, time to arrive and be logged.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !agent.logs().contains("RETAIN=1"),
+        "the broker replayed the retained alert\n{}",
+        agent.logs()
+    );
+    assert_eq!(accepted_counts(&sim).get("retained-1"), Some(&1));
+    assert_clean_exit(&mut agent);
+}
