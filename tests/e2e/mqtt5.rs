@@ -309,3 +309,34 @@ async fn a_retained_alert_is_not_replayed_when_the_v5_agent_restarts() {
     assert_eq!(accepted_counts(&sim).get("retained-1"), Some(&1));
     assert_clean_exit(&mut agent);
 }
+
+/// A v5 broker silently drops a publish larger than the Maximum Packet Size the client
+/// announced. The agent announces the protocol maximum, so a 20 MiB payload still arrives, is
+/// dead-lettered `Oversize` once (not redelivered forever), and the alerts behind it flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_bigger_than_16_mib_is_dead_lettered_in_v5_not_dropped_by_the_broker() {
+    let sim = sim(Duration::from_secs(3600)).await;
+    let opts = AgentOptions {
+        admin: true,
+        ..v5("")
+    };
+    let mut s = Scenario::start_subscribed("plant-v5-huge", sim, &opts).await;
+    let huge = vec![b'x'; 20 << 20];
+    s.plant
+        .publish_malformed(&huge)
+        .await
+        .expect("publish 20 MiB");
+    publish_alerts(&s.plant, 0, 20, 5).await;
+    s.wait_acked(21, Duration::from_secs(60)).await;
+    let good = s.acked_alert_ids();
+    assert_all_delivered(&good, &s.sim, &s.agent, Duration::from_secs(30)).await;
+    s.status_until(Duration::from_secs(20), |st| st["dead_letters"] == 1)
+        .await;
+    s.stop().await;
+    let dead = s.agent.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["kind"], "Oversize");
+    let reason = dead[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("20971520 bytes"), "{reason}");
+    s.finish().await;
+}
