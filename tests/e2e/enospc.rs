@@ -40,7 +40,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_filesystem_holds_alerts_at_the_broker_and_loses_nothing_when_space_returns() {
     let Some(fs) = Tmpfs::mount("48m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the budget rule itself is unit-tested in ingest.rs");
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the budget rule itself is unit-tested in ingest/tests.rs");
         return;
     };
     let store = fs.0.path().join("wal");

@@ -14,6 +14,7 @@ mod enospc;
 mod hostile;
 mod identity;
 mod metrics;
+mod mqtt5;
 mod operator;
 mod pressure;
 mod readiness;

@@ -76,12 +76,23 @@ pub(crate) struct Mosquitto {
     pub(crate) port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Lines appended to the test template (`@DIR@` stands for the data dir).
+    extra_conf: String,
 }
 
 impl Mosquitto {
     /// Start on a free port with persistence in its own directory.
     pub(crate) fn start() -> Mosquitto {
+        Mosquitto::start_with(&[], "")
+    }
+
+    /// [`Mosquitto::start`] with `files` (name, content) written into its data dir first and
+    /// `extra_conf` appended to its config (`@DIR@` is the data dir), e.g. a security plugin.
+    pub(crate) fn start_with(files: &[(&str, &str)], extra_conf: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write broker file");
+        }
         // mosquitto started as root drops to user `mosquitto`: without this it cannot write its
         // persistence file, and a broker restart silently loses every queued message.
         std::fs::set_permissions(
@@ -93,6 +104,7 @@ impl Mosquitto {
             port: free_port(),
             dir,
             child: None,
+            extra_conf: extra_conf.to_string(),
         };
         m.spawn();
         m
@@ -100,7 +112,7 @@ impl Mosquitto {
 
     fn spawn(&mut self) {
         let template = include_str!("../../config/mosquitto-test.conf.in");
-        let conf = template
+        let conf = format!("{template}{}\n", self.extra_conf)
             .replace("@PORT@", &self.port.to_string())
             .replace("@DIR@", &self.dir.path().display().to_string());
         let conf_path = self.dir.path().join("mosquitto.conf");
@@ -195,6 +207,8 @@ pub(crate) struct AgentOptions {
     pub(crate) request_timeout_secs: u64,
     /// More `[store]` keys, one per line (e.g. `"max_bytes = 1048576"`).
     pub(crate) store_extra: String,
+    /// More `[mqtt]` keys, one per line (e.g. `"protocol = \"5\""`).
+    pub(crate) mqtt_extra: String,
     /// More `[delivery]` keys, one per line (e.g. `"normal_every = 3\nttl_normal_secs = 2"`).
     pub(crate) delivery_extra: String,
     /// Serve the status endpoint on a free loopback port, so `status --json` shows live
@@ -215,6 +229,7 @@ impl Default for AgentOptions {
             breaker_cooldown_ms: 200,
             request_timeout_secs: 3,
             store_extra: String::new(),
+            mqtt_extra: String::new(),
             delivery_extra: String::new(),
             admin: false,
             extra: String::new(),
@@ -284,6 +299,7 @@ topics = ["plant/+/alerts/#"]
 keep_alive_secs = 5
 reconnect_min_ms = 100
 reconnect_max_ms = 1000
+{mqtt_extra}
 
 [store]
 dir = "{store}"
@@ -331,6 +347,7 @@ level = "info"
             request_timeout = opts.request_timeout_secs,
             delivery_extra = opts.delivery_extra,
             store_extra = opts.store_extra,
+            mqtt_extra = opts.mqtt_extra,
             admin = admin.clone().unwrap_or_default(),
             extra = opts.extra,
         );

@@ -95,6 +95,7 @@ pub(crate) fn record(seq: u64) -> Record {
         last_attempt_ms: None,
         next_attempt_ms: 0,
         last_error: None,
+        mqtt: None,
     }
 }
 

@@ -162,6 +162,7 @@ async fn preload(
                     last_attempt_ms: None,
                     next_attempt_ms: 0,
                     last_error: None,
+                    mqtt: None,
                 }));
             }
             let durable = wal.append_batch(batch).expect("preload append");

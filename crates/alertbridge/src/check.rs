@@ -145,8 +145,14 @@ mod tests {
             return; // the hint is for a shell without it; this test runs without it in CI
         }
         let hint = credential_hint(&SecretSource::File("genesys-client-secret".into()));
-        assert!(hint.contains("$CREDENTIALS_DIRECTORY") && hint.contains("fix:"), "{hint}");
-        assert_eq!(credential_hint(&SecretSource::File("/etc/x/secret".into())), "");
+        assert!(
+            hint.contains("$CREDENTIALS_DIRECTORY") && hint.contains("fix:"),
+            "{hint}"
+        );
+        assert_eq!(
+            credential_hint(&SecretSource::File("/etc/x/secret".into())),
+            ""
+        );
         assert_eq!(credential_hint(&SecretSource::Env("X".into())), "");
     }
 

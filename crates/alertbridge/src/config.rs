@@ -236,6 +236,12 @@ pub struct RawMqtt {
     pub reconnect_min_ms: Option<u64>,
     /// Largest reconnect delay.
     pub reconnect_max_ms: Option<u64>,
+    /// MQTT version: "3.1.1" (default) or "5".
+    pub protocol: Option<String>,
+    /// MQTT 5: how long the broker keeps our session (and queues alerts) while we are away.
+    pub session_expiry_secs: Option<u64>,
+    /// MQTT 5: most unacked QoS 1 publishes the broker may send us at once.
+    pub receive_maximum: Option<u64>,
 }
 
 /// `[store]` as written.
@@ -426,7 +432,35 @@ pub struct MqttConfig {
     pub reconnect_min: Duration,
     /// Largest reconnect delay.
     pub reconnect_max: Duration,
+    /// MQTT version spoken to the broker (`mqtt.protocol`).
+    pub protocol: MqttProtocol,
+    /// MQTT 5 Session Expiry Interval in seconds (`mqtt.session_expiry_secs`): how long the
+    /// broker keeps the session, its subscriptions and the alerts queued for it after the
+    /// connection is lost. Unused in MQTT 3.1.1, where a persistent session never expires.
+    pub session_expiry_secs: u32,
+    /// MQTT 5 Receive Maximum (`mqtt.receive_maximum`): most unacked QoS 1 publishes the broker
+    /// may send at once; bounds the acks waiting to be written. Unused in MQTT 3.1.1.
+    pub receive_maximum: u16,
 }
+
+/// Which MQTT version ingest speaks (`mqtt.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1 (`"3.1.1"`, the default).
+    V311,
+    /// MQTT 5 (`"5"`): message expiry becomes the alert's TTL, user properties reach the
+    /// mapping (`$props.<name>`), SUBACK reason codes are logged, the session expires after
+    /// `session_expiry_secs`.
+    V5,
+}
+
+/// Default `mqtt.session_expiry_secs`: 7 days, so the broker keeps queuing alerts across a long
+/// outage of the gateway (a weekend, a replaced disk) instead of dropping the session.
+pub const DEFAULT_SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
+
+/// Default `mqtt.receive_maximum`: as many unacked publishes as mosquitto's default in-flight
+/// window, enough for several full group commits in flight.
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 100;
 
 impl MqttConfig {
     /// The filters as subscribed on the wire: each configured filter, in its shared form when
@@ -736,7 +770,58 @@ fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
             "e.g. reconnect_min_ms = 500, reconnect_max_ms = 30000",
         ));
     }
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("3.1.1") => MqttProtocol::V311,
+        Some("5") => MqttProtocol::V5,
+        Some(other) => {
+            return Err(invalid(
+                "mqtt.protocol",
+                format!("`{other}` is not an MQTT version alertbridge speaks"),
+                "write \"3.1.1\" (the default) or \"5\"",
+            ))
+        }
+    };
+    if protocol == MqttProtocol::V311 {
+        for (key, set) in [
+            (
+                "mqtt.session_expiry_secs",
+                raw.session_expiry_secs.is_some(),
+            ),
+            ("mqtt.receive_maximum", raw.receive_maximum.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    key,
+                    "only has a meaning in MQTT 5, and mqtt.protocol is \"3.1.1\"",
+                    "set mqtt.protocol = \"5\" or remove the key",
+                ));
+            }
+        }
+    }
+    let session_expiry_secs = match raw.session_expiry_secs {
+        None => DEFAULT_SESSION_EXPIRY_SECS,
+        Some(s) => u32::try_from(s).map_err(|_| {
+            invalid(
+                "mqtt.session_expiry_secs",
+                format!("{s} is above the MQTT 5 maximum 4294967295"),
+                "use 0..=4294967295 (4294967295: the session never expires; default 604800 = 7 days)",
+            )
+        })?,
+    };
+    let receive_maximum = match raw.receive_maximum {
+        None => DEFAULT_RECEIVE_MAXIMUM,
+        Some(r) => u16::try_from(r).ok().filter(|r| *r > 0).ok_or_else(|| {
+            invalid(
+                "mqtt.receive_maximum",
+                format!("{r} is outside 1..=65535"),
+                "use 1..=65535 (default 100)",
+            )
+        })?,
+    };
     Ok(MqttConfig {
+        protocol,
+        session_expiry_secs,
+        receive_maximum,
         host,
         port,
         tls,
@@ -1372,6 +1457,53 @@ flow_id = "f-1"
             "https://api.mypurecloud.ie/?contact=ops@example.com",
         );
         parse(&text).expect("an @ in the query is not a credential");
+    }
+
+    #[test]
+    fn mqtt_3_1_1_is_the_default_and_5_brings_a_7_day_session_and_a_receive_maximum() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V311);
+        let c = parse(&format!("[mqtt]\nprotocol = \"5\"\n{MINIMAL}")).expect("v5");
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
+        assert_eq!(c.mqtt.session_expiry_secs, 604_800);
+        assert_eq!(c.mqtt.receive_maximum, 100);
+        let c = parse(&format!(
+            "[mqtt]\nprotocol = \"5\"\nsession_expiry_secs = 60\nreceive_maximum = 32\n{MINIMAL}"
+        ))
+        .expect("v5 with settings");
+        assert_eq!(
+            (c.mqtt.session_expiry_secs, c.mqtt.receive_maximum),
+            (60, 32)
+        );
+    }
+
+    #[test]
+    fn a_wrong_protocol_or_v5_setting_is_refused_naming_its_key() {
+        for (mqtt, key) in [
+            ("protocol = \"3\"", "mqtt.protocol"),
+            ("protocol = \"mqttv5\"", "mqtt.protocol"),
+            ("session_expiry_secs = 60", "mqtt.session_expiry_secs"),
+            ("receive_maximum = 10", "mqtt.receive_maximum"),
+            (
+                "protocol = \"5\"\nsession_expiry_secs = 4294967296",
+                "mqtt.session_expiry_secs",
+            ),
+            (
+                "protocol = \"5\"\nreceive_maximum = 0",
+                "mqtt.receive_maximum",
+            ),
+            (
+                "protocol = \"5\"\nreceive_maximum = 65536",
+                "mqtt.receive_maximum",
+            ),
+        ] {
+            let err = parse(&format!("[mqtt]\n{mqtt}\n{MINIMAL}")).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("config key `{key}`")),
+                "{mqtt}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,40 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{QoS, SubscribeReasonCode};
+use rumqttc::QoS;
+
+/// One SUBACK return code, whatever the MQTT version: MQTT 3.1.1 knows only "granted QoS n" and
+/// 0x80 (failure); MQTT 5 names why a filter was refused (0x87 NotAuthorized, 0x8F
+/// TopicFilterInvalid, 0x97 QuotaExceeded, …), which status and the log repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubCode {
+    /// Subscribed at this QoS.
+    Granted(QoS),
+    /// Refused with this reason code; `name` is the MQTT 5 reason name (empty in 3.1.1).
+    Refused {
+        /// The code byte (0x80 or higher).
+        code: u8,
+        /// MQTT 5 name of the code, e.g. `NotAuthorized`; empty for MQTT 3.1.1's 0x80.
+        name: &'static str,
+    },
+}
+
+impl SubCode {
+    /// MQTT 3.1.1's only refusal.
+    pub(crate) const FAILURE: SubCode = SubCode::Refused {
+        code: 0x80,
+        name: "",
+    };
+}
+
+/// `SUBACK 0x87 NotAuthorized` (MQTT 5) or `SUBACK 0x80` (3.1.1), as status and the log show it.
+pub(crate) fn suback_text(code: u8, name: &str) -> String {
+    if name.is_empty() {
+        format!("SUBACK 0x{code:02X}")
+    } else {
+        format!("SUBACK 0x{code:02X} {name}")
+    }
+}
 
 /// How long a SUBSCRIBE may wait for its SUBACK before it is sent again on the same connection
 /// (a broker must answer; one that does not is reported in status instead of trusted).
@@ -53,12 +86,12 @@ pub(crate) enum Grant {
 }
 
 impl Grant {
-    fn of(code: SubscribeReasonCode) -> Grant {
+    fn of(code: SubCode) -> Grant {
         match code {
-            SubscribeReasonCode::Success(QoS::AtMostOnce) => Grant::Downgraded,
+            SubCode::Granted(QoS::AtMostOnce) => Grant::Downgraded,
             // QoS 2 granted to a QoS 1 request breaks MQTT 3.1.1 §3.9.3, but loses nothing.
-            SubscribeReasonCode::Success(_) => Grant::Held,
-            SubscribeReasonCode::Failure => Grant::Refused,
+            SubCode::Granted(_) => Grant::Held,
+            SubCode::Refused { .. } => Grant::Refused,
         }
     }
 }
@@ -74,6 +107,8 @@ pub(crate) struct Answer {
     pub(crate) qos: Option<QoS>,
     /// The filter was already refused or downgraded before this answer (a retry refused again).
     pub(crate) again: bool,
+    /// The refusal as the SUBACK gave it (`SUBACK 0x87 NotAuthorized`), when refused.
+    pub(crate) refusal: Option<String>,
 }
 
 /// A SUBSCRIBE in flight on this connection: which filters it asked for, and once rumqttc
@@ -90,6 +125,8 @@ struct Outstanding {
 pub(crate) struct Subscriptions {
     filters: Vec<String>,
     grants: Vec<Grant>,
+    /// Per filter: the SUBACK text of its latest refusal (`SUBACK 0x87 NotAuthorized`).
+    refusals: Vec<Option<String>>,
     connected: bool,
     /// At most one SUBSCRIBE is in flight, so a SUBACK is matched without guessing.
     outstanding: Option<Outstanding>,
@@ -109,9 +146,11 @@ impl Subscriptions {
     /// `retry_min` and `retry_max` (the reconnect bounds, `mqtt.reconnect_*_ms`).
     pub(crate) fn new(filters: Vec<String>, retry_min: Duration, retry_max: Duration) -> Self {
         let grants = vec![Grant::Wanted; filters.len()];
+        let refusals = vec![None; filters.len()];
         Subscriptions {
             filters,
             grants,
+            refusals,
             connected: false,
             outstanding: None,
             no_suback: false,
@@ -164,7 +203,7 @@ impl Subscriptions {
     pub(crate) fn on_suback(
         &mut self,
         pkid: u16,
-        codes: &[SubscribeReasonCode],
+        codes: &[SubCode],
         now: Instant,
         jitter: f64,
     ) -> Option<Vec<Answer>> {
@@ -181,22 +220,23 @@ impl Subscriptions {
         let mut answers = Vec::with_capacity(asked.len());
         for (n, &i) in asked.iter().enumerate() {
             let before = self.grants[i];
-            let (grant, qos) = match codes.get(n) {
-                Some(&code) => (
-                    Grant::of(code),
-                    match code {
-                        SubscribeReasonCode::Success(q) => Some(q),
-                        SubscribeReasonCode::Failure => None,
-                    },
-                ),
-                None => (Grant::Wanted, None),
+            let (grant, qos, refusal) = match codes.get(n) {
+                Some(&code) => match code {
+                    SubCode::Granted(q) => (Grant::of(code), Some(q), None),
+                    SubCode::Refused { code: c, name } => {
+                        (Grant::of(code), None, Some(suback_text(c, name)))
+                    }
+                },
+                None => (Grant::Wanted, None, None),
             };
             self.grants[i] = grant;
+            self.refusals[i] = refusal.clone();
             answers.push(Answer {
                 filter: self.filters[i].clone(),
                 grant,
                 qos,
                 again: grant == before && matches!(grant, Grant::Refused | Grant::Downgraded),
+                refusal,
             });
         }
         if self.retryable().is_empty() {
@@ -282,9 +322,11 @@ impl Subscriptions {
             .filters
             .iter()
             .zip(&self.grants)
-            .filter_map(|(f, g)| match g {
+            .zip(&self.refusals)
+            .filter_map(|((f, g), why)| match g {
                 Grant::Refused => Some(format!(
-                    "broker refused `{f}` (SUBACK 0x80): its ACL does not let this client/user subscribe to it, or it rejects the filter"
+                    "broker refused `{f}` ({}): its ACL does not let this client/user subscribe to it, or it rejects the filter",
+                    why.as_deref().unwrap_or("SUBACK 0x80")
                 )),
                 Grant::Downgraded => Some(format!(
                     "broker granted `{f}` only QoS 0 (its maximum QoS is 0?): it may lose alerts on it"
@@ -387,9 +429,9 @@ impl ConnectFailures {
 mod tests {
     use super::*;
 
-    const OK1: SubscribeReasonCode = SubscribeReasonCode::Success(QoS::AtLeastOnce);
-    const OK0: SubscribeReasonCode = SubscribeReasonCode::Success(QoS::AtMostOnce);
-    const NO: SubscribeReasonCode = SubscribeReasonCode::Failure;
+    const OK1: SubCode = SubCode::Granted(QoS::AtLeastOnce);
+    const OK0: SubCode = SubCode::Granted(QoS::AtMostOnce);
+    const NO: SubCode = SubCode::FAILURE;
 
     fn subs(n: usize) -> Subscriptions {
         let filters = (0..n).map(|i| format!("plant/{i}/#")).collect();
@@ -401,7 +443,7 @@ mod tests {
         s: &mut Subscriptions,
         ask: Vec<usize>,
         pkid: u16,
-        codes: &[SubscribeReasonCode],
+        codes: &[SubCode],
         now: Instant,
     ) -> Vec<Answer> {
         s.subscribe_queued(ask, now);
@@ -526,6 +568,29 @@ mod tests {
         let (again, _) = s.due(at + Duration::from_secs(1)).expect("due");
         answer(&mut s, again, 3, &[OK1], at);
         assert_eq!((s.held(), s.error(), s.next_retry()), (2, None, None));
+    }
+
+    #[test]
+    fn an_mqtt5_refusal_names_its_reason_code_in_status() {
+        let t0 = Instant::now();
+        let mut s = subs(2);
+        let ask = s.on_connack(false);
+        let denied = SubCode::Refused {
+            code: 0x87,
+            name: "NotAuthorized",
+        };
+        let answers = answer(&mut s, ask, 1, &[OK1, denied], t0);
+        assert_eq!(answers[0].refusal, None);
+        assert_eq!(
+            answers[1].refusal.as_deref(),
+            Some("SUBACK 0x87 NotAuthorized")
+        );
+        let error = s.error().expect("a refusal is an error");
+        assert!(
+            error.contains("`plant/1/#` (SUBACK 0x87 NotAuthorized)"),
+            "{error}"
+        );
+        assert_eq!(suback_text(0x80, ""), "SUBACK 0x80", "3.1.1 has no names");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Sources of values: payload paths (`sensor.reading`, `readings.0`), topic placeholders (`{site}`)
-//! and the topic pattern that defines the placeholders.
+//! Sources of values: payload paths (`sensor.reading`, `readings.0`), topic placeholders (`{site}`),
+//! MQTT 5 user properties (`$props.site`) and the topic pattern that defines the placeholders.
 
 use serde_json::{Map, Value};
 
@@ -79,13 +79,19 @@ impl Path {
     }
 }
 
-/// Where a value comes from: the payload or the topic.
+/// What marks a source as an MQTT 5 user property: `$props.<name>`.
+pub(crate) const PROPS_PREFIX: &str = "$props.";
+
+/// Where a value comes from: the payload, the topic or the publish's MQTT 5 user properties.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
     /// A payload path.
     Payload(Path),
     /// A placeholder of the topic pattern.
     Topic(String),
+    /// An MQTT 5 user property by name (`$props.site`): the first value the publisher set under
+    /// that name; absent with MQTT 3.1.1.
+    Prop(String),
 }
 
 impl Source {
@@ -97,6 +103,14 @@ impl Source {
             }
             return Ok(Source::Topic(name.to_owned()));
         }
+        if let Some(name) = text.strip_prefix(PROPS_PREFIX) {
+            if name.is_empty() {
+                return Err(
+                    "`$props.` needs the user property's name, like \"$props.site\"".into(),
+                );
+            }
+            return Ok(Source::Prop(name.to_owned()));
+        }
         Path::parse(text).map(Source::Payload)
     }
 
@@ -105,6 +119,7 @@ impl Source {
         match self {
             Source::Payload(p) => p.as_str().to_owned(),
             Source::Topic(n) => format!("{{{n}}}"),
+            Source::Prop(n) => format!("{PROPS_PREFIX}{n}"),
         }
     }
 }
@@ -271,6 +286,15 @@ mod tests {
         ));
         assert!(Source::parse("{}").is_err());
         assert!(Source::parse("{a-b}").is_err());
+        assert_eq!(
+            Source::parse("$props.site"),
+            Ok(Source::Prop("site".into()))
+        );
+        assert_eq!(
+            Source::parse("$props.line id").map(|s| s.describe()),
+            Ok("$props.line id".to_string())
+        );
+        assert!(Source::parse("$props.").is_err());
     }
 
     #[test]

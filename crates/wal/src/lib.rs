@@ -61,7 +61,9 @@
 //!
 //! Every frame is `magic "AB" | kind u8 | length u32 LE | crc32c u32 LE | body`; the record,
 //! dead letter and receipt inside are themselves framed `version u8 | length u32 LE | crc32c u32
-//! LE | postcard body` ([`RECORD_VERSION`], [`DEAD_LETTER_VERSION`], [`RECEIPT_VERSION`]).
+//! LE | postcard body` ([`RECORD_VERSION`], [`DEAD_LETTER_VERSION`], [`RECEIPT_VERSION`]; a
+//! record carrying MQTT 5 properties is framed as [`RECORD_VERSION_MQTT5`], every other record
+//! exactly as before).
 //! Changing any stored type changes the format: bump its version and keep a decoder for the old.
 //!
 //! # Durability: what survives which crash
@@ -136,8 +138,8 @@ pub use letters::{
     DeadReason, Receipt, DEAD_LETTER_VERSION, RECEIPT_VERSION,
 };
 pub use record::{
-    decode_record, encode_record, Key, Priority, Record, RecordError, Seq, FRAME_HEADER_LEN,
-    PRIORITY_CRITICAL, PRIORITY_NORMAL, RECORD_VERSION,
+    decode_record, encode_record, Key, MqttProps, Priority, Record, RecordError, Seq,
+    FRAME_HEADER_LEN, PRIORITY_CRITICAL, PRIORITY_NORMAL, RECORD_VERSION, RECORD_VERSION_MQTT5,
 };
 pub use wal::{
     Appended, CorruptPending, Cursor, DeadLetterSink, Entry, PendingItem, Wal, WalConfig, WalStats,

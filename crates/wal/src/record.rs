@@ -28,6 +28,16 @@ pub const PRIORITY_NORMAL: Priority = 1;
 /// version in [`decode_record`]: records written by the previous release are still on disk.
 pub const RECORD_VERSION: u8 = 1;
 
+/// Version byte of the frame around a [`Record`] that carries [`MqttProps`]: the body is the
+/// postcard serialization of `(Record, MqttProps)`.
+///
+/// Only records with MQTT 5 properties use it, so a store fed by MQTT 3.1.1 (or by MQTT 5
+/// publishers that set none of the kept properties) is written exactly as before and stays
+/// readable by older releases; an older release meets a version-2 record as
+/// [`RecordError::UnknownVersion`] and dead-letters it as corrupt with its bytes kept (a newer
+/// release can replay it).
+pub const RECORD_VERSION_MQTT5: u8 = 2;
+
 /// Length of the frame header: `version u8 | length u32 LE | crc32c u32 LE`.
 pub const FRAME_HEADER_LEN: usize = 9;
 
@@ -99,6 +109,27 @@ pub struct Record {
     pub next_attempt_ms: u64,
     /// Why the latest attempt failed.
     pub last_error: Option<String>,
+    /// MQTT 5 publish properties the publisher set (message expiry, user properties); `None`
+    /// for MQTT 3.1.1 and when it set none. Not part of the postcard layout of `Record`
+    /// (skipped): [`encode_record`] writes it after the record in a [`RECORD_VERSION_MQTT5`]
+    /// frame. A dead letter does not keep it (its layout is unchanged).
+    #[serde(skip)]
+    pub mqtt: Option<Box<MqttProps>>,
+}
+
+/// MQTT 5 publish properties kept with an alert.
+///
+/// **On-disk format:** serialized (postcard) after its [`Record`] in a [`RECORD_VERSION_MQTT5`]
+/// frame: changing it changes the format.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttProps {
+    /// Message Expiry Interval as received, in seconds: what was left of the publisher's
+    /// expiry when the broker handed the alert over (the broker subtracts the time it held it).
+    /// The alert expires this long after `received_at_ms`.
+    pub expiry_secs: Option<u32>,
+    /// User properties in the order sent (a name may repeat); the mapping reads them as
+    /// `$props.<name>` (the first value of a repeated name).
+    pub user: Vec<(String, String)>,
 }
 
 /// Why a stored value could not be decoded (or a value could not be encoded).
@@ -249,8 +280,13 @@ fn checksum(header: &[u8], body: &[u8]) -> u32 {
 }
 
 /// Encodes a record as it is stored in the pending tree (framed, version [`RECORD_VERSION`]).
+///
+/// A record with [`Record::mqtt`] set is framed as [`RECORD_VERSION_MQTT5`] instead.
 pub fn encode_record(record: &Record) -> Result<Vec<u8>, RecordError> {
-    frame(RECORD_VERSION, record)
+    match &record.mqtt {
+        None => frame(RECORD_VERSION, record),
+        Some(props) => frame(RECORD_VERSION_MQTT5, &(record, props)),
+    }
 }
 
 /// Decodes a stored pending value. Checks length, version and crc32c first; never panics on any
@@ -258,5 +294,10 @@ pub fn encode_record(record: &Record) -> Result<Vec<u8>, RecordError> {
 ///
 /// When [`RECORD_VERSION`] is bumped, this is where the decoder for the old version stays.
 pub fn decode_record(bytes: &[u8]) -> Result<Record, RecordError> {
+    if bytes.first() == Some(&RECORD_VERSION_MQTT5) {
+        let (mut record, props): (Record, MqttProps) = unframe(RECORD_VERSION_MQTT5, bytes)?;
+        record.mqtt = Some(Box::new(props));
+        return Ok(record);
+    }
     unframe(RECORD_VERSION, bytes)
 }

@@ -19,9 +19,9 @@ use crate::schedule;
 /// A record that passed its checks and what the mapper made of it.
 type Prepared = (Record, Mapped);
 
-/// How the drain maps a stored payload: [`Mapper::map`], or a test's stand-in (a mapper that
-/// panics).
-pub(super) type MapFn = fn(&Mapper, &str, &[u8]) -> Result<Mapped, Rejection>;
+/// How the drain maps a stored payload with its MQTT 5 user properties:
+/// [`Mapper::map_with_props`], or a test's stand-in (a mapper that panics).
+pub(super) type MapFn = fn(&Mapper, &str, &[u8], &[(String, String)]) -> Result<Mapped, Rejection>;
 
 /// Why a payload did not map.
 #[derive(Debug)]
@@ -41,8 +41,11 @@ pub(super) fn map_guarded(
     mapper: &Mapper,
     topic: &str,
     payload: &[u8],
+    props: &[(String, String)],
 ) -> Result<Mapped, MapFailure> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| map(mapper, topic, payload))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        map(mapper, topic, payload, props)
+    })) {
         Ok(Ok(mapped)) => Ok(mapped),
         Ok(Err(rejection)) => Err(MapFailure::Rejected(rejection)),
         Err(panic) => {
@@ -67,6 +70,20 @@ impl Drain {
         let Some(Held { record, seen, .. }) = self.held.get(&key).cloned() else {
             return Ok(None);
         };
+        // MQTT 5: the publisher's message expiry is this alert's own TTL (kept with the record).
+        if let Some(ttl) = crate::ingest::publisher_ttl(&record) {
+            let age = seen.age_ms(now);
+            if schedule::expired(age, Some(ttl)) {
+                let message = crate::ingest::publisher_expiry_reason(&record, ttl, age);
+                let status = record
+                    .last_error
+                    .as_deref()
+                    .and_then(super::expiry::status_in);
+                self.dead_letter(key, &record, DeadKind::Expired, message, status, None)
+                    .await?;
+                return Ok(None);
+            }
+        }
         if let Some(ttl) = self.ttl(key) {
             let age = seen.age_ms(now);
             if schedule::expired(age, Some(ttl)) {
@@ -74,7 +91,15 @@ impl Drain {
                 return Ok(None);
             }
         }
-        match map_guarded(self.map, &self.mapper, &record.topic, &record.payload) {
+        // MQTT 5 user properties kept with the record feed `$props.<name>` sources.
+        let props = record.mqtt.as_ref().map_or(&[][..], |p| &p.user[..]);
+        match map_guarded(
+            self.map,
+            &self.mapper,
+            &record.topic,
+            &record.payload,
+            props,
+        ) {
             Ok(m) => {
                 if !m.notes.is_empty() {
                     // what the mapping changed on the way (stripped blob, truncated catch-all,

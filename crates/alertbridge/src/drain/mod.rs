@@ -267,7 +267,7 @@ impl Drain {
             rejections: Rejections::new(cfg.pause_after_rejections),
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
-            map: Mapper::map,
+            map: Mapper::map_with_props,
             next_reconcile: now + RECONCILE_EVERY,
             reconcile_suspect: false,
             reprobe: Arc::new(Notify::new()),

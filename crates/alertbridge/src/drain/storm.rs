@@ -237,6 +237,7 @@ mod tests {
             last_attempt_ms: None,
             next_attempt_ms: 0,
             last_error: None,
+            mqtt: None,
         };
         (Key { priority, seq }, record, mapped)
     }

@@ -147,6 +147,9 @@ pub struct SubscriptionRefused<'a> {
     pub again: bool,
     /// When it is asked for again.
     pub retry: &'a str,
+    /// The refusal's SUBACK code as text (`SUBACK 0x87 NotAuthorized` in MQTT 5, `SUBACK 0x80`
+    /// in 3.1.1); `None` for a downgrade.
+    pub refusal: Option<&'a str>,
 }
 
 impl SubscriptionRefused<'_> {
@@ -154,20 +157,23 @@ impl SubscriptionRefused<'_> {
     pub fn emit(self, c: &Counters) {
         Counters::add(&c.subscription_errors, 1);
         let cause = match self.granted_qos {
-            None => "SUBACK 0x80: the broker's ACL does not let this client/user subscribe to the filter, or the broker rejects the filter",
-            Some(_) => "granted QoS 0 instead of 1: the broker caps QoS (a max_qos-style setting); it may lose alerts on this filter",
+            None => format!(
+                "{}: the broker's ACL does not let this client/user subscribe to the filter, or the broker rejects the filter",
+                self.refusal.unwrap_or("SUBACK 0x80")
+            ),
+            Some(_) => "granted QoS 0 instead of 1: the broker caps QoS (a max_qos-style setting); it may lose alerts on this filter".to_string(),
         };
         if self.again {
             tracing::warn!(
                 topic = self.filter,
-                cause,
+                cause = %cause,
                 retry = self.retry,
                 "subscription still refused by the broker; alerts on this filter do not reach alertbridge"
             );
         } else {
             tracing::error!(
                 topic = self.filter,
-                cause,
+                cause = %cause,
                 retry = self.retry,
                 "SUBSCRIPTION REFUSED by the broker: alerts on this filter do not reach alertbridge"
             );

@@ -363,6 +363,7 @@ mod tests {
             granted_qos: None,
             again: false,
             retry: "soon",
+            refusal: Some("SUBACK 0x80"),
         }
         .emit(&c);
         subscriptions_changed(&c, 1, 2, Some("broker refused `site/b/#`".into()));

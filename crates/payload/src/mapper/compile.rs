@@ -127,6 +127,11 @@ impl Mapper {
                     text: text.to_owned(),
                     reason: "must be a payload path, not a topic placeholder".into(),
                 }),
+                Ok(Source::Prop(_)) => Err(E::InvalidSource {
+                    key: key.to_owned(),
+                    text: text.to_owned(),
+                    reason: "must be a payload path, not an MQTT 5 user property".into(),
+                }),
                 Err(e) => Err(e),
             }
         };

@@ -130,13 +130,14 @@ impl Mapper {
         fields: &[Field],
         mut obj: Map<String, Value>,
         captures: Option<&[(&str, &str)]>,
+        props: &[(String, String)],
         out: &mut Map<String, Value>,
         notes: &mut Vec<Note>,
     ) -> Result<Map<String, Value>, Rejection> {
         for f in fields {
             let value = match &f.source {
                 FieldSource::Const(v) => Some(v.clone()),
-                FieldSource::Source(s) => resolve(s, &obj, captures),
+                FieldSource::Source(s) => resolve(s, &obj, captures, props),
             };
             let Some(value) = value.or_else(|| f.default.clone()) else {
                 if f.required {
@@ -146,6 +147,9 @@ impl Mapper {
                                 " (the topic does not match mapping.topic_pattern `{}`)",
                                 t.as_str()
                             )
+                        }
+                        (FieldSource::Source(Source::Prop(_)), _) => {
+                            " (the publisher set no such MQTT 5 user property)".to_string()
                         }
                         _ => String::new(),
                     };
@@ -197,11 +201,13 @@ impl Mapper {
     }
 }
 
-/// The value of a source: a non-null payload value, or a topic placeholder's level.
+/// The value of a source: a non-null payload value, a topic placeholder's level, or the first
+/// MQTT 5 user property of that name.
 fn resolve(
     src: &Source,
     obj: &Map<String, Value>,
     captures: Option<&[(&str, &str)]>,
+    props: &[(String, String)],
 ) -> Option<Value> {
     match src {
         Source::Payload(p) => p.get(obj).filter(|v| !v.is_null()).cloned(),
@@ -209,6 +215,10 @@ fn resolve(
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| Value::String((*v).to_owned())),
+        Source::Prop(name) => props
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| Value::String(v.clone())),
     }
 }
 
@@ -217,8 +227,9 @@ pub(super) fn resolve_text(
     src: &Source,
     obj: &Map<String, Value>,
     captures: Option<&[(&str, &str)]>,
+    props: &[(String, String)],
 ) -> Option<String> {
-    resolve(src, obj, captures)
+    resolve(src, obj, captures, props)
         .as_ref()
         .and_then(scalar_text)
         .filter(|s| !s.is_empty())

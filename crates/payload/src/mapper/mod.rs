@@ -295,6 +295,18 @@ impl Mapper {
     /// Pure: topic and raw payload bytes → the object to send as `inputData` / `data`, or a
     /// rejection naming the field. See the crate doc for the order of the rules.
     pub fn map(&self, topic: &str, payload: &[u8]) -> Result<Mapped, Rejection> {
+        self.map_with_props(topic, payload, &[])
+    }
+
+    /// [`Mapper::map`] with the MQTT 5 user properties the publisher set (name, value; in the
+    /// order sent), which `$props.<name>` sources read. MQTT 3.1.1 has none: `map` is this with
+    /// an empty list.
+    pub fn map_with_props(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        props: &[(String, String)],
+    ) -> Result<Mapped, Rejection> {
         use RejectionKind as K;
         if payload.len() > self.max_payload_bytes {
             return Err(reject(
@@ -343,11 +355,11 @@ impl Mapper {
         let site = self
             .site
             .as_ref()
-            .and_then(|s| resolve_text(s, &obj, captures));
+            .and_then(|s| resolve_text(s, &obj, captures, props));
         let device = self
             .device
             .as_ref()
-            .and_then(|s| resolve_text(s, &obj, captures));
+            .and_then(|s| resolve_text(s, &obj, captures, props));
 
         // The alert id field is consumed when it gave the id. When it was unusable it is kept for
         // the catch-all (in pass-through it would otherwise claim the alert id key).
@@ -375,7 +387,7 @@ impl Mapper {
         );
         let mut rest = match &self.fields {
             None => self.pass_through(obj, &mut out, &mut notes)?,
-            Some(fields) => self.explicit(fields, obj, captures, &mut out, &mut notes)?,
+            Some(fields) => self.explicit(fields, obj, captures, props, &mut out, &mut notes)?,
         };
         if let Some((mut k, v)) = stash {
             while rest.contains_key(&k) {

@@ -8,6 +8,7 @@ use super::support::{append_one, open, reason, record};
 use crate::{
     decode_dead_letter, decode_receipt, decode_record, encode_record, CorruptPending, DeadKind,
     Record, RecordError, WalError, FRAME_HEADER_LEN, PRIORITY_NORMAL, RECORD_VERSION,
+    RECORD_VERSION_MQTT5,
 };
 
 type Check = Box<dyn Fn(&RecordError) -> bool>;
@@ -30,6 +31,36 @@ fn frame_layout_is_version_length_crc32c_body() {
         encode_record(&rec).unwrap(),
         frame_raw(RECORD_VERSION, &body)
     );
+}
+
+#[test]
+fn a_record_with_mqtt5_properties_is_framed_as_version_2_and_one_without_stays_version_1() {
+    let plain = record("a", PRIORITY_NORMAL);
+    assert_eq!(encode_record(&plain).unwrap()[0], RECORD_VERSION);
+    let mut with = plain.clone();
+    with.mqtt = Some(Box::new(crate::MqttProps {
+        expiry_secs: Some(10),
+        user: vec![
+            ("site".into(), "north".into()),
+            ("site".into(), "south".into()),
+        ],
+    }));
+    let bytes = encode_record(&with).unwrap();
+    assert_eq!(bytes[0], RECORD_VERSION_MQTT5);
+    assert_eq!(
+        bytes,
+        frame_raw(
+            RECORD_VERSION_MQTT5,
+            &postcard::to_allocvec(&(&plain, with.mqtt.as_deref().unwrap())).unwrap()
+        ),
+        "body: the version-1 record, then its properties"
+    );
+    assert_eq!(decode_record(&bytes).unwrap(), with, "round trip");
+    // What an older release does with it: an unknown version, dead-lettered as corrupt.
+    assert!(matches!(
+        crate::record::unframe::<Record>(RECORD_VERSION, &bytes),
+        Err(RecordError::UnknownVersion { version: 2, .. })
+    ));
 }
 
 fn encoded() -> Vec<u8> {
@@ -58,7 +89,7 @@ fn damage_to_a_record_has_a_named_outcome() {
     let mut appended = good.clone();
     appended.push(0);
     let mut future = good.clone();
-    future[0] = RECORD_VERSION + 1;
+    future[0] = RECORD_VERSION_MQTT5 + 1;
     // A well-framed body that is not a Record.
     let not_a_record = frame_raw(RECORD_VERSION, &postcard::to_allocvec(&(7u8, "x")).unwrap());
     // A well-framed Record followed by an extra body byte.
@@ -115,7 +146,7 @@ fn damage_to_a_record_has_a_named_outcome() {
             "unknown version",
             future,
             Box::new(
-                |e| matches!(e, RecordError::UnknownVersion { version, supported } if *version == RECORD_VERSION + 1 && *supported == RECORD_VERSION),
+                |e| matches!(e, RecordError::UnknownVersion { version, supported } if *version == RECORD_VERSION_MQTT5 + 1 && *supported == RECORD_VERSION),
             ),
         ),
         (
@@ -280,6 +311,7 @@ fn any_record() -> impl Strategy<Value = Record> {
                 last_attempt_ms,
                 next_attempt_ms,
                 last_error,
+                mqtt: None,
             },
         )
 }

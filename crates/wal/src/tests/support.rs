@@ -38,6 +38,7 @@ pub(crate) fn record(alert_id: &str, priority: Priority) -> Record {
         last_attempt_ms: None,
         next_attempt_ms: 0,
         last_error: None,
+        mqtt: None,
     }
 }
 

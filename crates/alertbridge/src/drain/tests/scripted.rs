@@ -202,6 +202,7 @@ fn alert(n: usize, site: &str) -> Record {
         last_attempt_ms: None,
         next_attempt_ms: 0,
         last_error: None,
+        mqtt: None,
     }
 }
 

@@ -109,6 +109,7 @@ fn record(id: &str, payload: &[u8], received_at_ms: u64) -> Record {
         last_attempt_ms: None,
         next_attempt_ms: 0,
         last_error: None,
+        mqtt: None,
     }
 }
 
@@ -258,24 +259,29 @@ async fn a_retry_time_persisted_hours_ahead_is_due_within_the_longest_backoff() 
 }
 
 /// A mapper with a bug: it panics on any payload containing `PANIC`.
-fn buggy_map(mapper: &Mapper, topic: &str, payload: &[u8]) -> Result<Mapped, Rejection> {
+fn buggy_map(
+    mapper: &Mapper,
+    topic: &str,
+    payload: &[u8],
+    props: &[(String, String)],
+) -> Result<Mapped, Rejection> {
     if payload.windows(5).any(|w| w == b"PANIC") {
         panic!("index out of bounds (test)");
     }
-    mapper.map(topic, payload)
+    mapper.map_with_props(topic, payload, props)
 }
 
 #[test]
 fn a_panicking_mapper_is_caught_with_its_message() {
     let mapper = Mapper::new(&MappingConfig::default()).expect("default mapping");
-    let ok = map_guarded(buggy_map, &mapper, "t", br#"{"a": 1}"#);
+    let ok = map_guarded(buggy_map, &mapper, "t", br#"{"a": 1}"#, &[]);
     assert!(ok.is_ok(), "{ok:?}");
-    match map_guarded(buggy_map, &mapper, "t", br#"{"a": "PANIC"}"#) {
+    match map_guarded(buggy_map, &mapper, "t", br#"{"a": "PANIC"}"#, &[]) {
         Err(MapFailure::Panicked(m)) => assert!(m.contains("index out of bounds"), "{m}"),
         other => panic!("not caught: {other:?}"),
     }
     assert!(matches!(
-        map_guarded(buggy_map, &mapper, "t", b"not json"),
+        map_guarded(buggy_map, &mapper, "t", b"not json", &[]),
         Err(MapFailure::Rejected(_))
     ));
 }

@@ -212,3 +212,38 @@ fn optional_topic_fields_are_omitted_with_a_note_when_the_topic_does_not_match()
         }]
     );
 }
+
+#[test]
+fn an_mqtt5_user_property_is_a_source_and_missing_it_names_the_property() {
+    let m = mapper_from_toml(
+        r#"
+        [mapping]
+        [mapping.fields]
+        deviceId = "device_id"
+        site = "$props.site"
+        line = { from = "$props.line", required = true }
+        "#,
+    );
+    let payload = bytes(&json!({"device_id": "p7", "alert_level": "critical"}));
+    let props = vec![
+        ("line".to_string(), "4".to_string()),
+        ("site".to_string(), "north".to_string()),
+        ("site".to_string(), "south".to_string()),
+    ];
+    let out = m
+        .map_with_props(TOPIC, &payload, &props)
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    assert_eq!(
+        data(&out)["site"],
+        "north",
+        "the first value of a repeated name"
+    );
+    assert_eq!(data(&out)["line"], "4");
+    // MQTT 3.1.1 (no properties): the required one is missing, and the rejection says why.
+    let err = m.map(TOPIC, &payload).expect_err("line is required");
+    assert!(
+        err.reason.contains("$props.line") && err.reason.contains("MQTT 5 user property"),
+        "{}",
+        err.reason
+    );
+}
