@@ -644,6 +644,7 @@ mod tests {
             data_bytes: 4096,
             size_on_disk: 8192,
             dead_bytes: 100,
+            outbox_pending: 0,
         };
         let text = render(&c, Some(&stats), 70_000);
         for (series, want) in [

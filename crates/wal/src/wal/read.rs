@@ -27,6 +27,16 @@ impl Wal {
     /// dead-letter it with [`Wal::dead_letter_corrupt`]. Reads take the writer mutex only
     /// briefly, never during file I/O.
     pub fn read(&self, cursor: &mut Cursor, max: usize) -> Result<Vec<PendingItem>, WalError> {
+        self.read_lane(cursor, max, decode_record)
+    }
+
+    /// [`Wal::read`] with the lane's own decoder (records, or outbox entries).
+    pub(super) fn read_lane<T>(
+        &self,
+        cursor: &mut Cursor,
+        max: usize,
+        decode: fn(&[u8]) -> Result<T, RecordError>,
+    ) -> Result<Vec<LaneItem<T>>, WalError> {
         let mut out = Vec::new();
         while out.len() < max {
             let (file, end, end_seq) = {
@@ -143,8 +153,8 @@ impl Wal {
                                 priority: lane,
                                 seq,
                             };
-                            out.push(match decode_record(raw) {
-                                Ok(record) => Ok((key, record)),
+                            out.push(match decode(raw) {
+                                Ok(value) => Ok((key, value)),
                                 Err(error) => {
                                     warn!(key = %key, error = %error, "corrupt pending record");
                                     Err(CorruptPending {
@@ -269,6 +279,9 @@ impl Wal {
         Ok(None)
     }
 }
+
+/// One item of a lane as a cursor returns it: its decoded value, or corrupt.
+pub(super) type LaneItem<T> = Result<(Key, T), CorruptPending>;
 
 /// One frame of a segment, as a cursor sees it (owned: no borrow of the read buffer).
 #[derive(Clone, Debug)]
