@@ -17,6 +17,7 @@ mod metrics;
 mod operator;
 mod pressure;
 mod readiness;
+mod receipts;
 mod share;
 mod slow_api;
 mod spine;
