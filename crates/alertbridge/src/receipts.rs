@@ -559,11 +559,13 @@ impl Publisher {
     /// Over `max_pending`: the oldest receipts are dropped (marked done unpublished).
     async fn keep_bound(&mut self) -> Result<(), ReceiptsError> {
         let max = self.cfg.max_pending;
-        let over = self.wal.outbox_len().saturating_sub(max);
-        if over == 0 {
-            return Ok(());
-        }
+        // On the blocking pool like every log call (D1): the log's mutex can be held by a
+        // dead letter's fsync.
         let (n, oldest) = wal_call(&self.wal, move |w| {
+            let over = w.outbox_len().saturating_sub(max);
+            if over == 0 {
+                return Ok((0, None));
+            }
             let mut c = w.outbox_cursor();
             let page = w.read_outbox(&mut c, over as usize)?;
             let oldest = page
@@ -580,7 +582,9 @@ impl Publisher {
             Ok((keys.len() as u64, oldest))
         })
         .await?;
-        self.dropped(n, "over receipts.max_pending", oldest.as_deref());
+        if n > 0 {
+            self.dropped(n, "over receipts.max_pending", oldest.as_deref());
+        }
         Ok(())
     }
 

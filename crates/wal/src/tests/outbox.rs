@@ -518,3 +518,29 @@ fn spawn(exe: &std::path::Path, dir: &std::path::Path, round: u64) -> std::proce
         .spawn()
         .expect("spawn writer")
 }
+
+#[test]
+fn a_damaged_region_of_alerts_is_never_reported_by_the_outbox_so_it_cannot_remove_one() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = open_outbox(dir.path());
+        for i in 0..600 {
+            append_one(&wal, record(&format!("d{i:04}"), PRIORITY_NORMAL));
+        }
+        wal.close().unwrap();
+    }
+    let first = dir.path().join("seg-0000000001.log");
+    let mut bytes = std::fs::read(&first).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 40] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&first, &bytes).unwrap();
+    let wal = open_outbox(dir.path());
+    let mut cursor = wal.outbox_cursor();
+    let page = wal.read_outbox(&mut cursor, 1000).unwrap();
+    assert!(page.is_empty(), "the outbox reports nothing: {page:?}");
+    let corrupt = wal.pending().filter(|i| i.is_err()).count();
+    assert!(corrupt > 0, "the alert lanes still report the damage (I4)");
+    assert_eq!(wal.pending().count(), 600);
+}

@@ -90,7 +90,7 @@ impl Wal {
         max: usize,
     ) -> Result<Vec<OutboxItem>, WalError> {
         debug_assert_eq!(cursor.lane(), LANE_OUTBOX);
-        self.read_lane(cursor, max, decode_outbox_entry)
+        self.read_lane(cursor, max, decode_outbox_entry, false)
     }
 
     /// Receipts queued and not yet done.
@@ -100,8 +100,9 @@ impl Wal {
 
     /// Marks receipts done (published and acknowledged by the broker, or dropped by the
     /// publisher's bound): one `Ack` frame, not fsynced (a crash before the next fsync publishes
-    /// them again: at least once). Keys that are not queued receipts are ignored, so this can
-    /// never remove an alert.
+    /// them again: at least once). Keys outside the outbox lane or no longer pending are
+    /// ignored; pass only keys [`Wal::read_outbox`] returned, which are always receipts, so
+    /// this never removes an alert.
     pub fn outbox_done(&self, keys: &[Key]) -> Result<(), WalError> {
         self.check_poison()?;
         let mut st = self.lock_state();
