@@ -782,6 +782,120 @@ topic_pattern = "plant/{site}/alerts/{device}"
         assert!(err.to_string().contains("receipts.topic"), "{err}");
     }
 
+    /// A log with the outbox on and `n` delivered alerts (receipts queued), delivered at
+    /// `at_ms(i)`.
+    fn queued(n: usize, at_ms: impl Fn(usize) -> u64) -> (tempfile::TempDir, Wal) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(alertbridge_wal::WalConfig {
+            outbox: true,
+            ..alertbridge_wal::WalConfig::new(dir.path().join("wal"))
+        })
+        .expect("log opens");
+        for i in 0..n {
+            let record = alertbridge_wal::Record {
+                alert_id: format!("a-{i}"),
+                topic: "plant/north/alerts/p1".into(),
+                payload: b"{}".to_vec(),
+                priority: alertbridge_wal::PRIORITY_NORMAL,
+                received_at_ms: 1,
+                attempts: 0,
+                first_attempt_ms: None,
+                last_attempt_ms: None,
+                next_attempt_ms: 0,
+                last_error: None,
+            };
+            let out = wal
+                .append_batch(vec![alertbridge_wal::Entry::Pending(record.clone())])
+                .expect("append")
+                .into_inner();
+            let Some(alertbridge_wal::Appended::Pending(k)) = out.first().cloned() else {
+                panic!("appended: {out:?}");
+            };
+            let mut e = entry(&record.topic, ReceiptState::Delivered);
+            e.alert_id = record.alert_id.clone();
+            e.at_ms = at_ms(i);
+            let receipt = alertbridge_wal::Receipt {
+                alert_id: record.alert_id.clone(),
+                seq: k.seq,
+                delivered_at_ms: e.at_ms,
+                status: 202,
+                execution_id: None,
+                correlation_id: None,
+                attempts: 1,
+                received_at_ms: 1,
+            };
+            wal.remove_and_queue(k, receipt, &e).expect("queue");
+        }
+        (dir, wal)
+    }
+
+    fn publisher(wal: &Wal, max_pending: u64) -> Publisher {
+        let c = ReceiptsConfig {
+            max_pending,
+            ..cfg("alertbridge/receipts/{device}")
+        };
+        Publisher {
+            template: Template::parse(&c.topic).expect("valid"),
+            cfg: c,
+            client_id: "gw1".into(),
+            wal: wal.clone(),
+            counters: Arc::new(Counters::default()),
+            dropped_unwarned: 0,
+            last_drop_warn: None,
+        }
+    }
+
+    fn left(wal: &Wal) -> Vec<String> {
+        let mut c = wal.outbox_cursor();
+        wal.read_outbox(&mut c, 1000)
+            .expect("read")
+            .into_iter()
+            .map(|i| i.expect("decodable").1.alert_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn over_max_pending_the_oldest_receipts_are_dropped_and_counted() {
+        let now = crate::clock::now_ms();
+        let (_dir, wal) = queued(30, |_| now);
+        let mut p = publisher(&wal, 10);
+        p.keep_bound().await.expect("bound kept");
+        let want: Vec<String> = (20..30).map(|i| format!("a-{i}")).collect();
+        assert_eq!(left(&wal), want, "the newest stay");
+        assert_eq!(p.counters.receipts_dropped.load(Ordering::Relaxed), 20);
+        assert_eq!(wal.stats().expect("stats").pending, 0, "alerts untouched");
+    }
+
+    #[tokio::test]
+    async fn receipts_older_than_max_age_are_dropped_and_the_rest_handed_to_the_client() {
+        let now = crate::clock::now_ms();
+        // cfg(): max_age 60 s. The first three are two minutes old.
+        let (_dir, wal) = queued(5, |i| if i < 3 { now - 120_000 } else { now });
+        let mut p = publisher(&wal, 100);
+        let (client, _eventloop) =
+            AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 128);
+        let mut cursor = wal.outbox_cursor();
+        let mut handed = VecDeque::new();
+        let mut done = Vec::new();
+        p.turn(
+            &client,
+            &mut cursor,
+            &mut handed,
+            &HashMap::new(),
+            &mut done,
+            true,
+        )
+        .await
+        .expect("turn");
+        assert_eq!(handed.len(), 2, "the two young ones are published");
+        assert_eq!(p.counters.receipts_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            left(&wal),
+            ["a-3", "a-4"],
+            "handed ones wait for their PUBACK"
+        );
+    }
+
     #[test]
     fn overlapping_filters_are_found() {
         assert!(overlaps("alertbridge/receipts/+", "alertbridge/#"));
