@@ -210,3 +210,108 @@ async fn kill9_during_delivery_still_publishes_a_receipt_for_every_delivered_ale
     let _ = task.await;
     let _ = sub_task.await;
 }
+
+/// An agent with receipts on whose publisher is held (it never connects): receipts accumulate
+/// in the log. `extra` goes into `[receipts]`.
+async fn held_agent(broker: &Mosquitto, sim: &Sim, extra: &str) -> Agent {
+    let opts = AgentOptions {
+        extra: format!("[receipts]\n{extra}\n"),
+        ..receipts_on()
+    };
+    let mut agent = Agent::start(broker.port, sim, &opts);
+    agent.set_env(&[("ALERTBRIDGE_FAULT_HOLD_RECEIPTS", "1")]);
+    agent.restart();
+    wait_subscribed(&agent).await;
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_2xx_and_the_receipt_publish_still_publishes_it() {
+    const N: usize = 300;
+    let broker = Mosquitto::start();
+    let sim = sim(Duration::from_secs(3600)).await;
+    let mut agent = held_agent(&broker, &sim, "").await;
+    let cancel = CancellationToken::new();
+    let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
+    let (plant, task) = Plant::connect(broker.port, "plant-receipts-held", cancel.clone());
+    publish_alerts(&plant, 0, N, 10).await;
+    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
+    assert!(
+        sim.wait_for_accepted(N, Duration::from_secs(60)).await,
+        "all delivered\n{}",
+        agent.logs()
+    );
+    assert!(
+        seen.all().is_empty(),
+        "the held publisher published nothing"
+    );
+    agent.set_env(&[]);
+    agent.restart(); // SIGKILL: every receipt is only in the log, then start without the hold
+    let delivered: HashSet<String> = accepted_counts(&sim).into_keys().collect();
+    assert!(
+        wait_until(Duration::from_secs(30), || seen.alert_ids("delivered")
+            == delivered)
+        .await,
+        "receipts after the restart for {} of {N}\n{}",
+        seen.alert_ids("delivered").len(),
+        agent.logs()
+    );
+    assert_clean_exit(&mut agent);
+    cancel.cancel();
+    let _ = task.await;
+    let _ = sub_task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_bound_drops_the_oldest_receipts_and_publishes_the_rest() {
+    const N: usize = 300;
+    let broker = Mosquitto::start();
+    let sim = sim(Duration::from_secs(3600)).await;
+    let mut agent = held_agent(&broker, &sim, "max_pending = 100").await;
+    let cancel = CancellationToken::new();
+    let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
+    let (plant, task) = Plant::connect(broker.port, "plant-receipts-bound", cancel.clone());
+    publish_alerts(&plant, 0, N, 10).await;
+    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
+    assert!(sim.wait_for_accepted(N, Duration::from_secs(60)).await);
+    // A clean stop, so the last removals (and their receipts) are in the log, not redelivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_clean_exit(&mut agent);
+    agent.set_env(&[]);
+    agent.start_again();
+    assert!(
+        wait_until(Duration::from_secs(30), || seen
+            .alert_ids("delivered")
+            .len()
+            >= 100)
+        .await,
+        "{} receipts\n{}",
+        seen.all().len(),
+        agent.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // An alert whose 2xx came as the agent stopped is delivered again after the restart; its
+    // new receipt may be queued after the bound was applied.
+    let again: usize = accepted_counts(&sim).values().map(|n| n - 1).sum();
+    let published = seen.all().len();
+    assert!(
+        (100..=100 + again).contains(&published),
+        "{published} receipts published: only the newest max_pending (100, + {again} redelivered)"
+    );
+    assert!(
+        agent
+            .logs()
+            .contains("delivery receipts dropped unpublished"),
+        "the drop is warned\n{}",
+        agent.logs()
+    );
+    assert_eq!(
+        accepted_counts(&sim).len(),
+        N,
+        "every alert delivered all the same"
+    );
+    assert_clean_exit(&mut agent);
+    cancel.cancel();
+    let _ = task.await;
+    let _ = sub_task.await;
+}

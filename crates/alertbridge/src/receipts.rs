@@ -366,6 +366,11 @@ pub async fn run(
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) {
+    if fault_hold_receipts() {
+        tracing::warn!("ALERTBRIDGE_FAULT_HOLD_RECEIPTS=1: the receipts publisher does not run");
+        cancel.cancelled().await;
+        return;
+    }
     let template = match Template::parse(&cfg.topic) {
         Ok(t) => t,
         Err(problem) => {
@@ -400,6 +405,13 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(mqtt.reconnect_max);
     }
+}
+
+/// Fault injection for the end-to-end tests, never set in production: with
+/// `ALERTBRIDGE_FAULT_HOLD_RECEIPTS=1` in its environment the publisher never connects, so
+/// receipts only accumulate in the log (a crash between the 2xx and the publish, stretched).
+fn fault_hold_receipts() -> bool {
+    std::env::var_os("ALERTBRIDGE_FAULT_HOLD_RECEIPTS").is_some_and(|v| v == "1")
 }
 
 struct Publisher {
