@@ -216,6 +216,7 @@ async fn kill9_during_delivery_still_publishes_a_receipt_for_every_delivered_ale
 async fn held_agent(broker: &Mosquitto, sim: &Sim, extra: &str) -> Agent {
     let opts = AgentOptions {
         extra: format!("[receipts]\n{extra}\n"),
+        admin: true,
         ..receipts_on()
     };
     let mut agent = Agent::start(broker.port, sim, &opts);
@@ -244,6 +245,14 @@ async fn a_crash_between_the_2xx_and_the_receipt_publish_still_publishes_it() {
     assert!(
         seen.all().is_empty(),
         "the held publisher published nothing"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .status()
+            .is_some_and(|s| s["receipts_pending"] == N))
+        .await,
+        "status shows the receipts waiting: {:?}",
+        agent.status()
     );
     agent.set_env(&[]);
     agent.restart(); // SIGKILL: every receipt is only in the log, then start without the hold
