@@ -18,6 +18,7 @@ mod mqtt5;
 mod operator;
 mod pressure;
 mod readiness;
+mod receipts;
 mod share;
 mod slow_api;
 mod spine;

@@ -214,6 +214,8 @@ pub(crate) struct AgentOptions {
     /// Serve the status endpoint on a free loopback port, so `status --json` shows live
     /// counters while the agent runs (default: off).
     pub(crate) admin: bool,
+    /// More `[mapping]` keys, one per line (e.g. `topic_pattern = "plant/{site}/alerts/{device}"`).
+    pub(crate) mapping_extra: String,
     pub(crate) extra: String,
 }
 
@@ -232,6 +234,7 @@ impl Default for AgentOptions {
             mqtt_extra: String::new(),
             delivery_extra: String::new(),
             admin: false,
+            mapping_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -326,6 +329,7 @@ shutdown_timeout_secs = 3
 
 [mapping]
 alert_id_field = "alert_id"
+{mapping_extra}
 
 [admin]
 listen = "{admin}"
@@ -350,6 +354,7 @@ level = "info"
             mqtt_extra = opts.mqtt_extra,
             admin = admin.clone().unwrap_or_default(),
             extra = opts.extra,
+            mapping_extra = opts.mapping_extra,
         );
         std::fs::write(&config, text).expect("write config");
         let mut a = Agent {

@@ -40,6 +40,9 @@ pub struct Status {
     pub dead_letters_exported: u64,
     /// Receipts kept.
     pub delivered_kept: u64,
+    /// Delivery receipts waiting in the log to be published to MQTT (`[receipts]`).
+    #[serde(default)]
+    pub receipts_pending: u64,
     /// Log size on disk.
     pub store_bytes: u64,
     /// Bytes of the log's segments (pending alerts): what `store.max_bytes` bounds.
@@ -73,6 +76,7 @@ pub fn status_of(
         dead_letter_bytes: s.dead_bytes,
         dead_letters_exported: wal.dead_letters_evicted(),
         delivered_kept: s.delivered_kept,
+        receipts_pending: s.outbox_pending,
         store_bytes: s.size_on_disk,
         data_bytes: s.data_bytes,
         counters: counters.map(Counters::snapshot),

@@ -50,6 +50,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod notify;
 pub mod operator;
+pub mod receipts;
 pub mod schedule;
 mod session;
 
@@ -277,6 +278,17 @@ pub async fn run_with(
         ingest_cancel.clone(),
     ));
     let mut drain = tokio::spawn(drain.run(feed_rx, drain_cancel.clone()));
+    // Receipts to MQTT (`[receipts]`): a courtesy beside delivery, never a reason to stop.
+    let receipts_cancel = root.child_token();
+    let mut receipts = config.receipts.clone().map(|r| {
+        tokio::spawn(receipts::run(
+            r,
+            config.mqtt.clone(),
+            wal.clone(),
+            counters.clone(),
+            receipts_cancel.clone(),
+        ))
+    });
 
     // Wait for the signal or for a stage to fail.
     let mut ingest_result = None;
@@ -302,6 +314,11 @@ pub async fn run_with(
             Some(r) => r,
             None => drain.await,
         };
+        // Receipts marked done so far go into the final flush; the rest wait in the log.
+        receipts_cancel.cancel();
+        if let Some(h) = receipts.as_mut() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
+        }
         let flushed = {
             let w = wal.clone();
             tokio::task::spawn_blocking(move || w.close()).await

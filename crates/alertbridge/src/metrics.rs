@@ -420,6 +420,18 @@ fn register_counters(r: &mut Registry, s: &Snapshot, m: &Metrics, tokens: &Token
         "Times the drain found pending alerts it had lost track of (a bug if not 0)",
         s.drain_repairs,
     );
+    counter(
+        r,
+        "alertbridge_receipts_published",
+        "Delivery receipts published to MQTT and acknowledged by the broker",
+        s.receipts_published,
+    );
+    counter(
+        r,
+        "alertbridge_receipts_dropped",
+        "Delivery receipts dropped unpublished by the outbox bound (receipts.max_pending, receipts.max_age_secs)",
+        s.receipts_dropped,
+    );
 }
 
 fn register_histograms(r: &mut Registry, m: &Metrics) {
@@ -497,6 +509,13 @@ fn register_state(r: &mut Registry, counters: &Counters, s: &Snapshot) {
     );
     gauge(
         r,
+        "alertbridge_receipts_connected",
+        "1 while the receipts publisher is connected to the MQTT broker",
+        None,
+        flag(s.receipts_connected),
+    );
+    gauge(
+        r,
         "alertbridge_subscriptions_held",
         "Topic filters held at QoS 1 on the broker's session",
         None,
@@ -553,6 +572,13 @@ fn register_log(r: &mut Registry, st: &WalStats, m: &Metrics, now_ms: u64) {
         "Dead letters stored",
         None,
         clamp(st.dead_letters),
+    );
+    gauge(
+        r,
+        "alertbridge_receipts_pending",
+        "Delivery receipts waiting in the log to be published",
+        None,
+        clamp(st.outbox_pending),
     );
     gauge(
         r,
@@ -644,6 +670,7 @@ mod tests {
             data_bytes: 4096,
             size_on_disk: 8192,
             dead_bytes: 100,
+            outbox_pending: 0,
         };
         let text = render(&c, Some(&stats), 70_000);
         for (series, want) in [

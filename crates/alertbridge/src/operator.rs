@@ -276,5 +276,20 @@ pub fn print_status(s: &Status) {
         if let Some(e) = &c.subscription_error {
             println!("  subscription error: {e}");
         }
+        if c.receipts_published + c.receipts_dropped + s.receipts_pending > 0
+            || c.receipts_connected
+        {
+            println!(
+                "  receipts:       published {} dropped {} waiting {} publisher {}",
+                c.receipts_published,
+                c.receipts_dropped,
+                s.receipts_pending,
+                if c.receipts_connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+            );
+        }
     }
 }

@@ -16,6 +16,10 @@ pub const DEAD_LETTER_VERSION: u8 = 1;
 /// Version byte of the frame around a [`Receipt`] body. Bump it when [`Receipt`] changes.
 pub const RECEIPT_VERSION: u8 = 1;
 
+/// Version byte of the frame around an [`OutboxEntry`] body. Bump it when [`OutboxEntry`] (or a
+/// type inside it) changes, and keep a decoder for the old version in [`decode_outbox_entry`].
+pub const OUTBOX_VERSION: u8 = 1;
+
 /// Why a record became a dead letter.
 ///
 /// Serialized inside [`DeadLetter`]: appending variants is compatible, reordering or removing is a
@@ -96,6 +100,142 @@ pub struct Receipt {
     pub attempts: u32,
     /// Unix ms when ingest received it.
     pub received_at_ms: u64,
+}
+
+/// Which state change an [`OutboxEntry`] reports.
+///
+/// Serialized inside [`OutboxEntry`]: appending variants is compatible, reordering or removing is
+/// a format change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptState {
+    /// Genesys answered 2xx.
+    Delivered,
+    /// Moved to dead letters for any reason other than its time to live.
+    DeadLettered,
+    /// Moved to dead letters because its time to live ran out.
+    Expired,
+}
+
+/// Where an MQTT 5 publisher asked for the answer (`response_topic` + `correlation_data`).
+///
+/// Serialized inside [`OutboxEntry`]: changing it changes the on-disk format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The publisher's response topic.
+    pub topic: String,
+    /// The publisher's correlation data, echoed verbatim.
+    pub correlation: Option<Vec<u8>>,
+}
+
+/// A receipt waiting to be published to MQTT: the state change of one alert, queued in the same
+/// log frame as the change itself (see [`crate::Wal::remove_and_queue`]).
+///
+/// **On-disk format** (framed, version [`OUTBOX_VERSION`]): changing this struct,
+/// [`ReceiptState`], [`Reply`] or [`DeadKind`] changes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Identity of the alert.
+    pub alert_id: String,
+    /// The MQTT topic the alert arrived on (the receipt topic's placeholders come from it).
+    pub topic: String,
+    /// What happened to it.
+    pub state: ReceiptState,
+    /// Unix ms of the state change.
+    pub at_ms: u64,
+    /// Unix ms when ingest received the alert.
+    pub received_at_ms: u64,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// HTTP status of the last answer, if the API answered.
+    pub status: Option<u16>,
+    /// Genesys flow execution id, when the target returned one.
+    pub execution_id: Option<String>,
+    /// Correlation id of the request/answer.
+    pub correlation_id: Option<String>,
+    /// For a dead-lettered or expired alert: the dead-letter id and why.
+    pub dead: Option<OutboxDead>,
+    /// Where an MQTT 5 publisher asked for the answer; `None` uses the configured template.
+    pub reply: Option<Reply>,
+}
+
+/// The dead-letter part of an [`OutboxEntry`].
+///
+/// Serialized inside [`OutboxEntry`]: changing it changes the on-disk format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxDead {
+    /// Dead-letter id (for `dead-letters show` / `replay`).
+    pub id: u64,
+    /// Class of the reason.
+    pub kind: DeadKind,
+    /// Human-readable explanation (cut to [`OUTBOX_TEXT_MAX`] bytes).
+    pub reason: String,
+    /// The API's error message, if any (cut to [`OUTBOX_TEXT_MAX`] bytes).
+    pub api_message: Option<String>,
+}
+
+/// Longest text kept in an [`OutboxEntry`] field that comes from outside (reasons, API messages):
+/// a receipt stays small whatever an API answered.
+pub const OUTBOX_TEXT_MAX: usize = 512;
+
+/// `text` cut to at most `max` bytes on a char boundary.
+pub fn cut_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+impl OutboxDead {
+    /// The dead-letter part for dead letter `id` with `reason`, texts cut to [`OUTBOX_TEXT_MAX`].
+    pub fn new(id: u64, reason: &DeadReason) -> OutboxDead {
+        OutboxDead {
+            id,
+            kind: reason.kind,
+            reason: cut_text(&reason.message, OUTBOX_TEXT_MAX),
+            api_message: reason
+                .api_message
+                .as_deref()
+                .map(|m| cut_text(m, OUTBOX_TEXT_MAX)),
+        }
+    }
+}
+
+impl OutboxEntry {
+    /// The entry for a record moved to dead letter `id` with `reason` at `at_ms`; the state is
+    /// [`ReceiptState::Expired`] for [`DeadKind::Expired`], else [`ReceiptState::DeadLettered`].
+    pub fn dead_lettered(record: &Record, id: u64, reason: &DeadReason, at_ms: u64) -> OutboxEntry {
+        OutboxEntry {
+            alert_id: record.alert_id.clone(),
+            topic: record.topic.clone(),
+            state: if reason.kind == DeadKind::Expired {
+                ReceiptState::Expired
+            } else {
+                ReceiptState::DeadLettered
+            },
+            at_ms,
+            received_at_ms: record.received_at_ms,
+            attempts: record.attempts,
+            status: reason.status,
+            execution_id: None,
+            correlation_id: None,
+            dead: Some(OutboxDead::new(id, reason)),
+            reply: None,
+        }
+    }
+}
+
+/// Encodes an outbox entry as stored in the outbox lane.
+pub fn encode_outbox_entry(entry: &OutboxEntry) -> Result<Vec<u8>, RecordError> {
+    frame(OUTBOX_VERSION, entry)
+}
+
+/// Decodes a stored outbox entry; never panics on any input.
+pub fn decode_outbox_entry(bytes: &[u8]) -> Result<OutboxEntry, RecordError> {
+    unframe(OUTBOX_VERSION, bytes)
 }
 
 /// Encodes a dead letter as stored in the dead-letter tree.

@@ -5,7 +5,8 @@
 //! The store of every alert between the MQTT ack and the Genesys 2xx: the record format
 //! ([`Record`], framed and checksummed), group commit with a durability proof ([`Durable`]),
 //! the pending records in drain order per lane (read through a [`Cursor`]), dead letters with
-//! reasons, a bounded set of delivery receipts, a dedup window of alert ids bounded by time and
+//! reasons, a bounded set of delivery receipts, the outbox of receipts waiting to be published
+//! to MQTT (when [`WalConfig::outbox`] is on), a dedup window of alert ids bounded by time and
 //! count, recovery of all of it at open, and the one-time migration of a format-1 (sled) store.
 //!
 //! It does **not** own MQTT, HTTP, retry policy, clocks or threads: callers pass times in the
@@ -38,9 +39,17 @@
 //!   seq inside a damaged region of a segment; nothing is dropped, the cursor never sticks.
 //! - **I5 — a failed write or fsync poisons the WAL.** Never retried; every later write returns
 //!   [`WalError::Poisoned`] (see the `poison` module).
-//! - **W1 — one frame, one fact.** A put, a removal, and a retry's re-append together with the
-//!   removal of its old copy are each one checksummed frame: after any crash either the frame is
-//!   whole and applies, or it is a torn tail and is cut off at open.
+//! - **W1 — one frame, one fact.** A put, a removal, a retry's re-append together with the
+//!   removal of its old copy, and a delivery's removal together with its queued receipt are each
+//!   one checksummed frame: after any crash either the frame is whole and applies, or it is a
+//!   torn tail and is cut off at open.
+//! - **RC1 — a receipt is queued with the state change it reports and leaves only when done.**
+//!   With [`WalConfig::outbox`] on, [`Wal::remove_and_queue`] writes the receipt as a `Put` into
+//!   the reserved lane [`LANE_OUTBOX`] that replaces the delivered key (W1); a move to dead
+//!   letters replaces the key the same way once the dead letter is fsynced (and a crash between
+//!   the two is finished at open with the receipt); a dead letter at ingest gets its receipt in
+//!   the same group commit. An entry leaves only through [`Wal::outbox_done`], which cannot
+//!   remove an alert. The outbox lane never counts as pending and never enters the dedup window.
 //! - **W2 — ids never go backwards.** Seqs are allocated under the writer mutex in append order
 //!   and recovered as one past the highest seen (or checkpointed); dead-letter ids likewise, and a
 //!   compaction of the dead-letter log starts with the next id.
@@ -48,11 +57,11 @@
 //!   (one bit per seq) and live counts per lane. No key, offset or object per record is held;
 //!   cursors read the files.
 //!
-//! # Store layout (on-disk format [`STORE_FORMAT`] = 2)
+//! # Store layout (on-disk format 2, or [`STORE_FORMAT`] = 3 with the outbox)
 //!
 //! | file | what |
 //! |---|---|
-//! | `FORMAT` | `alertbridge-wal 2` |
+//! | `FORMAT` | `alertbridge-wal 2`, or `alertbridge-wal 3` while [`WalConfig::outbox`] is on |
 //! | `LOCK` | `flock`ed by the process that has the store open |
 //! | `seg-<id>.log` | append-only frames: `Put` (seq, lane, received_at_ms, id hash, optional replaced key, framed record) and `Ack` (keys removed). The highest id is the active segment; it is sealed at [`WalConfig::segment_bytes`] |
 //! | `dead.log` | `DeadAdd` (id, framed [`DeadLetter`]), `DeadRemove` (id), `DeadNextId` |
@@ -65,6 +74,13 @@
 //! record carrying MQTT 5 properties is framed as [`RECORD_VERSION_MQTT5`], every other record
 //! exactly as before).
 //! Changing any stored type changes the format: bump its version and keep a decoder for the old.
+//!
+//! Format 3 is format 2 plus [`OutboxEntry`] puts (framed, [`OUTBOX_VERSION`]) in lane
+//! [`LANE_OUTBOX`] = 2. A format-2 build would read that lane as alerts, so the marker says 3
+//! exactly while the outbox may hold entries: open with the outbox on rewrites a format-2
+//! marker to 3 (tmp + rename + directory fsync) before any receipt is queued; open with it off
+//! drops the entries left (logged), makes that durable and writes 2 again. A format-2 store
+//! needs no other migration; a format-2 build refuses a format-3 store.
 //!
 //! # Durability: what survives which crash
 //!
@@ -109,7 +125,7 @@
 //! # Modules
 //!
 //! `frame` (the frame and the resyncing scanner), `segment` (segment table, put/ack bodies),
-//! `wal` (the store), `deadlog`, `receipts`, `checkpoint`, `dedup`, `record` (Key, Record, I4),
+//! `wal` (the store; `wal/outbox` the receipt outbox), `deadlog`, `receipts`, `checkpoint`, `dedup`, `record` (Key, Record, I4),
 //! `letters` (dead letters, receipts), `durability` (Durable, SyncTarget), `poison` (I5),
 //! `legacy` + `migrate` (format 1), `error` (WalError).
 
@@ -134,14 +150,16 @@ mod tests;
 pub use durability::{Durable, FileSync, SyncTarget};
 pub use error::WalError;
 pub use letters::{
-    decode_dead_letter, decode_receipt, encode_dead_letter, encode_receipt, DeadKind, DeadLetter,
-    DeadReason, Receipt, DEAD_LETTER_VERSION, RECEIPT_VERSION,
+    cut_text, decode_dead_letter, decode_outbox_entry, decode_receipt, encode_dead_letter,
+    encode_outbox_entry, encode_receipt, DeadKind, DeadLetter, DeadReason, OutboxDead, OutboxEntry,
+    Receipt, ReceiptState, Reply, DEAD_LETTER_VERSION, OUTBOX_TEXT_MAX, OUTBOX_VERSION,
+    RECEIPT_VERSION,
 };
 pub use record::{
     decode_record, encode_record, Key, MqttProps, Priority, Record, RecordError, Seq,
     FRAME_HEADER_LEN, PRIORITY_CRITICAL, PRIORITY_NORMAL, RECORD_VERSION, RECORD_VERSION_MQTT5,
 };
 pub use wal::{
-    Appended, CorruptPending, Cursor, DeadLetterSink, Entry, PendingItem, Wal, WalConfig, WalStats,
-    STORE_FORMAT,
+    Appended, CorruptPending, Cursor, DeadLetterSink, Entry, OutboxItem, PendingItem, Wal,
+    WalConfig, WalStats, LANE_OUTBOX, STORE_FORMAT,
 };

@@ -6,7 +6,7 @@
 //! never in this file: only the *path* of a secret file or the name of an environment variable.
 //!
 //! This file holds the whole-file types and the shared rules; each section's raw and validated
-//! types live beside it: `mqtt`, `store`, `genesys`, `delivery`.
+//! types live beside it: `mqtt`, `store`, `genesys`, `delivery`, `receipts`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,11 +19,13 @@ use serde::Deserialize;
 mod delivery;
 mod genesys;
 mod mqtt;
+mod receipts;
 mod store;
 
 pub use delivery::*;
 pub use genesys::*;
 pub use mqtt::*;
+pub use receipts::*;
 pub use store::*;
 
 /// Environment variable that may hold the Genesys client secret (when no `client_secret_file`).
@@ -141,6 +143,9 @@ pub struct RawConfig {
     /// `[log]`
     #[serde(default)]
     pub log: RawLog,
+    /// `[receipts]`: present (even empty) turns delivery receipts to MQTT on.
+    #[serde(default)]
+    pub receipts: Option<RawReceipts>,
 }
 
 /// `[admin]` as written.
@@ -197,6 +202,8 @@ pub struct Config {
     pub log_level: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Delivery receipts published to MQTT; `None`: off (no `[receipts]` section).
+    pub receipts: Option<ReceiptsConfig>,
 }
 
 impl Config {
@@ -221,7 +228,7 @@ impl Config {
     /// Stage two: meaning, defaults and cross-key rules.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let mqtt = mqtt_from_raw(raw.mqtt)?;
-        let store = store_from_raw(raw.store)?;
+        let mut store = store_from_raw(raw.store)?;
         let genesys = genesys_from_raw(raw.genesys)?;
         let delivery = delivery_from_raw(raw.delivery)?;
         alertbridge_payload::Mapper::new(&raw.mapping).map_err(|e| ConfigError::Invalid {
@@ -265,6 +272,9 @@ impl Config {
                 ))
             }
         };
+        let receipts = receipts_from_raw(raw.receipts, &mqtt, &raw.mapping)?;
+        // The log keeps the receipt outbox exactly while receipts are configured.
+        store.wal.outbox = receipts.is_some();
         Ok(Config {
             mqtt,
             store,
@@ -274,6 +284,7 @@ impl Config {
             admin_listen,
             log_level: log_level_from_raw(raw.log.level)?,
             log_format,
+            receipts,
         })
     }
 

@@ -55,6 +55,8 @@ pub(crate) struct Member {
     pub(crate) alert_id: String,
     /// When ingest received it (the receipt's `received_at_ms`, a summary's first/last).
     pub(crate) received_at_ms: u64,
+    /// The MQTT topic it arrived on (a published receipt's topic placeholders come from it).
+    pub(crate) topic: String,
 }
 
 impl Member {
@@ -64,6 +66,7 @@ impl Member {
             key,
             alert_id: record.alert_id.clone(),
             received_at_ms: record.received_at_ms,
+            topic: record.topic.clone(),
         }
     }
 }

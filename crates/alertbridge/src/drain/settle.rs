@@ -2,7 +2,10 @@
 //! summary — and to the pacing state. The table in the module doc of `drain` says what each
 //! answer does; here it is kept once for both kinds of job:
 //!
-//! - accepted: every member removed with a receipt (I3 per member);
+//! - accepted: every member removed with a receipt (I3 per member); with `[receipts]`
+//!   configured the removal also queues the receipt to publish, in the same log frame (RC1) —
+//!   dead letters (rejected, expired, unconfirmed, exhausted) queue theirs inside the log's own
+//!   move to dead letters, so no path here can forget one;
 //! - retryable: the job waits `max(Retry-After, jittered backoff)` (a single alert's record is
 //!   re-appended with its history; a summary is kept in the storm state), or, after
 //!   `max_timeouts` unanswered requests, every member becomes an `Unconfirmed` dead letter (T1);
@@ -13,7 +16,9 @@
 use std::time::{Duration, Instant};
 
 use alertbridge_genesys::Disposition;
-use alertbridge_wal::{CorruptPending, DeadKind, DeadReason, Key, Receipt, Record, WalError};
+use alertbridge_wal::{
+    CorruptPending, DeadKind, DeadReason, Key, OutboxEntry, Receipt, ReceiptState, Record, WalError,
+};
 
 use super::job::{Done, Job};
 use super::{
@@ -156,7 +161,30 @@ impl Drain {
                 received_at_ms: m.received_at_ms,
             };
             let key = m.key;
-            let gone = wal_call(&self.wal, "remove", move |w| w.remove(key, receipt)).await?;
+            // With receipts configured the removal and the receipt to publish are one frame
+            // (RC1); without, `remove_and_queue` is a plain removal.
+            let gone = if self.wal.outbox_enabled() {
+                let entry = OutboxEntry {
+                    alert_id: m.alert_id.clone(),
+                    topic: m.topic.clone(),
+                    state: ReceiptState::Delivered,
+                    at_ms: wall,
+                    received_at_ms: m.received_at_ms,
+                    attempts: job.history.attempts,
+                    status: Some(r.status),
+                    execution_id: r.execution_id.clone(),
+                    correlation_id: correlation.clone(),
+                    dead: None,
+                    // MQTT 5 response topic: filled once ingest keeps it with the record.
+                    reply: None,
+                };
+                wal_call(&self.wal, "remove_and_queue", move |w| {
+                    w.remove_and_queue(key, receipt, &entry)
+                })
+                .await?
+            } else {
+                wal_call(&self.wal, "remove", move |w| w.remove(key, receipt)).await?
+            };
             self.release(key);
             self.unflushed = true;
             if still_pending(gone)? {

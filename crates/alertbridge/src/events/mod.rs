@@ -12,7 +12,8 @@
 //! The counters and the status snapshot live here; the events beside them, by stage: `ingest`
 //! (group commits, duplicates, acks, broker connection, subscriptions, disk budget), `delivery`
 //! (delivered, retried, dead-lettered, the drain's tick and self-repairs), `pacing` (pauses,
-//! breaker, 429s and the rate, request latency).
+//! breaker, 429s and the rate, request latency), `receipts` (receipts published to MQTT, dropped
+//! by the outbox bound, the publisher's connection).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -77,6 +78,12 @@ pub struct Counters {
     pub subscriptions_held: AtomicU64,
     /// Grants refused (0x80) or downgraded (QoS 0) since start, retries included.
     pub subscription_errors: AtomicU64,
+    /// Delivery receipts published to MQTT and acknowledged by the broker (`[receipts]`).
+    pub receipts_published: AtomicU64,
+    /// Delivery receipts dropped unpublished by the outbox bound (count or age).
+    pub receipts_dropped: AtomicU64,
+    /// The receipts publisher's own MQTT connection is up.
+    pub receipts_connected: AtomicBool,
     /// The labelled counters and histograms of `/metrics` (recorded here, by the events).
     pub metrics: crate::metrics::Metrics,
     latencies_ms: Mutex<Vec<u32>>,
@@ -130,6 +137,9 @@ impl Counters {
             subscriptions_held: g(&self.subscriptions_held),
             subscription_errors: g(&self.subscription_errors),
             subscription_error: self.subscription_error.lock().ok().and_then(|g| g.clone()),
+            receipts_published: g(&self.receipts_published),
+            receipts_dropped: g(&self.receipts_dropped),
+            receipts_connected: self.receipts_connected.load(Ordering::Relaxed),
         }
     }
 
@@ -235,6 +245,12 @@ pub struct Snapshot {
     pub subscription_errors: u64,
     /// What is wrong with the subscriptions now, with the likely cause.
     pub subscription_error: Option<String>,
+    /// Delivery receipts published to MQTT since start (`[receipts]`).
+    pub receipts_published: u64,
+    /// Delivery receipts dropped unpublished by the outbox bound since start.
+    pub receipts_dropped: u64,
+    /// The receipts publisher's MQTT connection is up.
+    pub receipts_connected: bool,
 }
 
 impl Snapshot {
@@ -248,10 +264,12 @@ impl Snapshot {
 mod delivery;
 mod ingest;
 mod pacing;
+mod receipts;
 
 pub use delivery::*;
 pub use ingest::*;
 pub use pacing::*;
+pub use receipts::*;
 
 #[cfg(test)]
 mod tests {

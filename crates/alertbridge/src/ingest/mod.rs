@@ -49,6 +49,9 @@ mod v5;
 
 use entry::entry_for;
 pub(crate) use entry::{publisher_expiry_reason, publisher_ttl};
+/// The 3.1.1 client options from the validated config; the receipts publisher starts from them
+/// (same broker, user and TLS) and speaks 3.1.1 whatever `mqtt.protocol` says.
+pub(crate) use v4::mqtt_options;
 pub use v4::MAX_INCOMING_PACKET;
 
 use link::Inbound;

@@ -138,7 +138,7 @@ pub(super) fn request_channel_capacity(batch_max: usize) -> usize {
 }
 
 /// Build rumqttc options from the validated config.
-pub(super) fn mqtt_options(cfg: &MqttConfig, batch_max: usize) -> Result<MqttOptions, IngestError> {
+pub(crate) fn mqtt_options(cfg: &MqttConfig, batch_max: usize) -> Result<MqttOptions, IngestError> {
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     // Persistent session: the broker keeps QoS1 alerts for us while we are down.
     o.set_clean_session(false)

@@ -219,7 +219,7 @@ fn a_torn_tail_is_cut_off_at_open_and_everything_before_it_kept() {
     assert_eq!(pending_ids(&wal).len(), 21);
 }
 
-fn newest_segment(wal: &Wal) -> std::path::PathBuf {
+pub(crate) fn newest_segment(wal: &Wal) -> std::path::PathBuf {
     let mut segs: Vec<_> = std::fs::read_dir(wal.dir())
         .unwrap()
         .map(|e| e.unwrap().path())

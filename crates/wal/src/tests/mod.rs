@@ -6,6 +6,7 @@ mod cursor;
 mod known_errors;
 mod migrate;
 mod model;
+mod outbox;
 mod poison;
 mod recovery;
 mod support;

@@ -100,6 +100,26 @@ impl Wal {
                         let mut seen = hash.to_le_bytes().to_vec();
                         seen.extend_from_slice(&now.to_le_bytes());
                         frame::encode(&mut main, Kind::Seen, &seen);
+                        if self.inner.cfg.outbox {
+                            // Its receipt goes in the same group commit: covered by the same
+                            // `Durable`, so nothing is acked without it.
+                            let entry = OutboxEntry::dead_lettered(record, id, reason, now);
+                            let framed = encode_outbox_entry(&entry).map_err(encode_err)?;
+                            let key = Key {
+                                priority: LANE_OUTBOX,
+                                seq: st.next_seq,
+                            };
+                            st.next_seq += 1;
+                            PutHeader {
+                                seq: key.seq,
+                                lane: LANE_OUTBOX,
+                                received_at_ms: now,
+                                id_hash: 0,
+                                replaces: None,
+                            }
+                            .encode(&mut main, &framed);
+                            puts.push(key);
+                        }
                         out.push(Appended::DeadLettered(id));
                     }
                 }
@@ -171,6 +191,20 @@ impl Wal {
         framed: &[u8],
         replaces: Option<Key>,
     ) -> Result<Key, WalError> {
+        let hash = id_hash(&record.topic, &record.alert_id);
+        self.put_framed(st, lane, record.received_at_ms, hash, framed, replaces)
+    }
+
+    /// [`Wal::put_one`] of any framed value (a record, or an outbox entry with `id_hash` 0).
+    pub(super) fn put_framed(
+        &self,
+        st: &mut State,
+        lane: Priority,
+        received_at_ms: u64,
+        id_hash: u128,
+        framed: &[u8],
+        replaces: Option<Key>,
+    ) -> Result<Key, WalError> {
         self.rotate_if_full(st)?;
         let key = Key {
             priority: lane,
@@ -181,8 +215,8 @@ impl Wal {
         PutHeader {
             seq: key.seq,
             lane,
-            received_at_ms: record.received_at_ms,
-            id_hash: id_hash(&record.topic, &record.alert_id),
+            received_at_ms,
+            id_hash,
             replaces,
         }
         .encode(&mut main, framed);

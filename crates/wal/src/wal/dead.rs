@@ -169,6 +169,15 @@ impl Wal {
         let framed = encode_dead_letter(&letter).map_err(encode_err)?;
         let mut dead = Vec::new();
         DeadLog::encode_add(&mut dead, id, &framed);
+        // Encoded before anything is written, so an encoding failure changes nothing.
+        let removal = self.encode_dead_removal(
+            &mut st,
+            key,
+            letter.record.as_ref(),
+            id,
+            &letter.reason,
+            now_ms,
+        )?;
         self.write_dead(&mut st, &dead)?;
         let evicted = self.enforce_dead_budget(&mut st)?;
         st.dead_evicted += evicted;
@@ -177,10 +186,9 @@ impl Wal {
         if let Err(source) = self.inner.sync.sync_data(st.dead.file()) {
             return Err(self.poisoned_by(WalError::SyncFailed { source }));
         }
-        let mut main = Vec::new();
-        encode_ack(&mut main, &[key]);
-        self.write_main(&mut st, &main)?;
-        st.clear(key);
+        // With the outbox on, the removal is the Put of its receipt replacing the key (R1).
+        self.write_main(&mut st, &removal)?;
+        self.apply_dead_removal(&mut st, &removal, key);
         Ok(id)
     }
 

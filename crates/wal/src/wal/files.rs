@@ -85,8 +85,9 @@ pub(super) fn lock_dir(dir: &Path) -> Result<File, WalError> {
     }
 }
 
-/// Checks `<dir>/FORMAT`, writing it (durably) in a new store.
-pub(super) fn check_format(dir: &Path) -> Result<(), WalError> {
+/// Reads `<dir>/FORMAT` and returns the store's format; creates it for a new store (format 3
+/// with the outbox on, 2 without). Refuses any format this build does not read.
+pub(super) fn check_format(dir: &Path, outbox: bool) -> Result<u64, WalError> {
     let path = dir.join(FORMAT_FILE);
     match fs::read_to_string(&path) {
         Ok(text) => {
@@ -98,27 +99,33 @@ pub(super) fn check_format(dir: &Path) -> Result<(), WalError> {
                     name: "FORMAT",
                     raw: text.as_bytes().to_vec(),
                 })?;
-            if found != STORE_FORMAT {
+            if found != STORE_FORMAT && found != FORMAT_WITHOUT_OUTBOX {
                 return Err(WalError::UnsupportedStoreFormat {
                     found,
                     supported: STORE_FORMAT,
                 });
             }
-            Ok(())
+            Ok(found)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            write_format(dir).map_err(io_err("writing the store format", &path))
+            let format = if outbox {
+                STORE_FORMAT
+            } else {
+                FORMAT_WITHOUT_OUTBOX
+            };
+            write_format_version(dir, format).map_err(io_err("writing the store format", &path))?;
+            Ok(format)
         }
         Err(e) => Err(io_err("reading the store format", &path)(e)),
     }
 }
 
-/// Writes `<dir>/FORMAT` atomically.
-pub(crate) fn write_format(dir: &Path) -> io::Result<()> {
+/// Writes `<dir>/FORMAT` atomically with `format`.
+pub(crate) fn write_format_version(dir: &Path, format: u64) -> io::Result<()> {
     let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
     {
         let mut f = File::create(&tmp)?;
-        writeln!(f, "alertbridge-wal {STORE_FORMAT}")?;
+        writeln!(f, "alertbridge-wal {format}")?;
         f.sync_all()?;
     }
     fs::rename(&tmp, dir.join(FORMAT_FILE))?;

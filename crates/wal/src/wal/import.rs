@@ -89,7 +89,7 @@ impl Wal {
             if let Ok(Some(letter)) = self.get_dead_letter(id) {
                 if let Some(key) = letter.key {
                     if self.lock_state().is_pending(key) {
-                        stale.push(key);
+                        stale.push((key, letter));
                     }
                 }
             }
@@ -100,11 +100,19 @@ impl Wal {
         warn!(records = stale.len(), "removing pending copies of records already dead-lettered (a crash interrupted the move)");
         let gen = {
             let mut st = self.lock_state();
-            let mut main = Vec::new();
-            encode_ack(&mut main, &stale);
-            self.write_main(&mut st, &main)?;
-            for key in stale {
-                st.clear(key);
+            // Removed as the interrupted move would have: with the outbox on, by the Put of
+            // its receipt (so the crash does not lose the receipt either).
+            for (key, letter) in stale {
+                let removal = self.encode_dead_removal(
+                    &mut st,
+                    key,
+                    letter.record.as_ref(),
+                    letter.id,
+                    &letter.reason,
+                    letter.dead_at_ms,
+                )?;
+                self.write_main(&mut st, &removal)?;
+                self.apply_dead_removal(&mut st, &removal, key);
             }
             st.written_gen
         };
@@ -160,6 +168,7 @@ impl Wal {
         let st = self.lock_state();
         let fresh = recover(&self.inner.dir, &self.inner.cfg, &FileSync).expect("recover");
         assert_eq!(st.lane_totals(), fresh.lane_totals(), "pending counts");
+        assert_eq!(st.outbox_len(), fresh.outbox_len(), "outbox entries");
         assert_eq!(st.dead.count(), fresh.dead.count(), "dead letters");
         assert_eq!(st.next_seq, fresh.next_seq, "next seq");
     }

@@ -16,6 +16,7 @@ mod append;
 mod dead;
 mod files;
 mod import;
+mod outbox;
 mod read;
 mod recover;
 
@@ -37,8 +38,8 @@ use crate::durability::{sync_dir, Durable, FileSync, SyncTarget};
 use crate::error::WalError;
 use crate::frame::{self, Item, Kind};
 use crate::letters::{
-    decode_dead_letter, decode_receipt, encode_dead_letter, encode_receipt, DeadKind, DeadLetter,
-    DeadReason, Receipt,
+    decode_dead_letter, decode_outbox_entry, decode_receipt, encode_dead_letter,
+    encode_outbox_entry, encode_receipt, DeadKind, DeadLetter, DeadReason, OutboxEntry, Receipt,
 };
 use crate::poison::Poison;
 use crate::receipts::Receipts;
@@ -48,11 +49,23 @@ use crate::record::{
 use crate::segment::{self, decode_ack, encode_ack, PutHeader, Segment};
 
 use files::*;
+pub use outbox::OutboxItem;
 use recover::recover;
 
-/// Version of the store layout (file names, frame kinds, checkpoint), kept in `<dir>/FORMAT`.
-/// Format 1 was the sled store; [`Wal::open`] migrates it.
-pub const STORE_FORMAT: u64 = 2;
+/// Newest version of the store layout (file names, frame kinds, lanes, checkpoint) this build
+/// reads, kept in `<dir>/FORMAT`. Format 1 was the sled store; [`Wal::open`] migrates it.
+/// Format 3 is format 2 plus the receipt outbox lane ([`LANE_OUTBOX`]): a store is marked 3
+/// only while [`WalConfig::outbox`] is on, so a store that never queued a receipt stays
+/// readable by a format-2 build (see [`Wal::open`]).
+pub const STORE_FORMAT: u64 = 3;
+
+/// The format of a store without an outbox lane (also what a format-3 store becomes again when
+/// it is opened with [`WalConfig::outbox`] off).
+const FORMAT_WITHOUT_OUTBOX: u64 = 2;
+
+/// The reserved lane of receipts waiting to be published ([`OutboxEntry`]). It is not a
+/// priority: pending counts, [`Wal::lanes`], [`Wal::pending`] and the dedup window leave it out.
+pub const LANE_OUTBOX: Priority = 2;
 
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "LOCK";
@@ -91,6 +104,11 @@ pub struct WalConfig {
     pub dead_max_count: u64,
     /// Most bytes of dead letters kept (default 64 MiB).
     pub dead_max_bytes: u64,
+    /// Keep a receipt outbox (default off): [`Wal::remove_and_queue`] and
+    /// [`Wal::dead_letter_and_queue`] then queue receipts, and a crash between a dead letter and
+    /// its removal still queues one. Off: opening drops any entries left from a run with it on
+    /// (logged) and marks the store format 2 again.
+    pub outbox: bool,
 }
 
 /// Where dead letters go when the dead-letter budget is full (the agent writes JSON lines beside
@@ -123,6 +141,7 @@ impl Default for WalConfig {
             delivered_keep: 10_000,
             dead_max_count: 100_000,
             dead_max_bytes: 64 << 20,
+            outbox: false,
         }
     }
 }
@@ -183,6 +202,8 @@ pub struct WalStats {
     pub size_on_disk: u64,
     /// Bytes of the dead letters kept (their own budget, `dead_max_bytes`).
     pub dead_bytes: u64,
+    /// Receipts waiting in the outbox lane (not counted in `pending`).
+    pub outbox_pending: u64,
 }
 
 /// A pending value that does not decode (invariant I4). Dead-letter it with
@@ -307,10 +328,18 @@ impl State {
         let mut all = 0;
         let mut critical = 0;
         for s in self.segments.values() {
-            all += s.live_total();
+            all += s.live_total() - s.lane_live(LANE_OUTBOX);
             critical += s.lane_live(PRIORITY_CRITICAL);
         }
         (all, critical)
+    }
+
+    /// Receipts in the outbox lane.
+    fn outbox_len(&self) -> u64 {
+        self.segments
+            .values()
+            .map(|s| s.lane_live(LANE_OUTBOX))
+            .sum()
     }
 
     fn lanes(&self) -> Vec<Priority> {
@@ -321,7 +350,7 @@ impl State {
                 s.lane_counts()
                     .iter()
                     .enumerate()
-                    .filter(|(_, n)| **n > 0)
+                    .filter(|(lane, n)| **n > 0 && *lane != LANE_OUTBOX as usize)
                     .map(|(lane, _)| lane as Priority)
             })
             .collect();
@@ -361,7 +390,7 @@ impl Wal {
         }
         fs::create_dir_all(&dir).map_err(io_err("creating the store directory", &dir))?;
         let lock = lock_dir(&dir)?;
-        check_format(&dir)?;
+        let format = check_format(&dir, cfg.outbox)?;
         let started = Instant::now();
         let state = recover(&dir, &cfg, sync.as_ref())?;
         let (pending, pending_critical) = state.lane_totals();
@@ -392,6 +421,7 @@ impl Wal {
                 oldest: Mutex::new(None),
             }),
         };
+        wal.settle_outbox_format(format)?;
         wal.reconcile_dead_letters()?;
         wal.delete_empty_segments()?;
         Ok(wal)
@@ -404,7 +434,7 @@ impl Wal {
 
     /// Counts (kept in memory), oldest pending receive time (cached for a second) and sizes.
     pub fn stats(&self) -> Result<WalStats, WalError> {
-        let (pending, pending_critical, dead_letters, delivered_kept, data_bytes) = {
+        let (pending, pending_critical, dead_letters, delivered_kept, data_bytes, outbox_pending) = {
             let st = self.lock_state();
             let (all, critical) = st.lane_totals();
             (
@@ -413,6 +443,7 @@ impl Wal {
                 st.dead.count(),
                 st.receipts.count(),
                 data_bytes_of(&st),
+                st.outbox_len(),
             )
         };
         Ok(WalStats {
@@ -424,6 +455,7 @@ impl Wal {
             data_bytes,
             size_on_disk: self.size_on_disk()?,
             dead_bytes: self.lock_state().dead.live_bytes(),
+            outbox_pending,
         })
     }
 

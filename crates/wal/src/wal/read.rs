@@ -27,6 +27,21 @@ impl Wal {
     /// dead-letter it with [`Wal::dead_letter_corrupt`]. Reads take the writer mutex only
     /// briefly, never during file I/O.
     pub fn read(&self, cursor: &mut Cursor, max: usize) -> Result<Vec<PendingItem>, WalError> {
+        self.read_lane(cursor, max, decode_record, true)
+    }
+
+    /// [`Wal::read`] with the lane's own decoder (records, or outbox entries).
+    ///
+    /// `report_lost`: whether pending seqs inside a damaged region come back as corrupt. A
+    /// damaged region's lane is unknown, so only the alert lanes report them (I4): were the
+    /// outbox to report them, marking them done could remove an alert.
+    pub(super) fn read_lane<T>(
+        &self,
+        cursor: &mut Cursor,
+        max: usize,
+        decode: fn(&[u8]) -> Result<T, RecordError>,
+        report_lost: bool,
+    ) -> Result<Vec<LaneItem<T>>, WalError> {
         let mut out = Vec::new();
         while out.len() < max {
             let (file, end, end_seq) = {
@@ -95,6 +110,7 @@ impl Wal {
                                 take.push((i, item.clone()));
                             }
                         }
+                        Found::Garbage { .. } if !report_lost => {}
                         Found::Garbage { .. } => {
                             // Seqs between the last put before it and the next put after it.
                             let from = last_seq.map_or(seg.map_or(0, |s| s.first_seq), |s| s + 1);
@@ -143,8 +159,8 @@ impl Wal {
                                 priority: lane,
                                 seq,
                             };
-                            out.push(match decode_record(raw) {
-                                Ok(record) => Ok((key, record)),
+                            out.push(match decode(raw) {
+                                Ok(value) => Ok((key, value)),
                                 Err(error) => {
                                     warn!(key = %key, error = %error, "corrupt pending record");
                                     Err(CorruptPending {
@@ -269,6 +285,9 @@ impl Wal {
         Ok(None)
     }
 }
+
+/// One item of a lane as a cursor returns it: its decoded value, or corrupt.
+pub(super) type LaneItem<T> = Result<(Key, T), CorruptPending>;
 
 /// One frame of a segment, as a cursor sees it (owned: no borrow of the read buffer).
 #[derive(Clone, Debug)]

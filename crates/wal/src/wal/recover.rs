@@ -102,7 +102,10 @@ pub(super) fn recover(
                     }
                     cleared.extend(h.replaces);
                     seg.set_live(h.seq, h.lane);
-                    dedup.insert(h.id_hash, h.received_at_ms);
+                    // A receipt is not an alert: it must never make a redelivery look seen.
+                    if h.lane != LANE_OUTBOX {
+                        dedup.insert(h.id_hash, h.received_at_ms);
+                    }
                     last_put = Some(h.seq);
                 }
                 Item::Frame {

@@ -167,8 +167,21 @@ fn delivery(change: impl FnOnce(&mut crate::config::RawDelivery)) -> crate::conf
 }
 
 fn rig(cfg: crate::config::DeliveryConfig, mapping: MappingConfig, client: Scripted) -> Rig {
+    rig_on(cfg, mapping, client, false)
+}
+
+fn rig_on(
+    cfg: crate::config::DeliveryConfig,
+    mapping: MappingConfig,
+    client: Scripted,
+    outbox: bool,
+) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(WalConfig::new(dir.path().join("wal"))).expect("log opens");
+    let wal = Wal::open(WalConfig {
+        outbox,
+        ..WalConfig::new(dir.path().join("wal"))
+    })
+    .expect("log opens");
     let mapper = Arc::new(Mapper::new(&mapping).expect("test mapping is valid"));
     let counters = Arc::new(Counters::default());
     let mut drain = Drain::new(cfg, wal.clone(), client.clone(), mapper, counters.clone());
@@ -472,4 +485,41 @@ impl Step {
             Step::Panic => unreachable!("a panic has no answer"),
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_receipts_on_each_delivered_and_each_rejected_alert_queues_one_receipt() {
+    let client = Scripted::new([accepted(), accepted()], rejected(400, "bad.request"));
+    let cfg = delivery(|d| d.max_in_flight = Some(1));
+    let mut rig = rig_on(cfg, MappingConfig::default(), client.clone(), true);
+    rig.append(4);
+    rig.run_for(Duration::from_secs(2), |_| {}).await;
+    assert_eq!(rig.pending(), 0);
+    let mut cursor = rig.wal.outbox_cursor();
+    let queued: Vec<alertbridge_wal::OutboxEntry> = rig
+        .wal
+        .read_outbox(&mut cursor, 100)
+        .expect("read outbox")
+        .into_iter()
+        .map(|i| i.expect("decodable").1)
+        .collect();
+    let states: Vec<_> = queued.iter().map(|e| e.state).collect();
+    use alertbridge_wal::ReceiptState::{DeadLettered, Delivered};
+    assert_eq!(states, [Delivered, Delivered, DeadLettered, DeadLettered]);
+    assert_eq!(queued[0].execution_id.as_deref(), Some("exec-1"));
+    assert_eq!(queued[0].topic, "plant/north/alerts/d1");
+    assert_eq!(queued[0].status, Some(202));
+    let dead = queued[2].dead.as_ref().expect("dead-letter part");
+    assert_eq!(dead.kind, DeadKind::Rejected);
+    assert!(dead.reason.contains("400"), "{}", dead.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_receipts_off_the_drain_queues_none() {
+    let client = Scripted::new([], accepted());
+    let mut rig = rig(delivery(|_| {}), MappingConfig::default(), client.clone());
+    rig.append(3);
+    rig.run_for(Duration::from_secs(1), |_| {}).await;
+    assert_eq!(rig.pending(), 0);
+    assert_eq!(rig.wal.outbox_len(), 0);
 }

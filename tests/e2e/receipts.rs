@@ -1,0 +1,326 @@
+//! Delivery receipts back to MQTT (`[receipts]`, invariant RC1): a subscriber on the receipts
+//! topic sees a receipt for every alert's outcome — delivered, dead-lettered — published from
+//! the log, so a kill -9 between Genesys' 2xx and the publish still publishes it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::support::*;
+
+/// Receipts as a subscriber on `alertbridge/receipts/#` saw them: (topic, JSON body).
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<(String, serde_json::Value)>>>);
+
+impl Seen {
+    fn all(&self) -> Vec<(String, serde_json::Value)> {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Alert ids with at least one receipt in `state`.
+    fn alert_ids(&self, state: &str) -> HashSet<String> {
+        self.all()
+            .iter()
+            .filter(|(_, v)| v["state"] == state)
+            .filter_map(|(_, v)| v["alert_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// Subscribes (QoS 1, clean session) on `alertbridge/receipts/#` and waits for the SUBACK.
+async fn subscriber(port: u16, cancel: CancellationToken) -> (Seen, tokio::task::JoinHandle<()>) {
+    let mut o = MqttOptions::new("receipts-subscriber", "127.0.0.1", port);
+    o.set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(o, 64);
+    client
+        .subscribe("alertbridge/receipts/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let seen = Seen::default();
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    let sink = seen.clone();
+    let task = tokio::spawn(async move {
+        let _client = client;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let body = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if let Ok(mut g) = sink.0.lock() {
+                            g.push((p.topic.clone(), body));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                },
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+        .await
+        .expect("the receipts subscription is acknowledged")
+        .expect("subscriber runs");
+    (seen, task)
+}
+
+fn receipts_on() -> AgentOptions {
+    AgentOptions {
+        mapping_extra: r#"topic_pattern = "plant/{site}/alerts/{device}""#.into(),
+        extra: "[receipts]\n".into(),
+        ..AgentOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_one_receipt_per_delivered_alert() {
+    const N: usize = 200;
+    let sim = sim(Duration::from_secs(3600)).await;
+    let sc = Scenario::start_subscribed("plant-receipts", sim, &receipts_on()).await;
+    let cancel = CancellationToken::new();
+    let (seen, task) = subscriber(sc.broker.port, cancel.clone()).await;
+    let ids: HashSet<String> = sc.publish("r", 0..N, "major").await.into_iter().collect();
+    sc.wait_accepted(N, Duration::from_secs(60)).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || seen.alert_ids("delivered")
+            == ids)
+        .await,
+        "receipts for {} of {N} delivered alerts\n{}",
+        seen.alert_ids("delivered").len(),
+        sc.agent.logs()
+    );
+    // Quiet a moment: nothing more comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = seen.all();
+    assert_eq!(all.len(), N, "exactly one receipt per delivered alert");
+    let executions: HashMap<String, String> = sc
+        .sim
+        .accepted()
+        .into_iter()
+        .filter_map(|a| a.alert_id.map(|id| (id, a.id)))
+        .collect();
+    let receipt_ids: HashSet<&str> = all
+        .iter()
+        .filter_map(|(_, v)| v["receipt_id"].as_str())
+        .collect();
+    assert_eq!(receipt_ids.len(), N, "receipt ids are distinct");
+    for (topic, v) in &all {
+        let alert_id = v["alert_id"].as_str().expect("alert_id");
+        let device = v["device"].as_str().expect("device from the topic pattern");
+        assert_eq!(topic, &format!("alertbridge/receipts/{device}"));
+        assert!(device.starts_with("SN-north-"), "{device}");
+        assert_eq!(
+            v["genesys"]["execution_id"].as_str(),
+            executions.get(alert_id).map(String::as_str),
+            "the execution id Genesys answered for {alert_id}"
+        );
+        assert_eq!(v["genesys"]["status"], 200, "{v}");
+        assert!(v["latency_ms"].as_u64().is_some(), "{v}");
+    }
+    cancel.cancel();
+    let _ = task.await;
+    sc.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_alert_gets_a_dead_lettered_receipt_with_kind_and_reason() {
+    let sim = failing_sim(400).await;
+    let sc = Scenario::start_subscribed("plant-receipts-dead", sim, &receipts_on()).await;
+    let cancel = CancellationToken::new();
+    let (seen, task) = subscriber(sc.broker.port, cancel.clone()).await;
+    let ids: HashSet<String> = sc.publish("d", 0..3, "major").await.into_iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(30), || seen.alert_ids("dead_lettered")
+            == ids)
+        .await,
+        "dead-lettered receipts: {:?}\n{}",
+        seen.all(),
+        sc.agent.logs()
+    );
+    for (_, v) in seen.all() {
+        assert_eq!(v["dead_letter"]["kind"], "rejected", "{v}");
+        let reason = v["dead_letter"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("400"), "{reason}");
+        assert!(v["dead_letter"]["id"].as_u64().is_some(), "{v}");
+    }
+    cancel.cancel();
+    let _ = task.await;
+    sc.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_delivery_still_publishes_a_receipt_for_every_delivered_alert() {
+    const N: usize = 2000;
+    const KILLS: usize = 3;
+    let broker = Mosquitto::start();
+    let sim = sim(Duration::from_secs(3600)).await;
+    let opts = AgentOptions {
+        rate_per_sec: 400.0,
+        burst: 50,
+        max_in_flight: 8,
+        ..receipts_on()
+    };
+    let mut agent = Agent::start(broker.port, &sim, &opts);
+    let cancel = CancellationToken::new();
+    let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
+    let (plant, task) = Plant::connect(broker.port, "plant-receipts-crash", cancel.clone());
+    wait_subscribed(&agent).await;
+    let publisher = tokio::spawn(async move {
+        publish_alerts(&plant, 0, N, 4).await;
+        plant
+    });
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(600 + fastrand::u64(0..600))).await;
+        agent.restart(); // SIGKILL, then start on the same store
+    }
+    let plant = publisher.await.expect("publisher");
+    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
+    let acked = plant.acked_ids();
+    assert_all_delivered(&acked, &sim, &agent, Duration::from_secs(90)).await;
+    let delivered: HashSet<String> = accepted_counts(&sim).into_keys().collect();
+    let complete = wait_until(Duration::from_secs(60), || {
+        delivered.is_subset(&seen.alert_ids("delivered"))
+    })
+    .await;
+    let got = seen.alert_ids("delivered");
+    let without: Vec<&String> = delivered.difference(&got).take(10).collect();
+    let receipts = seen.all().len();
+    println!(
+        "receipts kill9: kills={KILLS} acked={} delivered={} receipts={receipts} alerts_with_receipt={}",
+        acked.len(),
+        delivered.len(),
+        got.len()
+    );
+    assert!(
+        complete,
+        "delivered alerts without a receipt, e.g. {without:?}\n{}",
+        agent.logs()
+    );
+    assert_clean_exit(&mut agent);
+    cancel.cancel();
+    let _ = task.await;
+    let _ = sub_task.await;
+}
+
+/// An agent with receipts on whose publisher is held (it never connects): receipts accumulate
+/// in the log. `extra` goes into `[receipts]`.
+async fn held_agent(broker: &Mosquitto, sim: &Sim, extra: &str) -> Agent {
+    let opts = AgentOptions {
+        extra: format!("[receipts]\n{extra}\n"),
+        admin: true,
+        ..receipts_on()
+    };
+    let mut agent = Agent::start(broker.port, sim, &opts);
+    agent.set_env(&[("ALERTBRIDGE_FAULT_HOLD_RECEIPTS", "1")]);
+    agent.restart();
+    wait_subscribed(&agent).await;
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_2xx_and_the_receipt_publish_still_publishes_it() {
+    const N: usize = 300;
+    let broker = Mosquitto::start();
+    let sim = sim(Duration::from_secs(3600)).await;
+    let mut agent = held_agent(&broker, &sim, "").await;
+    let cancel = CancellationToken::new();
+    let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
+    let (plant, task) = Plant::connect(broker.port, "plant-receipts-held", cancel.clone());
+    publish_alerts(&plant, 0, N, 10).await;
+    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
+    assert!(
+        sim.wait_for_accepted(N, Duration::from_secs(60)).await,
+        "all delivered\n{}",
+        agent.logs()
+    );
+    assert!(
+        seen.all().is_empty(),
+        "the held publisher published nothing"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .status()
+            .is_some_and(|s| s["receipts_pending"] == N))
+        .await,
+        "status shows the receipts waiting: {:?}",
+        agent.status()
+    );
+    agent.set_env(&[]);
+    agent.restart(); // SIGKILL: every receipt is only in the log, then start without the hold
+    let delivered: HashSet<String> = accepted_counts(&sim).into_keys().collect();
+    assert!(
+        wait_until(Duration::from_secs(30), || seen.alert_ids("delivered")
+            == delivered)
+        .await,
+        "receipts after the restart for {} of {N}\n{}",
+        seen.alert_ids("delivered").len(),
+        agent.logs()
+    );
+    assert_clean_exit(&mut agent);
+    cancel.cancel();
+    let _ = task.await;
+    let _ = sub_task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_bound_drops_the_oldest_receipts_and_publishes_the_rest() {
+    const N: usize = 300;
+    let broker = Mosquitto::start();
+    let sim = sim(Duration::from_secs(3600)).await;
+    let mut agent = held_agent(&broker, &sim, "max_pending = 100").await;
+    let cancel = CancellationToken::new();
+    let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
+    let (plant, task) = Plant::connect(broker.port, "plant-receipts-bound", cancel.clone());
+    publish_alerts(&plant, 0, N, 10).await;
+    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
+    assert!(sim.wait_for_accepted(N, Duration::from_secs(60)).await);
+    // A clean stop, so the last removals (and their receipts) are in the log, not redelivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_clean_exit(&mut agent);
+    agent.set_env(&[]);
+    agent.start_again();
+    assert!(
+        wait_until(Duration::from_secs(30), || seen
+            .alert_ids("delivered")
+            .len()
+            >= 100)
+        .await,
+        "{} receipts\n{}",
+        seen.all().len(),
+        agent.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // An alert whose 2xx came as the agent stopped is delivered again after the restart; its
+    // new receipt may be queued after the bound was applied.
+    let again: usize = accepted_counts(&sim).values().map(|n| n - 1).sum();
+    let published = seen.all().len();
+    assert!(
+        (100..=100 + again).contains(&published),
+        "{published} receipts published: only the newest max_pending (100, + {again} redelivered)"
+    );
+    assert!(
+        agent
+            .logs()
+            .contains("delivery receipts dropped unpublished"),
+        "the drop is warned\n{}",
+        agent.logs()
+    );
+    assert_eq!(
+        accepted_counts(&sim).len(),
+        N,
+        "every alert delivered all the same"
+    );
+    assert_clean_exit(&mut agent);
+    cancel.cancel();
+    let _ = task.await;
+    let _ = sub_task.await;
+}
