@@ -72,15 +72,7 @@ pub fn lane_name(priority: Priority) -> &'static str {
 
 /// The `kind` label of a dead-letter kind.
 pub fn kind_name(kind: DeadKind) -> &'static str {
-    match kind {
-        DeadKind::Rejected => "rejected",
-        DeadKind::Malformed => "malformed",
-        DeadKind::Expired => "expired",
-        DeadKind::Corrupt => "corrupt",
-        DeadKind::Oversize => "oversize",
-        DeadKind::Exhausted => "exhausted",
-        DeadKind::Unconfirmed => "unconfirmed",
-    }
+    kind.name()
 }
 
 /// Why a delivery is retried, as a label: the HTTP status class when the API answered, else

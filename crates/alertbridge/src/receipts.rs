@@ -43,7 +43,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alertbridge_wal::{DeadKind, Key, OutboxEntry, OutboxItem, ReceiptState, Wal};
+use alertbridge_wal::{Key, OutboxEntry, OutboxItem, ReceiptState, Wal};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -258,18 +258,6 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     go(&a, &b)
 }
 
-fn kind_name(kind: DeadKind) -> &'static str {
-    match kind {
-        DeadKind::Rejected => "rejected",
-        DeadKind::Malformed => "malformed",
-        DeadKind::Expired => "expired",
-        DeadKind::Corrupt => "corrupt",
-        DeadKind::Oversize => "oversize",
-        DeadKind::Exhausted => "exhausted",
-        DeadKind::Unconfirmed => "unconfirmed",
-    }
-}
-
 fn state_name(state: ReceiptState) -> &'static str {
     match state {
         ReceiptState::Delivered => "delivered",
@@ -284,7 +272,7 @@ pub fn payload(entry: &OutboxEntry, key: Key, client_id: &str, device: Option<&s
     let dead = entry.dead.as_ref().map(|d| {
         serde_json::json!({
             "id": d.id,
-            "kind": kind_name(d.kind),
+            "kind": d.kind.name(),
             "reason": d.reason,
             "api_message": d.api_message,
         })
@@ -714,7 +702,7 @@ mod tests {
         let mut d = entry("plant/berlin/alerts/p7", ReceiptState::Expired);
         d.dead = Some(OutboxDead {
             id: 3,
-            kind: DeadKind::Expired,
+            kind: alertbridge_wal::DeadKind::Expired,
             reason: "ttl".into(),
             api_message: None,
         });
@@ -804,19 +792,13 @@ topic_pattern = "plant/{site}/alerts/{device}"
         })
         .expect("log opens");
         for i in 0..n {
-            let record = alertbridge_wal::Record {
-                alert_id: format!("a-{i}"),
-                topic: "plant/north/alerts/p1".into(),
-                payload: b"{}".to_vec(),
-                priority: alertbridge_wal::PRIORITY_NORMAL,
-                received_at_ms: 1,
-                attempts: 0,
-                first_attempt_ms: None,
-                last_attempt_ms: None,
-                next_attempt_ms: 0,
-                last_error: None,
-                mqtt: None,
-            };
+            let record = alertbridge_wal::Record::new(
+                format!("a-{i}"),
+                "plant/north/alerts/p1",
+                b"{}".to_vec(),
+                alertbridge_wal::PRIORITY_NORMAL,
+                1,
+            );
             let out = wal
                 .append_batch(vec![alertbridge_wal::Entry::Pending(record.clone())])
                 .expect("append")

@@ -44,6 +44,21 @@ pub enum DeadKind {
     Unconfirmed,
 }
 
+impl DeadKind {
+    /// The kind's name as operators see it (metrics label, receipts, `dead-letters --kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadKind::Rejected => "rejected",
+            DeadKind::Malformed => "malformed",
+            DeadKind::Expired => "expired",
+            DeadKind::Corrupt => "corrupt",
+            DeadKind::Oversize => "oversize",
+            DeadKind::Exhausted => "exhausted",
+            DeadKind::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
 /// Why a record became a dead letter, with what the API said, if anything.
 ///
 /// Serialized inside [`DeadLetter`]: changing it changes the on-disk format.

@@ -117,6 +117,31 @@ pub struct Record {
     pub mqtt: Option<Box<MqttProps>>,
 }
 
+impl Record {
+    /// A record as ingest stores it: never tried, due at once, no MQTT 5 properties.
+    pub fn new(
+        alert_id: impl Into<String>,
+        topic: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+        priority: Priority,
+        received_at_ms: u64,
+    ) -> Record {
+        Record {
+            alert_id: alert_id.into(),
+            topic: topic.into(),
+            payload: payload.into(),
+            priority,
+            received_at_ms,
+            attempts: 0,
+            first_attempt_ms: None,
+            last_attempt_ms: None,
+            next_attempt_ms: 0,
+            last_error: None,
+            mqtt: None,
+        }
+    }
+}
+
 /// MQTT 5 publish properties kept with an alert.
 ///
 /// **On-disk format:** serialized (postcard) after its [`Record`] in a [`RECORD_VERSION_MQTT5`]

@@ -226,19 +226,13 @@ mod tests {
         } else {
             PRIORITY_CRITICAL + 1
         };
-        let record = Record {
-            alert_id: mapped.alert_id.clone(),
-            topic: "plant/x".into(),
+        let record = Record::new(
+            mapped.alert_id.clone(),
+            "plant/x",
             payload,
             priority,
-            received_at_ms: 10_000 + seq,
-            attempts: 0,
-            first_attempt_ms: None,
-            last_attempt_ms: None,
-            next_attempt_ms: 0,
-            last_error: None,
-            mqtt: None,
-        };
+            10_000 + seq,
+        );
         (Key { priority, seq }, record, mapped)
     }
 

@@ -56,19 +56,13 @@ pub(crate) fn entry_for(
 
 /// A record as ingest stores it: never tried, due now.
 fn new_record(alert_id: String, topic: &str, payload: &[u8], priority: u8, now_ms: u64) -> Record {
-    Record {
+    Record::new(
         alert_id,
-        topic: topic.to_string(),
-        payload: payload.to_vec(),
+        topic.to_string(),
+        payload.to_vec(),
         priority,
-        received_at_ms: now_ms,
-        attempts: 0,
-        first_attempt_ms: None,
-        last_attempt_ms: None,
-        next_attempt_ms: 0,
-        last_error: None,
-        mqtt: None,
-    }
+        now_ms,
+    )
 }
 
 fn entry_for_unguarded(

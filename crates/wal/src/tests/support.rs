@@ -27,19 +27,13 @@ pub(crate) fn open(dir: &Path) -> Wal {
 }
 
 pub(crate) fn record(alert_id: &str, priority: Priority) -> Record {
-    Record {
-        alert_id: alert_id.to_owned(),
-        topic: format!("devices/{alert_id}/alerts"),
-        payload: format!("{{\"id\":\"{alert_id}\"}}").into_bytes(),
+    Record::new(
+        alert_id.to_owned(),
+        format!("devices/{alert_id}/alerts"),
+        format!("{{\"id\":\"{alert_id}\"}}").into_bytes(),
         priority,
-        received_at_ms: 1_700_000_000_000,
-        attempts: 0,
-        first_attempt_ms: None,
-        last_attempt_ms: None,
-        next_attempt_ms: 0,
-        last_error: None,
-        mqtt: None,
-    }
+        1_700_000_000_000,
+    )
 }
 
 pub(crate) fn reason(kind: DeadKind) -> DeadReason {

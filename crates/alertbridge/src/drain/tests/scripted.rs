@@ -204,19 +204,13 @@ fn alert(n: usize, site: &str) -> Record {
     let payload = serde_json::json!({
         "alert_id": id, "device_id": format!("d{}", n % 3), "alert_level": "major", "site": site,
     });
-    Record {
-        alert_id: id,
-        topic: "plant/north/alerts/d1".into(),
-        payload: payload.to_string().into_bytes(),
-        priority: PRIORITY_NORMAL,
-        received_at_ms: clock::now_ms(),
-        attempts: 0,
-        first_attempt_ms: None,
-        last_attempt_ms: None,
-        next_attempt_ms: 0,
-        last_error: None,
-        mqtt: None,
-    }
+    Record::new(
+        id,
+        "plant/north/alerts/d1",
+        payload.to_string().into_bytes(),
+        PRIORITY_NORMAL,
+        clock::now_ms(),
+    )
 }
 
 impl Rig {

@@ -98,19 +98,13 @@ async fn rig() -> Rig {
 }
 
 fn record(id: &str, payload: &[u8], received_at_ms: u64) -> Record {
-    Record {
-        alert_id: id.into(),
-        topic: "plant/north/alerts/d1".into(),
-        payload: payload.to_vec(),
-        priority: PRIORITY_NORMAL,
+    Record::new(
+        id,
+        "plant/north/alerts/d1",
+        payload.to_vec(),
+        PRIORITY_NORMAL,
         received_at_ms,
-        attempts: 0,
-        first_attempt_ms: None,
-        last_attempt_ms: None,
-        next_attempt_ms: 0,
-        last_error: None,
-        mqtt: None,
-    }
+    )
 }
 
 fn alert(n: usize) -> Record {
