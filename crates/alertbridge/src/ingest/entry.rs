@@ -38,7 +38,7 @@ pub(crate) fn entry_for(
         Err(_) => {
             tracing::error!(topic, "payload mapper panicked; payload dead-lettered");
             Entry::DeadLetter(
-                new_record(digest_id(topic, payload), topic, payload, PRIORITY_NORMAL, now_ms),
+                Record::new(digest_id(topic, payload), topic, payload, PRIORITY_NORMAL, now_ms),
                 DeadReason {
                     kind: DeadKind::Malformed,
                     message: "the payload mapper failed on this payload (a bug: please report it with this dead letter)".into(),
@@ -54,17 +54,6 @@ pub(crate) fn entry_for(
     entry
 }
 
-/// A record as ingest stores it: never tried, due now.
-fn new_record(alert_id: String, topic: &str, payload: &[u8], priority: u8, now_ms: u64) -> Record {
-    Record::new(
-        alert_id,
-        topic.to_string(),
-        payload.to_vec(),
-        priority,
-        now_ms,
-    )
-}
-
 fn entry_for_unguarded(
     mapper: &Mapper,
     topic: &str,
@@ -76,7 +65,7 @@ fn entry_for_unguarded(
     // the payload crate tests); only a rejected payload needs `identify` for its identity.
     let user = props.map_or(&[][..], |p| &p.user[..]);
     match mapper.map_with_props(topic, payload, user) {
-        Ok(m) => Entry::Pending(new_record(
+        Ok(m) => Entry::Pending(Record::new(
             m.alert_id,
             topic,
             payload,
@@ -93,7 +82,7 @@ fn entry_for_unguarded(
                 _ => (DeadKind::Malformed, payload, rej.reason),
             };
             Entry::DeadLetter(
-                new_record(ident.alert_id, topic, kept, lane(ident.priority), now_ms),
+                Record::new(ident.alert_id, topic, kept, lane(ident.priority), now_ms),
                 DeadReason {
                     kind,
                     message,
