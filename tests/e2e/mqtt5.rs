@@ -55,17 +55,8 @@ async fn v5_alerts_are_delivered_and_a_kill9_mid_burst_loses_no_acked_alert() {
     let (plant, task) = Plant::connect(broker.port, "plant-v5-crash", cancel.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let publisher = tokio::spawn(async move {
-        publish_alerts(&plant, 0, N, 4).await;
-        plant
-    });
-    for _ in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(400 + fastrand::u64(0..400))).await;
-        agent.restart(); // SIGKILL, then start on the same store
-    }
-    let plant = publisher.await.expect("publisher");
-    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
-    let acked = plant.acked_ids();
+    let acked =
+        publish_while_killing(plant, &mut agent, N, KILLS, Duration::from_millis(400)).await;
     assert_all_delivered(&acked, &sim, &agent, Duration::from_secs(60)).await;
 
     let counts = accepted_counts(&sim);

@@ -174,17 +174,8 @@ async fn kill9_during_delivery_still_publishes_a_receipt_for_every_delivered_ale
     let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
     let (plant, task) = Plant::connect(broker.port, "plant-receipts-crash", cancel.clone());
     wait_subscribed(&agent).await;
-    let publisher = tokio::spawn(async move {
-        publish_alerts(&plant, 0, N, 4).await;
-        plant
-    });
-    for _ in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(600 + fastrand::u64(0..600))).await;
-        agent.restart(); // SIGKILL, then start on the same store
-    }
-    let plant = publisher.await.expect("publisher");
-    assert_all_acked(&plant, N, Duration::from_secs(30)).await;
-    let acked = plant.acked_ids();
+    let acked =
+        publish_while_killing(plant, &mut agent, N, KILLS, Duration::from_millis(600)).await;
     assert_all_delivered(&acked, &sim, &agent, Duration::from_secs(90)).await;
     let delivered: HashSet<String> = accepted_counts(&sim).into_keys().collect();
     let complete = wait_until(Duration::from_secs(60), || {

@@ -739,6 +739,30 @@ pub(crate) async fn assert_all_acked(plant: &Plant, n: usize, timeout: Duration)
     );
 }
 
+/// The kill -9 scenario's middle: the plant publishes `n` alerts while the agent is SIGKILLed
+/// and restarted on the same store `kills` times, each after a random pause in
+/// `[pause, 2 × pause)`; returns the ids the broker acked (all `n`, asserted).
+pub(crate) async fn publish_while_killing(
+    plant: Plant,
+    agent: &mut Agent,
+    n: usize,
+    kills: usize,
+    pause: Duration,
+) -> HashSet<String> {
+    let publisher = tokio::spawn(async move {
+        publish_alerts(&plant, 0, n, 4).await;
+        plant
+    });
+    let pause_ms = pause.as_millis() as u64;
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(pause_ms + fastrand::u64(0..pause_ms))).await;
+        agent.restart(); // SIGKILL, then start on the same store
+    }
+    let plant = publisher.await.expect("publisher");
+    assert_all_acked(&plant, n, Duration::from_secs(30)).await;
+    plant.acked_ids()
+}
+
 /// Every id in `acked` reaches Genesys within `timeout`: lost = acked − accepted = ∅.
 pub(crate) async fn assert_all_delivered(
     acked: &HashSet<String>,
