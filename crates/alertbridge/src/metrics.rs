@@ -421,8 +421,14 @@ fn register_counters(r: &mut Registry, s: &Snapshot, m: &Metrics, tokens: &Token
     counter(
         r,
         "alertbridge_receipts_dropped",
-        "Delivery receipts dropped unpublished by the outbox bound (receipts.max_pending, receipts.max_age_secs)",
+        "Delivery receipts dropped unpublished: by the outbox bound (receipts.max_pending, receipts.max_age_secs) or refused by the broker (MQTT 5 PUBACK reason code)",
         s.receipts_dropped,
+    );
+    counter(
+        r,
+        "alertbridge_receipts_response_topic_refused",
+        "MQTT 5 response topics refused for a delivery receipt (an ingest filter matches, or not a topic name)",
+        s.receipts_reply_refused,
     );
 }
 

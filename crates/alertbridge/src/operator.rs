@@ -290,6 +290,12 @@ pub fn print_status(s: &Status) {
                     "disconnected"
                 }
             );
+            if c.receipts_reply_refused > 0 {
+                println!(
+                    "  receipts:       {} MQTT 5 response topics refused (see the log)",
+                    c.receipts_reply_refused
+                );
+            }
         }
     }
 }

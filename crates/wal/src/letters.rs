@@ -142,6 +142,19 @@ pub struct Reply {
     pub correlation: Option<Vec<u8>>,
 }
 
+impl Reply {
+    /// Where the publisher of `record` asked for the answer: its MQTT 5 response topic with its
+    /// correlation data; `None` when it set no response topic (correlation data alone names no
+    /// place to answer).
+    pub fn of(record: &Record) -> Option<Reply> {
+        let props = record.mqtt.as_deref()?;
+        Some(Reply {
+            topic: props.response_topic.clone()?,
+            correlation: props.correlation.clone(),
+        })
+    }
+}
+
 /// A receipt waiting to be published to MQTT: the state change of one alert, queued in the same
 /// log frame as the change itself (see [`crate::Wal::remove_and_queue`]).
 ///
@@ -238,7 +251,7 @@ impl OutboxEntry {
             execution_id: None,
             correlation_id: None,
             dead: Some(OutboxDead::new(id, reason)),
-            reply: None,
+            reply: Reply::of(record),
         }
     }
 }

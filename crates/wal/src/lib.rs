@@ -71,8 +71,9 @@
 //! Every frame is `magic "AB" | kind u8 | length u32 LE | crc32c u32 LE | body`; the record,
 //! dead letter and receipt inside are themselves framed `version u8 | length u32 LE | crc32c u32
 //! LE | postcard body` ([`RECORD_VERSION`], [`DEAD_LETTER_VERSION`], [`RECEIPT_VERSION`]; a
-//! record carrying MQTT 5 properties is framed as [`RECORD_VERSION_MQTT5`], every other record
-//! exactly as before).
+//! record carrying MQTT 5 properties is framed as [`RECORD_VERSION_MQTT5`], or as
+//! [`RECORD_VERSION_MQTT5_REPLY`] when they include a response topic or correlation data; every
+//! other record exactly as before).
 //! Changing any stored type changes the format: bump its version and keep a decoder for the old.
 //!
 //! Format 3 is format 2 plus [`OutboxEntry`] puts (framed, [`OUTBOX_VERSION`]) in lane
@@ -158,6 +159,7 @@ pub use letters::{
 pub use record::{
     decode_record, encode_record, Key, MqttProps, Priority, Record, RecordError, Seq,
     FRAME_HEADER_LEN, PRIORITY_CRITICAL, PRIORITY_NORMAL, RECORD_VERSION, RECORD_VERSION_MQTT5,
+    RECORD_VERSION_MQTT5_REPLY,
 };
 pub use wal::{
     Appended, CorruptPending, Cursor, DeadLetterSink, Entry, OutboxItem, PendingItem, Wal,

@@ -38,6 +38,15 @@ pub const RECORD_VERSION: u8 = 1;
 /// release can replay it).
 pub const RECORD_VERSION_MQTT5: u8 = 2;
 
+/// Version byte of the frame around a [`Record`] whose [`MqttProps`] carry a response topic or
+/// correlation data (MQTT 5 request/response): the body is the postcard serialization of
+/// `(Record, MqttProps)` with all four fields.
+///
+/// Only such records use it: a record with expiry or user properties alone is still written as
+/// [`RECORD_VERSION_MQTT5`], readable by the release that introduced it. [`decode_record`]
+/// reads all three versions.
+pub const RECORD_VERSION_MQTT5_REPLY: u8 = 3;
+
 /// Length of the frame header: `version u8 | length u32 LE | crc32c u32 LE`.
 pub const FRAME_HEADER_LEN: usize = 9;
 
@@ -144,8 +153,9 @@ impl Record {
 
 /// MQTT 5 publish properties kept with an alert.
 ///
-/// **On-disk format:** serialized (postcard) after its [`Record`] in a [`RECORD_VERSION_MQTT5`]
-/// frame: changing it changes the format.
+/// **On-disk format:** serialized (postcard) after its [`Record`] in a
+/// [`RECORD_VERSION_MQTT5_REPLY`] frame (the first two fields alone in a [`RECORD_VERSION_MQTT5`]
+/// frame): changing it changes the format.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MqttProps {
     /// Message Expiry Interval as received, in seconds: what was left of the publisher's
@@ -155,6 +165,24 @@ pub struct MqttProps {
     /// User properties in the order sent (a name may repeat); the mapping reads them as
     /// `$props.<name>` (the first value of a repeated name).
     pub user: Vec<(String, String)>,
+    /// Response Topic: where the publisher asked for the answer (the delivery receipt).
+    pub response_topic: Option<String>,
+    /// Correlation Data the publisher set, echoed verbatim with the receipt.
+    pub correlation: Option<Vec<u8>>,
+}
+
+/// [`MqttProps`] as [`RECORD_VERSION_MQTT5`] stored them (no response topic, no correlation).
+#[derive(Serialize, Deserialize)]
+struct MqttPropsV2 {
+    expiry_secs: Option<u32>,
+    user: Vec<(String, String)>,
+}
+
+impl MqttProps {
+    /// Whether these properties need [`RECORD_VERSION_MQTT5_REPLY`].
+    fn has_reply(&self) -> bool {
+        self.response_topic.is_some() || self.correlation.is_some()
+    }
 }
 
 /// Why a stored value could not be decoded (or a value could not be encoded).
@@ -306,11 +334,24 @@ fn checksum(header: &[u8], body: &[u8]) -> u32 {
 
 /// Encodes a record as it is stored in the pending tree (framed, version [`RECORD_VERSION`]).
 ///
-/// A record with [`Record::mqtt`] set is framed as [`RECORD_VERSION_MQTT5`] instead.
+/// A record with [`Record::mqtt`] set is framed as [`RECORD_VERSION_MQTT5`] instead, or as
+/// [`RECORD_VERSION_MQTT5_REPLY`] when its properties carry a response topic or correlation data:
+/// each record is written in the oldest version that holds it, so a downgrade reads as much as
+/// it can.
 pub fn encode_record(record: &Record) -> Result<Vec<u8>, RecordError> {
-    match &record.mqtt {
+    match record.mqtt.as_deref() {
         None => frame(RECORD_VERSION, record),
-        Some(props) => frame(RECORD_VERSION_MQTT5, &(record, props)),
+        Some(props) if props.has_reply() => frame(RECORD_VERSION_MQTT5_REPLY, &(record, props)),
+        Some(props) => frame(
+            RECORD_VERSION_MQTT5,
+            &(
+                record,
+                MqttPropsV2 {
+                    expiry_secs: props.expiry_secs,
+                    user: props.user.clone(),
+                },
+            ),
+        ),
     }
 }
 
@@ -319,10 +360,23 @@ pub fn encode_record(record: &Record) -> Result<Vec<u8>, RecordError> {
 ///
 /// When [`RECORD_VERSION`] is bumped, this is where the decoder for the old version stays.
 pub fn decode_record(bytes: &[u8]) -> Result<Record, RecordError> {
-    if bytes.first() == Some(&RECORD_VERSION_MQTT5) {
-        let (mut record, props): (Record, MqttProps) = unframe(RECORD_VERSION_MQTT5, bytes)?;
-        record.mqtt = Some(Box::new(props));
-        return Ok(record);
+    match bytes.first() {
+        Some(&RECORD_VERSION_MQTT5) => {
+            let (mut record, v2): (Record, MqttPropsV2) = unframe(RECORD_VERSION_MQTT5, bytes)?;
+            record.mqtt = Some(Box::new(MqttProps {
+                expiry_secs: v2.expiry_secs,
+                user: v2.user,
+                response_topic: None,
+                correlation: None,
+            }));
+            Ok(record)
+        }
+        Some(&RECORD_VERSION_MQTT5_REPLY) => {
+            let (mut record, props): (Record, MqttProps) =
+                unframe(RECORD_VERSION_MQTT5_REPLY, bytes)?;
+            record.mqtt = Some(Box::new(props));
+            Ok(record)
+        }
+        _ => unframe(RECORD_VERSION, bytes),
     }
-    unframe(RECORD_VERSION, bytes)
 }

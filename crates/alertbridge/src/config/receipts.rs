@@ -16,6 +16,20 @@ pub struct RawReceipts {
     pub max_pending: Option<u64>,
     /// A receipt older than this when it could be published is dropped (counted).
     pub max_age_secs: Option<u64>,
+    /// What an MQTT 5 publisher's response topic does: `prefer`, `only`, `ignore`.
+    pub response_topic: Option<String>,
+}
+
+/// `receipts.response_topic`: where the receipt of an alert whose MQTT 5 publisher set a
+/// Response Topic goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseTopic {
+    /// To the response topic, with the publisher's Correlation Data; others to the template.
+    Prefer,
+    /// Only alerts whose publisher set a response topic get a receipt.
+    Only,
+    /// Every receipt to the template.
+    Ignore,
 }
 
 /// Delivery receipts to MQTT, validated (see `crate::receipts`).
@@ -31,6 +45,10 @@ pub struct ReceiptsConfig {
     pub max_pending: u64,
     /// Receipts older than this are dropped instead of published.
     pub max_age: Duration,
+    /// Where an MQTT 5 publisher's response topic sends its alert's receipt.
+    pub response_topic: ResponseTopic,
+    /// `mqtt.topics`: a response topic one of them matches is refused.
+    pub ingest_filters: Vec<String>,
 }
 
 /// Default receipt topic template.
@@ -94,11 +112,35 @@ pub(super) fn receipts_from_raw(
             "use at least 1 (default 86400 = 1 day)",
         ));
     }
+    let response_topic = match raw.response_topic.as_deref() {
+        None | Some("prefer") => ResponseTopic::Prefer,
+        Some("only") => ResponseTopic::Only,
+        Some("ignore") => ResponseTopic::Ignore,
+        Some(other) => {
+            return Err(invalid(
+                "receipts.response_topic",
+                format!("{other:?} is not a mode"),
+                "use \"prefer\" (default: the publisher's MQTT 5 response topic when set, else \
+                 receipts.topic), \"only\" (receipts only where a response topic was set) or \
+                 \"ignore\" (always receipts.topic)",
+            ))
+        }
+    };
+    if response_topic == ResponseTopic::Only && mqtt.protocol != MqttProtocol::V5 {
+        return Err(invalid(
+            "receipts.response_topic",
+            "is \"only\" but mqtt.protocol is \"3.1.1\", which has no response topics: no \
+             receipt would ever be published",
+            "set mqtt.protocol = \"5\", or use response_topic = \"prefer\"",
+        ));
+    }
     Ok(Some(ReceiptsConfig {
         topic,
         topic_pattern: mapping.topic_pattern.clone(),
         retain: raw.retain.unwrap_or(false),
         max_pending,
         max_age: Duration::from_secs(max_age_secs),
+        response_topic,
+        ingest_filters: mqtt.topics.clone(),
     }))
 }

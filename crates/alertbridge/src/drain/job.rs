@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use alertbridge_genesys::{Disposition, GenesysClient};
-use alertbridge_wal::{Key, Record};
+use alertbridge_wal::{Key, Record, Reply};
 use serde_json::{Map, Value};
 
 use crate::schedule;
@@ -57,6 +57,8 @@ pub(crate) struct Member {
     pub(crate) received_at_ms: u64,
     /// The MQTT topic it arrived on (a published receipt's topic placeholders come from it).
     pub(crate) topic: String,
+    /// Where its MQTT 5 publisher asked for the receipt (response topic, correlation data).
+    pub(crate) reply: Option<Reply>,
 }
 
 impl Member {
@@ -67,6 +69,7 @@ impl Member {
             alert_id: record.alert_id.clone(),
             received_at_ms: record.received_at_ms,
             topic: record.topic.clone(),
+            reply: Reply::of(record),
         }
     }
 }

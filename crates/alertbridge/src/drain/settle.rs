@@ -175,8 +175,7 @@ impl Drain {
                     execution_id: r.execution_id.clone(),
                     correlation_id: correlation.clone(),
                     dead: None,
-                    // MQTT 5 response topic: filled once ingest keeps it with the record.
-                    reply: None,
+                    reply: m.reply.clone(),
                 };
                 wal_call(&self.wal, "remove_and_queue", move |w| {
                     w.remove_and_queue(key, receipt, &entry)

@@ -80,8 +80,11 @@ pub struct Counters {
     pub subscription_errors: AtomicU64,
     /// Delivery receipts published to MQTT and acknowledged by the broker (`[receipts]`).
     pub receipts_published: AtomicU64,
-    /// Delivery receipts dropped unpublished by the outbox bound (count or age).
+    /// Delivery receipts dropped unpublished: by the outbox bound (count or age), or refused by
+    /// the broker (MQTT 5 PUBACK reason code).
     pub receipts_dropped: AtomicU64,
+    /// MQTT 5 response topics refused for a receipt (an ingest filter matches, or no topic).
+    pub receipts_reply_refused: AtomicU64,
     /// The receipts publisher's own MQTT connection is up.
     pub receipts_connected: AtomicBool,
     /// The labelled counters and histograms of `/metrics` (recorded here, by the events).
@@ -139,6 +142,7 @@ impl Counters {
             subscription_error: self.subscription_error.lock().ok().and_then(|g| g.clone()),
             receipts_published: g(&self.receipts_published),
             receipts_dropped: g(&self.receipts_dropped),
+            receipts_reply_refused: g(&self.receipts_reply_refused),
             receipts_connected: self.receipts_connected.load(Ordering::Relaxed),
         }
     }
@@ -247,8 +251,10 @@ pub struct Snapshot {
     pub subscription_error: Option<String>,
     /// Delivery receipts published to MQTT since start (`[receipts]`).
     pub receipts_published: u64,
-    /// Delivery receipts dropped unpublished by the outbox bound since start.
+    /// Delivery receipts dropped unpublished (outbox bound, broker refusal) since start.
     pub receipts_dropped: u64,
+    /// MQTT 5 response topics refused for a receipt since start.
+    pub receipts_reply_refused: u64,
     /// The receipts publisher's MQTT connection is up.
     pub receipts_connected: bool,
 }

@@ -22,6 +22,27 @@ pub fn receipts_dropped(n: u64, why: &str, oldest_alert_id: &str) {
     );
 }
 
+/// An alert's MQTT 5 response topic was refused (`problem`); `n` refusals since the last line
+/// (counted by the caller every time, this line at most once a minute).
+pub fn receipt_reply_refused(
+    n: u64,
+    alert_id: &str,
+    problem: &str,
+    mode: crate::config::ResponseTopic,
+) {
+    let instead = match mode {
+        crate::config::ResponseTopic::Only => "its receipt is not published",
+        _ => "its receipt goes to receipts.topic instead",
+    };
+    tracing::warn!(
+        refused = n,
+        alert_id,
+        problem,
+        instead,
+        "an MQTT 5 publisher's response topic was refused for a delivery receipt"
+    );
+}
+
 /// The publisher's connection came up (`client_id` set) or went down.
 pub fn receipts_connection(c: &Counters, up: bool, client_id: Option<&str>) {
     let was = c.receipts_connected.swap(up, Ordering::Relaxed);

@@ -53,6 +53,7 @@ pub(crate) use entry::{publisher_expiry_reason, publisher_ttl};
 /// (same broker, user and TLS) and speaks 3.1.1 whatever `mqtt.protocol` says.
 pub(crate) use v4::mqtt_options;
 pub use v4::MAX_INCOMING_PACKET;
+pub(crate) use v5::mqtt5_options;
 
 use link::Inbound;
 

@@ -16,9 +16,11 @@
 //!   publish larger than what the client announced, as if delivered; with rumqttc's 10 KiB
 //!   default every larger alert would vanish instead of being dead-lettered `Oversize`.
 //! - **SUBACK reason codes** (0x87 NotAuthorized, …) reach status and the log.
-//! - A publish's **Message Expiry Interval** and **user properties** are kept with the alert
-//!   ([`MqttProps`]): the drain dead-letters it `Expired` once the expiry runs out, and the
-//!   mapping reads user properties as `$props.<name>`.
+//! - A publish's **Message Expiry Interval**, **user properties**, **Response Topic** and
+//!   **Correlation Data** are kept with the alert ([`MqttProps`]): the drain dead-letters it
+//!   `Expired` once the expiry runs out, the mapping reads user properties as `$props.<name>`,
+//!   and with `[receipts]` the alert's receipt goes to its response topic with its correlation
+//!   data (`crate::receipts`).
 //! - Retained alerts are asked for only on a new subscription (Retain Handling 1), so
 //!   subscribing again to a filter the resumed session already holds (S1) re-sends nothing.
 //! - Publishes rumqttc buffered from a dead connection come out *before* the next ConnAck in v5
@@ -56,25 +58,16 @@ impl V5Link {
     /// Client and event loop from the validated config (no I/O: rumqttc connects at the first
     /// poll).
     pub(super) fn new(cfg: &MqttConfig, batch_max: usize) -> Result<V5Link, IngestError> {
-        let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
         // The request channel carries our PUBACKs: room for every publish the broker may have
         // unacked (Receive Maximum) and then some, so `try_ack` does not find it full.
         let capacity = super::v4::request_channel_capacity(batch_max)
             .max(usize::from(cfg.receive_maximum).saturating_mul(2));
+        let mut o = mqtt5_options(cfg, capacity)?;
         // Persistent session: Clean Start = 0, and the broker keeps it for session_expiry_secs.
         o.set_clean_start(false)
             .set_manual_acks(true)
-            .set_keep_alive(cfg.keep_alive)
             .set_session_expiry_interval(Some(cfg.session_expiry_secs))
-            .set_receive_maximum(Some(cfg.receive_maximum))
-            .set_max_packet_size(Some(MAX_PACKET_SIZE))
-            .set_request_channel_capacity(capacity);
-        if let Some((user, password)) = credentials(cfg)? {
-            o.set_credentials(user, password);
-        }
-        if let Some(transport) = transport(cfg)? {
-            o.set_transport(transport);
-        }
+            .set_receive_maximum(Some(cfg.receive_maximum));
         let (client, eventloop) = AsyncClient::new(o, capacity);
         Ok(V5Link {
             client,
@@ -101,6 +94,23 @@ impl V5Link {
     }
 }
 
+/// MQTT 5 options every connection of the agent shares (ingest's and the receipts
+/// publisher's): address, keep-alive, credentials, TLS, the [`MAX_PACKET_SIZE`] announcement
+/// and a request channel of `capacity`; the session settings are the caller's.
+pub(crate) fn mqtt5_options(cfg: &MqttConfig, capacity: usize) -> Result<MqttOptions, IngestError> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    o.set_keep_alive(cfg.keep_alive)
+        .set_max_packet_size(Some(MAX_PACKET_SIZE))
+        .set_request_channel_capacity(capacity);
+    if let Some((user, password)) = credentials(cfg)? {
+        o.set_credentials(user, password);
+    }
+    if let Some(transport) = transport(cfg)? {
+        o.set_transport(transport);
+    }
+    Ok(o)
+}
+
 /// A v5 publish as the batcher sees it.
 fn inbound(p: Publish) -> Inbound {
     Inbound {
@@ -121,6 +131,8 @@ fn inbound(p: Publish) -> Inbound {
             let kept = MqttProps {
                 expiry_secs: props.message_expiry_interval,
                 user: props.user_properties,
+                response_topic: props.response_topic,
+                correlation: props.correlation_data.map(|c| c.to_vec()),
             };
             (kept != MqttProps::default()).then(|| Box::new(kept))
         }),

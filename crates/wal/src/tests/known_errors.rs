@@ -8,7 +8,7 @@ use super::support::{append_one, open, reason, record};
 use crate::{
     decode_dead_letter, decode_receipt, decode_record, encode_record, CorruptPending, DeadKind,
     Record, RecordError, WalError, FRAME_HEADER_LEN, PRIORITY_NORMAL, RECORD_VERSION,
-    RECORD_VERSION_MQTT5,
+    RECORD_VERSION_MQTT5, RECORD_VERSION_MQTT5_REPLY,
 };
 
 type Check = Box<dyn Fn(&RecordError) -> bool>;
@@ -44,6 +44,7 @@ fn a_record_with_mqtt5_properties_is_framed_as_version_2_and_one_without_stays_v
             ("site".into(), "north".into()),
             ("site".into(), "south".into()),
         ],
+        ..Default::default()
     }));
     let bytes = encode_record(&with).unwrap();
     assert_eq!(bytes[0], RECORD_VERSION_MQTT5);
@@ -51,9 +52,10 @@ fn a_record_with_mqtt5_properties_is_framed_as_version_2_and_one_without_stays_v
         bytes,
         frame_raw(
             RECORD_VERSION_MQTT5,
-            &postcard::to_allocvec(&(&plain, with.mqtt.as_deref().unwrap())).unwrap()
+            &postcard::to_allocvec(&(&plain, (Some(10u32), vec![("site", "north"), ("site", "south")])))
+                .unwrap()
         ),
-        "body: the version-1 record, then its properties"
+        "body: the version-1 record, then its expiry and user properties"
     );
     assert_eq!(decode_record(&bytes).unwrap(), with, "round trip");
     // What an older release does with it: an unknown version, dead-lettered as corrupt.
@@ -61,6 +63,42 @@ fn a_record_with_mqtt5_properties_is_framed_as_version_2_and_one_without_stays_v
         crate::record::unframe::<Record>(RECORD_VERSION, &bytes),
         Err(RecordError::UnknownVersion { version: 2, .. })
     ));
+}
+
+#[test]
+fn a_record_with_a_response_topic_is_framed_as_version_3_and_version_2_bytes_still_decode() {
+    let plain = record("a", PRIORITY_NORMAL);
+    let mut with = plain.clone();
+    with.mqtt = Some(Box::new(crate::MqttProps {
+        expiry_secs: Some(10),
+        user: vec![("site".into(), "north".into())],
+        response_topic: Some("hmi/answers/7".into()),
+        correlation: Some(vec![0, 159, 255, 1]),
+    }));
+    let bytes = encode_record(&with).unwrap();
+    assert_eq!(bytes[0], RECORD_VERSION_MQTT5_REPLY);
+    assert_eq!(decode_record(&bytes).unwrap(), with, "round trip");
+    // Correlation data alone also needs version 3.
+    let mut only_corr = with.clone();
+    if let Some(p) = only_corr.mqtt.as_deref_mut() {
+        p.response_topic = None;
+    }
+    assert_eq!(encode_record(&only_corr).unwrap()[0], RECORD_VERSION_MQTT5_REPLY);
+    assert_eq!(decode_record(&encode_record(&only_corr).unwrap()).unwrap(), only_corr);
+    // Bytes as the release that introduced version 2 wrote them (record, expiry, user
+    // properties), framed by hand: they still decode, with no response topic.
+    let v2_body =
+        postcard::to_allocvec(&(&plain, (Some(10u32), vec![("site", "north")]))).unwrap();
+    let old = decode_record(&frame_raw(RECORD_VERSION_MQTT5, &v2_body)).unwrap();
+    let props = old.mqtt.as_deref().expect("properties kept");
+    assert_eq!(props.expiry_secs, Some(10));
+    assert_eq!(props.user, vec![("site".to_owned(), "north".to_owned())]);
+    assert_eq!((props.response_topic.as_deref(), props.correlation.as_deref()), (None, None));
+    assert_eq!(
+        encode_record(&old).unwrap(),
+        frame_raw(RECORD_VERSION_MQTT5, &v2_body),
+        "without a response topic the record is written as version 2 again, byte for byte"
+    );
 }
 
 fn encoded() -> Vec<u8> {
@@ -89,7 +127,7 @@ fn damage_to_a_record_has_a_named_outcome() {
     let mut appended = good.clone();
     appended.push(0);
     let mut future = good.clone();
-    future[0] = RECORD_VERSION_MQTT5 + 1;
+    future[0] = RECORD_VERSION_MQTT5_REPLY + 1;
     // A well-framed body that is not a Record.
     let not_a_record = frame_raw(RECORD_VERSION, &postcard::to_allocvec(&(7u8, "x")).unwrap());
     // A well-framed Record followed by an extra body byte.
@@ -146,7 +184,7 @@ fn damage_to_a_record_has_a_named_outcome() {
             "unknown version",
             future,
             Box::new(
-                |e| matches!(e, RecordError::UnknownVersion { version, supported } if *version == RECORD_VERSION_MQTT5 + 1 && *supported == RECORD_VERSION),
+                |e| matches!(e, RecordError::UnknownVersion { version, supported } if *version == RECORD_VERSION_MQTT5_REPLY + 1 && *supported == RECORD_VERSION),
             ),
         ),
         (
@@ -294,12 +332,14 @@ fn any_record() -> impl Strategy<Value = Record> {
             any::<Option<u64>>(),
         ),
         (any::<u64>(), proptest::option::of(".{0,12}")),
+        proptest::option::of(any_mqtt_props()),
     )
         .prop_map(
             |(
                 (alert_id, topic, payload, priority),
                 (received_at_ms, attempts, first_attempt_ms, last_attempt_ms),
                 (next_attempt_ms, last_error),
+                mqtt,
             )| Record {
                 alert_id,
                 topic,
@@ -311,9 +351,25 @@ fn any_record() -> impl Strategy<Value = Record> {
                 last_attempt_ms,
                 next_attempt_ms,
                 last_error,
-                mqtt: None,
+                mqtt: mqtt.map(Box::new),
             },
         )
+}
+
+/// MQTT 5 properties, each field present or not (so every record version is written).
+fn any_mqtt_props() -> impl Strategy<Value = crate::MqttProps> {
+    (
+        any::<Option<u32>>(),
+        proptest::collection::vec((".{0,6}", ".{0,6}"), 0..3),
+        proptest::option::of(".{0,12}"),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+    )
+        .prop_map(|(expiry_secs, user, response_topic, correlation)| crate::MqttProps {
+            expiry_secs,
+            user,
+            response_topic,
+            correlation,
+        })
 }
 
 proptest! {

@@ -486,7 +486,21 @@ async fn with_receipts_on_each_delivered_and_each_rejected_alert_queues_one_rece
     let client = Scripted::new([accepted(), accepted()], rejected(400, "bad.request"));
     let cfg = delivery(|d| d.max_in_flight = Some(1));
     let mut rig = rig_on(cfg, MappingConfig::default(), client.clone(), true);
-    rig.append(4);
+    // The first of each pair was published by an MQTT 5 client that asked for the answer.
+    let entries = (0..4)
+        .map(|i| {
+            let mut r = alert(i, "north");
+            if i % 2 == 0 {
+                r.mqtt = Some(Box::new(alertbridge_wal::MqttProps {
+                    response_topic: Some(format!("hmi/answers/{i}")),
+                    correlation: Some(vec![i as u8, 0xff]),
+                    ..Default::default()
+                }));
+            }
+            Entry::Pending(r)
+        })
+        .collect();
+    let _ = rig.wal.append_batch(entries).expect("append");
     rig.run_for(Duration::from_secs(2), |_| {}).await;
     assert_eq!(rig.pending(), 0);
     let mut cursor = rig.wal.outbox_cursor();
@@ -506,6 +520,20 @@ async fn with_receipts_on_each_delivered_and_each_rejected_alert_queues_one_rece
     let dead = queued[2].dead.as_ref().expect("dead-letter part");
     assert_eq!(dead.kind, DeadKind::Rejected);
     assert!(dead.reason.contains("400"), "{}", dead.reason);
+    // Each receipt knows where its publisher asked for it, delivered or dead-lettered.
+    let replies: Vec<_> = queued
+        .iter()
+        .map(|e| e.reply.as_ref().map(|r| (r.topic.as_str(), r.correlation.clone())))
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            Some(("hmi/answers/0", Some(vec![0, 0xff]))),
+            None,
+            Some(("hmi/answers/2", Some(vec![2, 0xff]))),
+            None
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
