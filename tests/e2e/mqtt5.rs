@@ -3,7 +3,6 @@
 //! outage by the Session Expiry Interval, and what a v5 publisher sets (message expiry, user
 //! properties) reaching the alert.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::*;
@@ -14,27 +13,6 @@ fn v5(mqtt: &str) -> AgentOptions {
         mqtt_extra: format!("protocol = \"5\"\n{mqtt}"),
         ..AgentOptions::default()
     }
-}
-
-/// Publish one QoS 1 alert with `mosquitto_pub` speaking MQTT 5, with `-D publish …` property
-/// arguments; returns when the broker acked it.
-fn publish_v5(port: u16, topic: &str, payload: &str, props: &[(&str, &str)]) {
-    let mut cmd = std::process::Command::new("mosquitto_pub");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
-        .args(["-q", "1", "-t", topic, "-m", payload]);
-    for (name, value) in props {
-        cmd.arg("-D").arg("publish").arg(name);
-        cmd.args(value.split(' '));
-    }
-    let out = cmd
-        .stdout(Stdio::null())
-        .output()
-        .expect("run mosquitto_pub");
-    assert!(
-        out.status.success(),
-        "mosquitto_pub: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,3 +315,285 @@ async fn the_outbox_bound_drops_the_oldest_receipts_and_publishes_the_rest() {
     let _ = task.await;
     let _ = sub_task.await;
 }
+
+/// What a v5 subscriber on the receipt topics saw: topic, Correlation Data, JSON body.
+type Answers = Arc<Mutex<Vec<(String, Option<Vec<u8>>, serde_json::Value)>>>;
+
+/// An MQTT 5 subscriber (QoS 1, clean start) on `filters`, like an HMI waiting for answers;
+/// returns once the broker acknowledged the subscription.
+async fn v5_subscriber(
+    port: u16,
+    filters: &[&str],
+    cancel: CancellationToken,
+) -> (Answers, tokio::task::JoinHandle<()>) {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let mut o = rumqttc::v5::MqttOptions::new("hmi-v5", "127.0.0.1", port);
+    o.set_clean_start(true)
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(o, 64);
+    for f in filters {
+        client
+            .subscribe(*f, Q5::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+    }
+    let seen: Answers = Arc::default();
+    let sink = seen.clone();
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    let mut subacks = filters.len();
+    let task = tokio::spawn(async move {
+        let _client = client;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = eventloop.poll() => match ev {
+                    Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_))) => {
+                        subacks = subacks.saturating_sub(1);
+                        if subacks == 0 {
+                            if let Some(tx) = subscribed_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    Ok(rumqttc::v5::Event::Incoming(P5::Publish(p))) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let correlation = p
+                            .properties
+                            .and_then(|props| props.correlation_data)
+                            .map(|c| c.to_vec());
+                        let body = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if let Ok(mut g) = sink.lock() {
+                            g.push((topic, correlation, body));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                },
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+        .await
+        .expect("the subscriptions are acknowledged")
+        .expect("subscriber runs");
+    (seen, task)
+}
+
+fn answers(seen: &Answers) -> Vec<(String, Option<Vec<u8>>, serde_json::Value)> {
+    seen.lock().map(|g| g.clone()).unwrap_or_default()
+}
+
+/// mosquitto's ACL for the response-topic test: anonymous clients may use everything the
+/// test needs, but only read `hmi/locked/#`, so the agent's receipt there is refused.
+const RECEIPT_ACL: &str = "topic readwrite plant/#\ntopic readwrite alertbridge/#\n\
+                           topic readwrite hmi/answers/#\ntopic read hmi/locked/#\n";
+
+fn receipts_v5() -> AgentOptions {
+    AgentOptions {
+        mqtt_extra: "protocol = \"5\"".into(),
+        admin: true,
+        ..receipts_on()
+    }
+}
+
+/// MQTT 5 request/response: a publisher that set a Response Topic and Correlation Data gets
+/// its alert's receipt there with its correlation data; one that set none gets it on the
+/// template topic; a response topic an ingest filter matches is refused (template instead,
+/// counted, warned); a receipt the broker's ACL refuses (PUBACK 0x87) is dropped, counted and
+/// warned, not published again forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_publisher_gets_its_receipt_on_its_response_topic_with_its_correlation_data() {
+    let broker = Mosquitto::start_with(&[("acl", RECEIPT_ACL)], "acl_file @DIR@/acl");
+    let sim = sim(Duration::from_secs(3600)).await;
+    let mut agent = Agent::start(broker.port, &sim, &receipts_v5());
+    wait_subscribed(&agent).await;
+    let cancel = CancellationToken::new();
+    let (seen, sub_task) = v5_subscriber(
+        broker.port,
+        &["hmi/#", "alertbridge/receipts/#"],
+        cancel.clone(),
+    )
+    .await;
+    let body =
+        |id: &str| format!(r#"{{"alert_id":"{id}","device_id":"p1","alert_level":"critical"}}"#);
+    let port = broker.port;
+    tokio::task::block_in_place(|| {
+        publish_v5(
+            port,
+            "plant/north/alerts/p1",
+            &body("asked"),
+            &[
+                ("response-topic", "hmi/answers/p1"),
+                ("correlation-data", "req-4711"),
+            ],
+        );
+        publish_v5(port, "plant/north/alerts/p2", &body("silent"), &[]);
+        publish_v5(
+            port,
+            "plant/north/alerts/p3",
+            &body("looping"),
+            &[("response-topic", "plant/north/alerts/echo")],
+        );
+        publish_v5(
+            port,
+            "plant/north/alerts/p4",
+            &body("locked"),
+            &[("response-topic", "hmi/locked/p4")],
+        );
+    });
+    assert!(sim.wait_for_accepted(4, Duration::from_secs(30)).await);
+    let st = |agent: &Agent| {
+        agent
+            .status()
+            .map(|s| s["counters"].clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let c = st(&agent);
+            c["receipts_published"] == 3 && c["receipts_dropped"] == 1
+        })
+        .await,
+        "3 receipts published, the locked one dropped: {}\n{}",
+        st(&agent),
+        agent.logs()
+    );
+    assert_eq!(
+        st(&agent)["receipts_reply_refused"],
+        1,
+        "the looping response topic"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = answers(&seen);
+    let find = |id: &str| {
+        got.iter()
+            .filter(|(_, _, v)| v["alert_id"] == id)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let asked = find("asked");
+    assert_eq!(asked.len(), 1, "{got:?}");
+    assert_eq!(asked[0].0, "hmi/answers/p1");
+    assert_eq!(
+        asked[0].1.as_deref(),
+        Some(&b"req-4711"[..]),
+        "correlation data echoed"
+    );
+    assert_eq!(asked[0].2["state"], "delivered");
+    let silent = find("silent");
+    assert_eq!(silent.len(), 1, "{got:?}");
+    assert_eq!(
+        (silent[0].0.as_str(), &silent[0].1),
+        ("alertbridge/receipts/p2", &None)
+    );
+    let looping = find("looping");
+    assert_eq!(looping.len(), 1, "{got:?}");
+    assert_eq!(
+        looping[0].0, "alertbridge/receipts/p3",
+        "the template, not the ingest topic"
+    );
+    assert!(find("locked").is_empty(), "the ACL refused it: {got:?}");
+    assert_eq!(
+        accepted_counts(&sim).len(),
+        4,
+        "no receipt came back in as an alert"
+    );
+    let logs = agent.logs();
+    assert!(logs.contains("response topic was refused"), "{logs}");
+    assert!(logs.contains("0x87 NotAuthorized"), "{logs}");
+    assert_clean_exit(&mut agent);
+    cancel.cancel();
+    let _ = sub_task.await;
+}
+
+/// The response topic and correlation data are kept in the log with the receipt: a kill -9
+/// between Genesys' 2xx and the publish still answers each publisher on its own topic with its
+/// own correlation data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_for_a_response_topic_survives_a_kill9_before_its_publish() {
+    const N: usize = 20;
+    let broker = Mosquitto::start();
+    let sim = sim(Duration::from_secs(3600)).await;
+    let opts = AgentOptions {
+        extra: "[receipts]\nresponse_topic = \"only\"\n".into(),
+        ..receipts_v5()
+    };
+    let mut agent = Agent::start(broker.port, &sim, &opts);
+    agent.set_env(&[("ALERTBRIDGE_FAULT_HOLD_RECEIPTS", "1")]);
+    agent.restart();
+    wait_subscribed(&agent).await;
+    let cancel = CancellationToken::new();
+    let (seen, sub_task) = v5_subscriber(
+        broker.port,
+        &["hmi/#", "alertbridge/receipts/#"],
+        cancel.clone(),
+    )
+    .await;
+    let port = broker.port;
+    tokio::task::block_in_place(|| {
+        for i in 0..N {
+            let body =
+                format!(r#"{{"alert_id":"k-{i}","device_id":"p{i}","alert_level":"major"}}"#);
+            let topic = format!("hmi/answers/p{i}");
+            let corr = format!("c-{i}");
+            // Every other publisher asks for an answer; with "only" the rest get none.
+            let props: Vec<(&str, &str)> = if i % 2 == 0 {
+                vec![("response-topic", &topic), ("correlation-data", &corr)]
+            } else {
+                vec![]
+            };
+            publish_v5(port, &format!("plant/north/alerts/p{i}"), &body, &props);
+        }
+    });
+    assert!(sim.wait_for_accepted(N, Duration::from_secs(30)).await);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .status()
+            .is_some_and(|s| s["receipts_pending"] == N))
+        .await,
+        "every receipt waits in the log: {:?}",
+        agent.status()
+    );
+    assert!(
+        answers(&seen).is_empty(),
+        "the held publisher published nothing"
+    );
+    agent.set_env(&[]);
+    agent.restart(); // SIGKILL, then start without the hold
+    assert!(
+        wait_until(Duration::from_secs(30), || answers(&seen).len() >= N / 2).await,
+        "{} answers after the restart\n{}",
+        answers(&seen).len(),
+        agent.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = answers(&seen);
+    assert_eq!(
+        got.len(),
+        N / 2,
+        "one answer per publisher that asked, none for the rest: {got:?}"
+    );
+    for (topic, corr, v) in &got {
+        let i: usize = v["alert_id"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("k-"))
+            .and_then(|n| n.parse().ok())
+            .expect("alert id k-<i>");
+        assert_eq!(i % 2, 0, "{v}");
+        assert_eq!(topic, &format!("hmi/answers/p{i}"));
+        assert_eq!(corr.as_deref(), Some(format!("c-{i}").as_bytes()));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .status()
+            .is_some_and(|s| s["receipts_pending"] == 0))
+        .await,
+        "the unasked receipts are done too: {:?}",
+        agent.status()
+    );
+    assert_clean_exit(&mut agent);
+    cancel.cancel();
+    let _ = sub_task.await;
+}

@@ -18,6 +18,27 @@ pub(crate) use tokio_util::sync::CancellationToken;
 /// The flow id every test's simulator knows.
 pub(crate) const FLOW: &str = "e2e-flow";
 
+/// Publish one QoS 1 alert with `mosquitto_pub` speaking MQTT 5, with `-D publish …` property
+/// arguments; returns when the broker acked it.
+pub(crate) fn publish_v5(port: u16, topic: &str, payload: &str, props: &[(&str, &str)]) {
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
+        .args(["-q", "1", "-t", topic, "-m", payload]);
+    for (name, value) in props {
+        cmd.arg("-D").arg("publish").arg(name);
+        cmd.args(value.split(' '));
+    }
+    let out = cmd
+        .stdout(Stdio::null())
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A free loopback port (bound then released).
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -112,20 +112,19 @@ pub(super) fn receipts_from_raw(
             "use at least 1 (default 86400 = 1 day)",
         ));
     }
-    let response_topic = match raw.response_topic.as_deref() {
-        None | Some("prefer") => ResponseTopic::Prefer,
-        Some("only") => ResponseTopic::Only,
-        Some("ignore") => ResponseTopic::Ignore,
-        Some(other) => {
-            return Err(invalid(
+    let response_topic =
+        match raw.response_topic.as_deref() {
+            None | Some("prefer") => ResponseTopic::Prefer,
+            Some("only") => ResponseTopic::Only,
+            Some("ignore") => ResponseTopic::Ignore,
+            Some(other) => return Err(invalid(
                 "receipts.response_topic",
                 format!("{other:?} is not a mode"),
                 "use \"prefer\" (default: the publisher's MQTT 5 response topic when set, else \
                  receipts.topic), \"only\" (receipts only where a response topic was set) or \
                  \"ignore\" (always receipts.topic)",
-            ))
-        }
-    };
+            )),
+        };
     if response_topic == ResponseTopic::Only && mqtt.protocol != MqttProtocol::V5 {
         return Err(invalid(
             "receipts.response_topic",

@@ -47,8 +47,9 @@ pub(super) enum Sender {
 
 /// The event-loop half of a [`Link`].
 pub(super) enum Events {
-    V4(rumqttc::EventLoop),
-    V5(rumqttc::v5::EventLoop),
+    // Boxed, both: one per connection, and the variants differ by hundreds of bytes.
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
 }
 
 impl Link {
@@ -59,15 +60,15 @@ impl Link {
         let inflight = u16::try_from(window).unwrap_or(u16::MAX);
         Ok(match own.protocol {
             MqttProtocol::V311 => {
-                let mut o = crate::ingest::mqtt_options(own, window)
-                    .map_err(ReceiptsError::Options)?;
+                let mut o =
+                    crate::ingest::mqtt_options(own, window).map_err(ReceiptsError::Options)?;
                 o.set_clean_session(true)
                     .set_manual_acks(false)
                     .set_inflight(inflight);
                 let (client, eventloop) = rumqttc::AsyncClient::new(o, window * 2);
                 Link {
                     sender: Sender::V4(client),
-                    events: Events::V4(eventloop),
+                    events: Events::V4(Box::new(eventloop)),
                 }
             }
             MqttProtocol::V5 => {
@@ -79,7 +80,7 @@ impl Link {
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, window * 2);
                 Link {
                     sender: Sender::V5(client),
-                    events: Events::V5(eventloop),
+                    events: Events::V5(Box::new(eventloop)),
                 }
             }
         })
@@ -106,15 +107,13 @@ impl Events {
             {
                 rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)) => LinkEvent::ConnAck,
                 rumqttc::v5::Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
-                rumqttc::v5::Event::Incoming(V5Packet::PubAck(ack)) => {
-                    match refusal(&ack.reason) {
-                        None => LinkEvent::Acked(ack.pkid),
-                        Some(reason) => LinkEvent::Refused {
-                            pkid: ack.pkid,
-                            reason,
-                        },
-                    }
-                }
+                rumqttc::v5::Event::Incoming(V5Packet::PubAck(ack)) => match refusal(&ack.reason) {
+                    None => LinkEvent::Acked(ack.pkid),
+                    Some(reason) => LinkEvent::Refused {
+                        pkid: ack.pkid,
+                        reason,
+                    },
+                },
                 _ => LinkEvent::Other,
             },
         })

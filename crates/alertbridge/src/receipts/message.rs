@@ -103,13 +103,15 @@ pub fn outgoing(
         .reply
         .as_ref()
         .filter(|_| cfg.response_topic != ResponseTopic::Ignore)
-        .filter(|r| match reply_topic_problem(&r.topic, &cfg.ingest_filters) {
-            None => true,
-            Some(problem) => {
-                refused_reply = Some(problem);
-                false
-            }
-        });
+        .filter(
+            |r| match reply_topic_problem(&r.topic, &cfg.ingest_filters) {
+                None => true,
+                Some(problem) => {
+                    refused_reply = Some(problem);
+                    false
+                }
+            },
+        );
     let publish = match reply {
         Some(reply) => Some(ReceiptPublish {
             topic: reply.topic.clone(),

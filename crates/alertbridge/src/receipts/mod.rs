@@ -45,7 +45,6 @@
 //! publish into its own input. A PUBACK refusing a receipt (0x87 NotAuthorized: the ACL) drops
 //! it, counted with the reason code, instead of publishing it again forever.
 
-
 mod link;
 mod message;
 mod topic;
@@ -415,7 +414,6 @@ impl Publisher {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -113,10 +113,16 @@ fn response_topic_modes_route_each_receipt() {
     };
     use ResponseTopic::*;
     assert_eq!(topic(Prefer, &asked).as_deref(), Some("hmi/answers/7"));
-    assert_eq!(topic(Prefer, &silent).as_deref(), Some("alertbridge/receipts/p8"));
+    assert_eq!(
+        topic(Prefer, &silent).as_deref(),
+        Some("alertbridge/receipts/p8")
+    );
     assert_eq!(topic(Only, &asked).as_deref(), Some("hmi/answers/7"));
     assert_eq!(topic(Only, &silent), None, "not asked for: not published");
-    assert_eq!(topic(Ignore, &asked).as_deref(), Some("alertbridge/receipts/p7"));
+    assert_eq!(
+        topic(Ignore, &asked).as_deref(),
+        Some("alertbridge/receipts/p7")
+    );
 }
 
 #[test]
@@ -138,7 +144,11 @@ fn a_response_topic_an_ingest_filter_matches_is_refused_and_the_template_used() 
             response_topic: ResponseTopic::Only,
             ..c.clone()
         };
-        assert_eq!(outgoing(&only, &t, "gw1", key(1), &e).publish, None, "{bad:?}");
+        assert_eq!(
+            outgoing(&only, &t, "gw1", key(1), &e).publish,
+            None,
+            "{bad:?}"
+        );
     }
     let why = reply_topic_problem("plant/north/alerts/p9", &c.ingest_filters).expect("refused");
     assert!(why.contains("plant/+/alerts/+"), "{why}");
@@ -229,11 +239,17 @@ fn an_empty_receipts_section_turns_them_on_with_the_documented_defaults() {
 fn response_topic_only_needs_mqtt5_and_an_unknown_mode_is_refused() {
     let err = parse("[receipts]\nresponse_topic = \"only\"\n").expect_err("3.1.1 has none");
     let text = err.to_string();
-    assert!(text.contains("receipts.response_topic") && text.contains("protocol"), "{text}");
+    assert!(
+        text.contains("receipts.response_topic") && text.contains("protocol"),
+        "{text}"
+    );
     let err = parse("[receipts]\nresponse_topic = \"always\"\n").expect_err("not a mode");
     assert!(err.to_string().contains("prefer"), "{err}");
     let v5 = crate::config::Config::parse(
-        &format!("{}\n[receipts]\nresponse_topic = \"only\"\n", MINIMAL.replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n")),
+        &format!(
+            "{}\n[receipts]\nresponse_topic = \"only\"\n",
+            MINIMAL.replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n")
+        ),
         std::path::Path::new("test.toml"),
     )
     .expect("valid with MQTT 5");

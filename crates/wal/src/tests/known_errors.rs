@@ -52,8 +52,11 @@ fn a_record_with_mqtt5_properties_is_framed_as_version_2_and_one_without_stays_v
         bytes,
         frame_raw(
             RECORD_VERSION_MQTT5,
-            &postcard::to_allocvec(&(&plain, (Some(10u32), vec![("site", "north"), ("site", "south")])))
-                .unwrap()
+            &postcard::to_allocvec(&(
+                &plain,
+                (Some(10u32), vec![("site", "north"), ("site", "south")])
+            ))
+            .unwrap()
         ),
         "body: the version-1 record, then its expiry and user properties"
     );
@@ -83,17 +86,28 @@ fn a_record_with_a_response_topic_is_framed_as_version_3_and_version_2_bytes_sti
     if let Some(p) = only_corr.mqtt.as_deref_mut() {
         p.response_topic = None;
     }
-    assert_eq!(encode_record(&only_corr).unwrap()[0], RECORD_VERSION_MQTT5_REPLY);
-    assert_eq!(decode_record(&encode_record(&only_corr).unwrap()).unwrap(), only_corr);
+    assert_eq!(
+        encode_record(&only_corr).unwrap()[0],
+        RECORD_VERSION_MQTT5_REPLY
+    );
+    assert_eq!(
+        decode_record(&encode_record(&only_corr).unwrap()).unwrap(),
+        only_corr
+    );
     // Bytes as the release that introduced version 2 wrote them (record, expiry, user
     // properties), framed by hand: they still decode, with no response topic.
-    let v2_body =
-        postcard::to_allocvec(&(&plain, (Some(10u32), vec![("site", "north")]))).unwrap();
+    let v2_body = postcard::to_allocvec(&(&plain, (Some(10u32), vec![("site", "north")]))).unwrap();
     let old = decode_record(&frame_raw(RECORD_VERSION_MQTT5, &v2_body)).unwrap();
     let props = old.mqtt.as_deref().expect("properties kept");
     assert_eq!(props.expiry_secs, Some(10));
     assert_eq!(props.user, vec![("site".to_owned(), "north".to_owned())]);
-    assert_eq!((props.response_topic.as_deref(), props.correlation.as_deref()), (None, None));
+    assert_eq!(
+        (
+            props.response_topic.as_deref(),
+            props.correlation.as_deref()
+        ),
+        (None, None)
+    );
     assert_eq!(
         encode_record(&old).unwrap(),
         frame_raw(RECORD_VERSION_MQTT5, &v2_body),
@@ -364,12 +378,14 @@ fn any_mqtt_props() -> impl Strategy<Value = crate::MqttProps> {
         proptest::option::of(".{0,12}"),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
     )
-        .prop_map(|(expiry_secs, user, response_topic, correlation)| crate::MqttProps {
-            expiry_secs,
-            user,
-            response_topic,
-            correlation,
-        })
+        .prop_map(
+            |(expiry_secs, user, response_topic, correlation)| crate::MqttProps {
+                expiry_secs,
+                user,
+                response_topic,
+                correlation,
+            },
+        )
 }
 
 proptest! {

@@ -523,7 +523,11 @@ async fn with_receipts_on_each_delivered_and_each_rejected_alert_queues_one_rece
     // Each receipt knows where its publisher asked for it, delivered or dead-lettered.
     let replies: Vec<_> = queued
         .iter()
-        .map(|e| e.reply.as_ref().map(|r| (r.topic.as_str(), r.correlation.clone())))
+        .map(|e| {
+            e.reply
+                .as_ref()
+                .map(|r| (r.topic.as_str(), r.correlation.clone()))
+        })
         .collect();
     assert_eq!(
         replies,
