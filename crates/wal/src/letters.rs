@@ -142,6 +142,11 @@ pub struct Reply {
     pub correlation: Option<Vec<u8>>,
 }
 
+/// Longest response topic, and longest correlation data, kept for a receipt, in bytes. MQTT
+/// allows 64 KiB of each; receipts wait in the log (up to `receipts.max_pending` of them), so a
+/// publisher must not be able to make each one 128 KiB.
+pub const REPLY_MAX: usize = 1024;
+
 impl Reply {
     /// Where the publisher of `record` asked for the answer: its MQTT 5 response topic with its
     /// correlation data; `None` when it set no response topic (correlation data alone names no

@@ -182,7 +182,7 @@ pub(crate) async fn run(
     // Build the link before spawning anything: a bad password file or CA is a config error.
     let link = match mqtt.protocol {
         MqttProtocol::V311 => Link::V4(v4::V4Link::new(&mqtt, store.batch_max)?),
-        MqttProtocol::V5 => Link::V5(v5::V5Link::new(&mqtt, store.batch_max)?),
+        MqttProtocol::V5 => Link::V5(v5::V5Link::new(&mqtt, store.batch_max, counters.clone())?),
     };
     let (pub_tx, pub_rx) = mpsc::channel::<Stamped>(PUBLISH_CHANNEL);
     // Unbounded: acks ≤ publishes received, which the broker's in-flight window bounds.

@@ -28,7 +28,9 @@
 
 use std::collections::VecDeque;
 
-use alertbridge_wal::MqttProps;
+use std::sync::Arc;
+
+use alertbridge_wal::{MqttProps, REPLY_MAX};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode,
 };
@@ -52,12 +54,18 @@ pub(super) struct V5Link {
     eventloop: EventLoop,
     /// The session expiry we asked for, logged when the broker does not name another.
     asked_session_expiry: u32,
+    /// Counts response topics not kept ([`inbound`]).
+    counters: Arc<Counters>,
 }
 
 impl V5Link {
     /// Client and event loop from the validated config (no I/O: rumqttc connects at the first
     /// poll).
-    pub(super) fn new(cfg: &MqttConfig, batch_max: usize) -> Result<V5Link, IngestError> {
+    pub(super) fn new(
+        cfg: &MqttConfig,
+        batch_max: usize,
+        counters: Arc<Counters>,
+    ) -> Result<V5Link, IngestError> {
         // The request channel carries our PUBACKs: room for every publish the broker may have
         // unacked (Receive Maximum) and then some, so `try_ack` does not find it full.
         let capacity = super::v4::request_channel_capacity(batch_max)
@@ -73,6 +81,7 @@ impl V5Link {
             client,
             eventloop,
             asked_session_expiry: cfg.session_expiry_secs,
+            counters,
         })
     }
 
@@ -111,8 +120,10 @@ pub(crate) fn mqtt5_options(cfg: &MqttConfig, capacity: usize) -> Result<MqttOpt
     Ok(o)
 }
 
-/// A v5 publish as the batcher sees it.
-fn inbound(p: Publish) -> Inbound {
+/// A v5 publish as the batcher sees it. A response topic or correlation data longer than
+/// [`REPLY_MAX`] is not kept (the alert is; its receipt follows `receipts.topic`), counted as a
+/// refused response topic and warned.
+fn inbound(p: Publish, counters: &Counters) -> Inbound {
     Inbound {
         // A v5 broker must send a valid UTF-8 topic name (MQTT 5 §1.5.4, §4.7.3) and never a
         // topic alias we did not allow; a lossy conversion keeps a broken one visible in the
@@ -127,7 +138,25 @@ fn inbound(p: Publish) -> Inbound {
         },
         dup: p.dup,
         retain: p.retain,
-        props: p.properties.and_then(|props| {
+        props: p.properties.and_then(|mut props| {
+            let over = |n: Option<usize>| n.is_some_and(|n| n > REPLY_MAX);
+            if over(props.response_topic.as_ref().map(String::len))
+                || over(props.correlation_data.as_ref().map(|c| c.len()))
+            {
+                counters
+                    .receipts_reply_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    topic = %String::from_utf8_lossy(&p.topic),
+                    response_topic_bytes = props.response_topic.as_ref().map_or(0, String::len),
+                    correlation_bytes = props.correlation_data.as_ref().map_or(0, |c| c.len()),
+                    max = REPLY_MAX,
+                    "an MQTT 5 response topic or correlation data over the limit is not kept; \
+                     the alert's receipt goes to receipts.topic"
+                );
+                props.response_topic = None;
+                props.correlation_data = None;
+            }
             let kept = MqttProps {
                 expiry_secs: props.message_expiry_interval,
                 user: props.user_properties,
@@ -204,7 +233,9 @@ impl MqttLink for V5Link {
                         codes,
                     }
                 }
-                Event::Incoming(Packet::Publish(p)) => LinkEvent::Publish(inbound(p)),
+                Event::Incoming(Packet::Publish(p)) => {
+                    LinkEvent::Publish(inbound(p, &self.counters))
+                }
                 Event::Outgoing(Outgoing::Disconnect) => LinkEvent::Disconnected,
                 _ => LinkEvent::Other,
             },
@@ -215,7 +246,7 @@ impl MqttLink for V5Link {
         std::mem::take(&mut self.eventloop.state.events)
             .into_iter()
             .filter_map(|ev| match ev {
-                Event::Incoming(Packet::Publish(p)) => Some(inbound(p)),
+                Event::Incoming(Packet::Publish(p)) => Some(inbound(p, &self.counters)),
                 _ => None,
             })
             .collect()
@@ -254,5 +285,51 @@ impl MqttLink for V5Link {
 
     fn try_disconnect(&self) {
         let _ = self.client.try_disconnect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+    fn publish_with(response_topic: &str, correlation: Vec<u8>) -> Publish {
+        let props = PublishProperties {
+            message_expiry_interval: Some(60),
+            response_topic: Some(response_topic.to_owned()),
+            correlation_data: Some(correlation.into()),
+            ..PublishProperties::default()
+        };
+        Publish::new("plant/n/alerts/p1", V5QoS::AtLeastOnce, "{}", Some(props))
+    }
+
+    #[test]
+    fn a_response_topic_and_correlation_are_kept_with_the_alert() {
+        let counters = Counters::default();
+        let got = inbound(publish_with("hmi/answers/1", vec![7; 16]), &counters);
+        let props = got.props.expect("kept");
+        assert_eq!(props.response_topic.as_deref(), Some("hmi/answers/1"));
+        assert_eq!(props.correlation, Some(vec![7; 16]));
+        assert_eq!(props.expiry_secs, Some(60));
+    }
+
+    #[test]
+    fn an_oversize_response_topic_or_correlation_is_not_kept_and_counted() {
+        let counters = Counters::default();
+        for (topic, corr) in [
+            ("t/".repeat(REPLY_MAX), vec![1]),
+            ("hmi/a".to_owned(), vec![1; REPLY_MAX + 1]),
+        ] {
+            let got = inbound(publish_with(&topic, corr), &counters);
+            let props = got.props.expect("the other properties are kept");
+            assert_eq!((props.response_topic, props.correlation), (None, None));
+            assert_eq!(props.expiry_secs, Some(60));
+        }
+        assert_eq!(
+            counters
+                .receipts_reply_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 }
