@@ -442,6 +442,16 @@ async fn an_mqtt5_publisher_gets_its_receipt_on_its_response_topic_with_its_corr
             &body("locked"),
             &[("response-topic", "hmi/locked/p4")],
         );
+        // Not an alert at all: dead-lettered at ingest, and its publisher told so.
+        publish_v5(
+            port,
+            "plant/north/alerts/p5",
+            "not json",
+            &[
+                ("response-topic", "hmi/answers/p5"),
+                ("correlation-data", "req-bad"),
+            ],
+        );
     });
     assert!(sim.wait_for_accepted(4, Duration::from_secs(30)).await);
     let st = |agent: &Agent| {
@@ -453,10 +463,10 @@ async fn an_mqtt5_publisher_gets_its_receipt_on_its_response_topic_with_its_corr
     assert!(
         wait_until(Duration::from_secs(20), || {
             let c = st(&agent);
-            c["receipts_published"] == 3 && c["receipts_dropped"] == 1
+            c["receipts_published"] == 4 && c["receipts_dropped"] == 1
         })
         .await,
-        "3 receipts published, the locked one dropped: {}\n{}",
+        "4 receipts published, the locked one dropped: {}\n{}",
         st(&agent),
         agent.logs()
     );
@@ -495,6 +505,14 @@ async fn an_mqtt5_publisher_gets_its_receipt_on_its_response_topic_with_its_corr
         "the template, not the ingest topic"
     );
     assert!(find("locked").is_empty(), "the ACL refused it: {got:?}");
+    let bad: Vec<_> = got
+        .iter()
+        .filter(|(t, _, _)| t == "hmi/answers/p5")
+        .collect();
+    assert_eq!(bad.len(), 1, "{got:?}");
+    assert_eq!(bad[0].1.as_deref(), Some(&b"req-bad"[..]));
+    assert_eq!(bad[0].2["state"], "dead_lettered");
+    assert_eq!(bad[0].2["dead_letter"]["kind"], "malformed", "{}", bad[0].2);
     assert_eq!(
         accepted_counts(&sim).len(),
         4,
