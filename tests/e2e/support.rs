@@ -157,6 +157,12 @@ impl Mosquitto {
         }
     }
 
+    /// What the broker logged so far (errors, warnings and notices, e.g. `Expiring client
+    /// <id> due to timeout.` when a session expires).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
     /// Graceful stop (SIGTERM: mosquitto writes its persistence file), then start again on the
     /// same port and data dir.
     pub(crate) fn restart(&mut self) {

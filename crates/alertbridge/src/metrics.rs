@@ -402,6 +402,12 @@ fn register_counters(r: &mut Registry, s: &Snapshot, m: &Metrics, tokens: &Token
     );
     counter(
         r,
+        "alertbridge_mqtt_sessions_lost",
+        "CONNACKs without a session although a session of ours held a subscription on the broker before: alerts published while alertbridge was away may be gone at the broker",
+        s.sessions_lost,
+    );
+    counter(
+        r,
         "alertbridge_delivery_tasks_failed",
         "Delivery tasks that failed to join; their alerts were queued again (a bug if not 0)",
         s.tasks_failed,
@@ -659,6 +665,14 @@ mod tests {
             .delivered(alertbridge_wal::PRIORITY_NORMAL, Duration::from_millis(40));
         c.metrics.retried(Some(503), false);
         c.metrics.request(None, Duration::from_secs(3));
+        crate::events::SessionLost {
+            broker: "127.0.0.1:1883",
+            client_id: "gw1",
+            known_from: "test",
+            disconnected_for: None,
+            session_expiry_secs: None,
+        }
+        .emit(&c);
         let stats = WalStats {
             pending: 5,
             pending_critical: 2,
@@ -695,6 +709,7 @@ mod tests {
             ("alertbridge_breaker_state{state=\"closed\"}", 1.0),
             ("alertbridge_delivery_paused{reason=\"none\"}", 0.0),
             ("alertbridge_broker_connected", 0.0),
+            ("alertbridge_mqtt_sessions_lost_total", 1.0),
         ] {
             assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
         }

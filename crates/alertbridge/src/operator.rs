@@ -219,6 +219,22 @@ pub async fn fetch_status(cfg: &Config, config_path: &Path) -> anyhow::Result<St
     .await?
 }
 
+/// The `broker session:` line of `status` when the broker lost a session of ours since start
+/// (S2); `None` when it did not.
+fn session_lost_line(c: &crate::events::Snapshot, now_ms: u64) -> Option<String> {
+    if c.sessions_lost == 0 {
+        return None;
+    }
+    let when = c
+        .session_lost_at_ms
+        .map(|at| format!(", last {} s ago", now_ms.saturating_sub(at) / 1000))
+        .unwrap_or_default();
+    Some(format!(
+        "  broker session: LOST {} time(s) since start{when}: alerts published while alertbridge was away may be gone at the broker (journal: MQTT SESSION LOST)",
+        c.sessions_lost
+    ))
+}
+
 /// Prints a status for a person.
 pub fn print_status(s: &Status) {
     println!("alertbridge {} ({})", s.version, s.source);
@@ -276,6 +292,9 @@ pub fn print_status(s: &Status) {
         if let Some(e) = &c.subscription_error {
             println!("  subscription error: {e}");
         }
+        if let Some(line) = session_lost_line(c, crate::clock::now_ms()) {
+            println!("{line}");
+        }
         if c.receipts_published + c.receipts_dropped + s.receipts_pending > 0
             || c.receipts_connected
         {
@@ -297,5 +316,27 @@ pub fn print_status(s: &Status) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Snapshot;
+
+    #[test]
+    fn status_shows_a_lost_session_only_when_there_was_one() {
+        assert_eq!(session_lost_line(&Snapshot::default(), 10_000), None);
+        let lost = Snapshot {
+            sessions_lost: 1,
+            session_lost_at_ms: Some(4_000),
+            ..Snapshot::default()
+        };
+        let line = session_lost_line(&lost, 10_000).expect("a line");
+        assert!(
+            line.contains("LOST 1 time(s) since start, last 6 s ago")
+                && line.contains("may be gone at the broker"),
+            "{line}"
+        );
     }
 }

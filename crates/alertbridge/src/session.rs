@@ -18,6 +18,18 @@
 //! process start and per refused-then-granted filter, never on a reconnect of a process that
 //! already holds its subscriptions; docs/design.md says why that is the right trade.
 //!
+//! Invariant **S2** (docs/design.md): a CONNACK that says "no session" although a session of
+//! ours held a subscription on that broker before is reported, never taken silently. While the
+//! agent was away the broker queued alerts in that session; if it discarded the session (the
+//! MQTT 5 session expiry ran out, a restart without persistence, mosquitto's
+//! `persistent_client_expiration` for 3.1.1, an administrator or a clean login with our client
+//! id), alerts published meanwhile were never queued for us and are gone at the broker. Ingest
+//! subscribes again (S1) and the flow resumes, so without S2 nothing would show that alerts may
+//! be missing. [`SessionHistory`] decides; "before" is a SUBACK of this process that granted a
+//! filter, or the store's record that an earlier process had one for the same client id and
+//! broker (`ingest/marker.rs`), so a restart after a long outage warns too. A first-ever start
+//! knows of no session and does not warn; docs/decisions.md says why the evidence is a SUBACK.
+//!
 //! With `mqtt.share_group` set, the filters given to [`Subscriptions`] are the shared forms
 //! `$share/<group>/<filter>` ([`crate::config::MqttConfig::subscribed_filters`]): the broker
 //! grants, refuses and names those in its SUBACKs, so S1, readiness ("every subscription held")
@@ -341,6 +353,96 @@ impl Subscriptions {
             ));
         }
         (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// How this agent knows that a session of its own held a subscription on the broker (S2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// A SUBACK seen in this process granted a filter on the broker's session.
+    ThisProcess,
+    /// The store records that an earlier process saw such a SUBACK for this client id and broker.
+    Store,
+}
+
+/// A session of ours that the broker no longer had at a CONNACK (S2): what the warning says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionLost {
+    /// Where the knowledge of the earlier session comes from.
+    pub(crate) known: Known,
+    /// How long this process was disconnected before the CONNACK; `None` at its first
+    /// connection (it does not know when the earlier process was last connected).
+    pub(crate) disconnected_for: Option<Duration>,
+    /// MQTT 5: the session expiry in force for the lost session (granted at its last CONNACK,
+    /// else the configured one); `None` in MQTT 3.1.1.
+    pub(crate) session_expiry_secs: Option<u32>,
+}
+
+/// What the agent knows of its session on the broker, to tell a lost session from a first one
+/// (invariant S2, module doc). Pure: the connection task reports CONNACKs, granted SUBACKs and
+/// lost connections, and records the store's marker when told to.
+#[derive(Debug)]
+pub(crate) struct SessionHistory {
+    /// A session of ours held a subscription, and how we know; `None` before the first grant
+    /// on this broker (first start, another client id or broker) and after a loss, until the
+    /// new session's first grant: a session that held no subscription queued nothing to lose.
+    known: Option<Known>,
+    /// The store's marker already names this client id and broker: nothing to record.
+    recorded: bool,
+    /// When this process lost its connection (cleared by the next CONNACK).
+    lost_at: Option<Instant>,
+    /// The session expiry in force on the last connection (MQTT 5).
+    expiry_secs: Option<u32>,
+}
+
+impl SessionHistory {
+    /// At start: `recorded` says whether the store's marker names this client id and broker
+    /// (an earlier process held a subscription there).
+    pub(crate) fn new(recorded: bool) -> Self {
+        SessionHistory {
+            known: recorded.then_some(Known::Store),
+            recorded,
+            lost_at: None,
+            expiry_secs: None,
+        }
+    }
+
+    /// A CONNACK at `now`; `session_expiry_secs` is the expiry in force from now on (MQTT 5).
+    /// Returns the loss to report when the broker has no session although one of ours held a
+    /// subscription.
+    pub(crate) fn on_connack(
+        &mut self,
+        session_present: bool,
+        session_expiry_secs: Option<u32>,
+        now: Instant,
+    ) -> Option<SessionLost> {
+        let disconnected_for = self
+            .lost_at
+            .take()
+            .map(|t| now.saturating_duration_since(t));
+        let before = std::mem::replace(&mut self.expiry_secs, session_expiry_secs);
+        if session_present {
+            return None;
+        }
+        let known = self.known.take()?;
+        Some(SessionLost {
+            known,
+            disconnected_for,
+            session_expiry_secs: before.or(session_expiry_secs),
+        })
+    }
+
+    /// A SUBACK granted at least one filter: the session now holds a subscription. Returns
+    /// true once per process when the store's marker must be written (it did not name this
+    /// client id and broker at start); a failed write is retried at the next start.
+    pub(crate) fn on_granted(&mut self) -> bool {
+        self.known = Some(Known::ThisProcess);
+        !std::mem::replace(&mut self.recorded, true)
+    }
+
+    /// The connection was lost at `now` (the first loss counts when attempts keep failing).
+    pub(crate) fn on_connection_lost(&mut self, now: Instant) {
+        self.lost_at.get_or_insert(now);
     }
 }
 
@@ -684,6 +786,84 @@ mod tests {
         assert_eq!(s.filters(&again), ["$share/alertbridge/line/4/alarm"]);
         answer(&mut s, again, 2, &[OK1], now);
         assert_eq!((s.held(), s.error()), (2, None), "ready");
+    }
+
+    #[test]
+    fn a_first_start_never_reports_a_lost_session() {
+        let t0 = Instant::now();
+        let mut h = SessionHistory::new(false);
+        assert_eq!(h.on_connack(false, None, t0), None, "first-ever start");
+        // the connection drops before any SUBACK: the fresh session held nothing to lose
+        h.on_connection_lost(t0);
+        assert_eq!(h.on_connack(false, None, t0), None);
+        // a present session proves a session, but not one that queued for us: no grant yet
+        assert_eq!(h.on_connack(true, None, t0), None);
+        h.on_connection_lost(t0);
+        assert_eq!(h.on_connack(false, None, t0), None);
+    }
+
+    #[test]
+    fn a_session_lost_after_a_grant_in_this_process_is_reported_once_with_the_gap() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = SessionHistory::new(false);
+        assert_eq!(h.on_connack(false, Some(60), t0), None);
+        assert!(h.on_granted(), "the first grant is recorded in the store");
+        assert!(!h.on_granted(), "once per process");
+        // resumed within the expiry: nothing to report
+        h.on_connection_lost(t0 + s(1));
+        assert_eq!(h.on_connack(true, Some(60), t0 + s(5)), None);
+        // gone after a long outage; failed attempts in between do not move the start of the gap
+        h.on_connection_lost(t0 + s(10));
+        h.on_connection_lost(t0 + s(40));
+        assert_eq!(
+            h.on_connack(false, Some(30), t0 + s(100)),
+            Some(SessionLost {
+                known: Known::ThisProcess,
+                disconnected_for: Some(s(90)),
+                session_expiry_secs: Some(60),
+            }),
+            "the expiry of the lost session, not the one granted now"
+        );
+        // the new session holds nothing until its SUBACK: a second loss before it is not one
+        h.on_connection_lost(t0 + s(101));
+        assert_eq!(h.on_connack(false, Some(30), t0 + s(102)), None);
+        h.on_granted();
+        h.on_connection_lost(t0 + s(103));
+        assert_eq!(
+            h.on_connack(false, Some(30), t0 + s(200))
+                .map(|l| l.session_expiry_secs),
+            Some(Some(30))
+        );
+    }
+
+    #[test]
+    fn a_session_recorded_in_the_store_is_reported_when_the_first_connack_has_none() {
+        let t0 = Instant::now();
+        let mut h = SessionHistory::new(true);
+        assert!(!h.on_granted(), "the marker already names this broker");
+        let mut h = SessionHistory::new(true);
+        assert_eq!(
+            h.on_connack(false, Some(604_800), t0),
+            Some(SessionLost {
+                known: Known::Store,
+                disconnected_for: None,
+                session_expiry_secs: Some(604_800),
+            })
+        );
+        // resumed across the restart: nothing
+        let mut h = SessionHistory::new(true);
+        assert_eq!(h.on_connack(true, None, t0), None);
+        h.on_connection_lost(t0);
+        assert_eq!(
+            h.on_connack(false, None, t0 + Duration::from_secs(3)),
+            Some(SessionLost {
+                known: Known::Store,
+                disconnected_for: Some(Duration::from_secs(3)),
+                session_expiry_secs: None,
+            }),
+            "the resumed session held our subscriptions, even before this process's SUBACK"
+        );
     }
 
     #[test]

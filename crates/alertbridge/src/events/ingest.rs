@@ -194,6 +194,67 @@ pub fn subscriptions_changed(c: &Counters, held: usize, wanted: usize, error: Op
     }
 }
 
+/// The broker had no session for us at a CONNACK although a session of ours held a
+/// subscription there before (S2, `session.rs`): alerts published while alertbridge was away
+/// may never have been queued for it and are gone at the broker. Logged at warn with the likely
+/// causes and what to do, counted (`sessions_lost`) with its time for status.
+pub struct SessionLost<'a> {
+    /// `host:port`.
+    pub broker: &'a str,
+    /// `mqtt.client_id`: the broker keeps the session under it.
+    pub client_id: &'a str,
+    /// How the earlier session is known: a SUBACK of this process, or the store's record.
+    pub known_from: &'a str,
+    /// How long this process was disconnected; `None` at the first connection after a start.
+    pub disconnected_for: Option<Duration>,
+    /// MQTT 5: the session expiry that applied to the lost session; `None` in MQTT 3.1.1.
+    pub session_expiry_secs: Option<u32>,
+}
+
+impl SessionLost<'_> {
+    /// What most likely discarded the session, for the protocol in use.
+    fn likely_cause(&self) -> String {
+        let id = self.client_id;
+        match self.session_expiry_secs {
+            Some(0) => "mqtt.session_expiry_secs = 0 asks the broker to end the session at every disconnect: set it to the longest outage to survive (default 604800 = 7 days)".to_string(),
+            Some(secs) => format!(
+                "alertbridge was away longer than the session expiry ({secs} s: mqtt.session_expiry_secs, or less if the broker caps it); or the broker restarted without persistence; or an administrator, or another client logging in as {id} with Clean Start, removed the session"
+            ),
+            None => format!(
+                "the broker expired the session (mosquitto: persistent_client_expiration); or the broker restarted without persistence (mosquitto: persistence true and a persistence_location its user can write); or an administrator, or another client logging in as {id} with a clean session, removed it"
+            ),
+        }
+    }
+
+    /// Record it.
+    pub fn emit(self, c: &Counters) {
+        Counters::add(&c.sessions_lost, 1);
+        c.session_lost_at_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        let gap = match self.disconnected_for {
+            Some(d) => format!(
+                "while alertbridge was disconnected ({:.1} s)",
+                d.as_secs_f64()
+            ),
+            None => "while alertbridge was away (since it was last connected, before this start)"
+                .to_string(),
+        };
+        let action = format!(
+            "alerts published {gap}, and any the broker still held queued for alertbridge, may be missing: check the devices or the plant's alarm history for that time and raise what is missing by hand; then remove the cause (docs/operations.md, \"A lost session\")"
+        );
+        tracing::warn!(
+            broker = self.broker,
+            client_id = self.client_id,
+            known_from = self.known_from,
+            disconnected_ms = self.disconnected_for.map(|d| d.as_millis() as u64),
+            session_expiry_secs = self.session_expiry_secs,
+            likely_cause = %self.likely_cause(),
+            action = %action,
+            "MQTT SESSION LOST: the broker had no session for alertbridge although one held its subscriptions; alerts published while alertbridge was away may never have been queued for it and are gone at the broker"
+        );
+    }
+}
+
 /// Connection attempts to the broker keep failing: the first at once, then at a bounded rate.
 pub struct BrokerUnreachable<'a> {
     /// `host:port`.

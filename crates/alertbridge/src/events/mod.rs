@@ -78,6 +78,11 @@ pub struct Counters {
     pub subscriptions_held: AtomicU64,
     /// Grants refused (0x80) or downgraded (QoS 0) since start, retries included.
     pub subscription_errors: AtomicU64,
+    /// CONNACKs without a session although a session of ours held a subscription on the broker
+    /// before (S2): alerts published while the agent was away may be gone at the broker.
+    pub sessions_lost: AtomicU64,
+    /// Unix ms of the latest of those (0: none since start).
+    pub session_lost_at_ms: AtomicU64,
     /// Delivery receipts published to MQTT and acknowledged by the broker (`[receipts]`).
     pub receipts_published: AtomicU64,
     /// Delivery receipts dropped unpublished: by the outbox bound (count or age), or refused by
@@ -140,6 +145,8 @@ impl Counters {
             subscriptions_held: g(&self.subscriptions_held),
             subscription_errors: g(&self.subscription_errors),
             subscription_error: self.subscription_error.lock().ok().and_then(|g| g.clone()),
+            sessions_lost: g(&self.sessions_lost),
+            session_lost_at_ms: Some(g(&self.session_lost_at_ms)).filter(|ms| *ms > 0),
             receipts_published: g(&self.receipts_published),
             receipts_dropped: g(&self.receipts_dropped),
             receipts_reply_refused: g(&self.receipts_reply_refused),
@@ -249,6 +256,11 @@ pub struct Snapshot {
     pub subscription_errors: u64,
     /// What is wrong with the subscriptions now, with the likely cause.
     pub subscription_error: Option<String>,
+    /// Broker sessions found lost since start (S2): alerts published while the agent was away
+    /// may be gone at the broker (journal: `MQTT SESSION LOST`).
+    pub sessions_lost: u64,
+    /// Unix ms of the latest lost session, if any since start.
+    pub session_lost_at_ms: Option<u64>,
     /// Delivery receipts published to MQTT since start (`[receipts]`).
     pub receipts_published: u64,
     /// Delivery receipts dropped unpublished (outbox bound, broker refusal) since start.
@@ -403,5 +415,27 @@ mod tests {
             !Snapshot::default().subscribed(),
             "an agent that reports no filters (an older one) is not taken as subscribed"
         );
+    }
+
+    #[test]
+    fn a_lost_session_is_counted_with_its_time_for_status() {
+        let c = Counters::default();
+        assert_eq!(
+            (c.snapshot().sessions_lost, c.snapshot().session_lost_at_ms),
+            (0, None)
+        );
+        SessionLost {
+            broker: "127.0.0.1:1883",
+            client_id: "gw1",
+            known_from: "a SUBACK of this process",
+            disconnected_for: Some(Duration::from_secs(90)),
+            session_expiry_secs: Some(60),
+        }
+        .emit(&c);
+        let s = c.snapshot();
+        assert_eq!(s.sessions_lost, 1);
+        assert!(s.session_lost_at_ms.is_some_and(|ms| ms > 0));
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["sessions_lost"], 1, "status --json shows it: {json}");
     }
 }

@@ -11,11 +11,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{LinkEvent, MqttLink};
+use super::marker::SessionMarker;
 use super::{AckToken, IngestError, Stamped};
 use crate::clock::{now, now_ms};
 use crate::config::MqttConfig;
-use crate::events::{self, BrokerUnreachable, Counters, Subscribed, SubscriptionRefused};
-use crate::session::{reconnect_delay, ConnectFailures, Grant, SubCode, Subscriptions};
+use crate::events::{
+    self, BrokerUnreachable, Counters, SessionLost, Subscribed, SubscriptionRefused,
+};
+use crate::session::{
+    reconnect_delay, ConnectFailures, Grant, Known, SessionHistory, SubCode, Subscriptions,
+};
 
 /// The connection task. Never blocks the event loop on our I/O; acks are queued here only.
 ///
@@ -23,9 +28,15 @@ use crate::session::{reconnect_delay, ConnectFailures, Grant, SubCode, Subscript
 /// CONNACK until a SUBACK of this process granted QoS 1 for every filter on the broker's current
 /// session, and asks again for refused filters on the open connection. Reconnects wait a
 /// jittered exponential backoff between `mqtt.reconnect_min_ms` and `reconnect_max_ms`.
+///
+/// And it reports a lost session (**S2**): a CONNACK without a session although one of ours
+/// held a subscription before (a SUBACK of this process, or `marker`'s record of an earlier
+/// one) is a warning, counted and shown in status. `marker` is written on the blocking pool
+/// after the first granting SUBACK when the store did not record this client id and broker.
 pub(super) async fn connection<L: MqttLink>(
     cfg: MqttConfig,
     mut link: L,
+    marker: SessionMarker,
     pub_tx: mpsc::Sender<Stamped>,
     mut ack_rx: mpsc::UnboundedReceiver<Vec<AckToken>>,
     counters: Arc<Counters>,
@@ -38,6 +49,10 @@ pub(super) async fn connection<L: MqttLink>(
         cfg.reconnect_min,
         cfg.reconnect_max,
     );
+    let mut history = SessionHistory::new(marker.recorded());
+    // The marker being written on the blocking pool (S2), joined in the loop below: never
+    // detached, and an fsync on a slow card does not hold up the MQTT loop.
+    let mut recording: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
     let mut failures = ConnectFailures::default();
     // A CONNACK was seen since the last connection error.
     let mut up = false;
@@ -86,8 +101,12 @@ pub(super) async fn connection<L: MqttLink>(
                     report_subscriptions(&counters, &subs);
                 }
             }
+            joined = join_recording(&mut recording) => {
+                recording = None;
+                marker_written(&marker, joined);
+            }
             ev = link.poll() => match ev {
-                Ok(LinkEvent::ConnAck { session_present, detail }) => {
+                Ok(LinkEvent::ConnAck { session_present, detail, session_expiry_secs }) => {
                     epoch += 1;
                     up = true;
                     let failed = failures.on_connack();
@@ -99,6 +118,22 @@ pub(super) async fn connection<L: MqttLink>(
                         detail.push_str(&format!(" after {failed} failed attempts"));
                     }
                     events::connection_changed(&counters, true, &detail);
+                    // S2: no session, although one of ours held a subscription: say so.
+                    if let Some(lost) =
+                        history.on_connack(session_present, session_expiry_secs, now())
+                    {
+                        SessionLost {
+                            broker: &broker,
+                            client_id: &cfg.client_id,
+                            known_from: match lost.known {
+                                Known::ThisProcess => "a SUBACK this process saw on the session",
+                                Known::Store => "the store's record of an earlier run (mqtt-session.json)",
+                            },
+                            disconnected_for: lost.disconnected_for,
+                            session_expiry_secs: lost.session_expiry_secs,
+                        }
+                        .emit(&counters);
+                    }
                     // S1: "session present" does not prove the session holds our
                     // subscriptions (the SUBACK of its first SUBSCRIBE may never have come):
                     // subscribe every filter no SUBACK of this process granted on this session.
@@ -110,7 +145,12 @@ pub(super) async fn connection<L: MqttLink>(
                 }
                 Ok(LinkEvent::SubscribeSent(pkid)) => subs.on_subscribe_sent(pkid),
                 Ok(LinkEvent::SubAck { pkid, codes }) => {
-                    on_suback(&mut subs, pkid, &codes, &counters);
+                    let granted = on_suback(&mut subs, pkid, &codes, &counters);
+                    // S2: the session holds a subscription now; the store remembers it once.
+                    if granted && history.on_granted() {
+                        let marker = marker.clone();
+                        recording = Some(tokio::task::spawn_blocking(move || marker.record()));
+                    }
                 }
                 Ok(LinkEvent::Publish(p)) => {
                     counters.received.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +184,7 @@ pub(super) async fn connection<L: MqttLink>(
                     // decided afresh at that CONNACK instead, so two never cross.
                     link.forget_queued_subscribes();
                     subs.on_connection_lost();
+                    history.on_connection_lost(now());
                     // I2: anything acked from now on must come from the next connection.
                     epoch += 1;
                     let error = e;
@@ -176,6 +217,9 @@ pub(super) async fn connection<L: MqttLink>(
                             dropped += acks.len() as u64;
                         }
                         counters.stale_acks_skipped.fetch_add(dropped, Ordering::Relaxed);
+                        if let Some(h) = recording.take() {
+                            marker_written(&marker, h.await);
+                        }
                         return Ok(());
                     }
                 }
@@ -196,7 +240,40 @@ pub(super) async fn connection<L: MqttLink>(
         }
     }
     events::disconnected_for_shutdown(&counters);
+    if let Some(h) = recording.take() {
+        marker_written(&marker, h.await);
+    }
     Ok(())
+}
+
+/// The marker write in flight, or forever without one (a disabled `select!` branch).
+async fn join_recording(
+    h: &mut Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> Result<std::io::Result<()>, tokio::task::JoinError> {
+    match h {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Log how writing the marker ended. A failure costs only the report of a session lost while
+/// the agent is stopped (S2); it is tried again at the next start.
+fn marker_written(
+    marker: &SessionMarker,
+    joined: Result<std::io::Result<()>, tokio::task::JoinError>,
+) {
+    let path = marker.path();
+    match joined {
+        Ok(Ok(())) => {
+            tracing::debug!(path = %path.display(), "broker session recorded in the store")
+        }
+        Ok(Err(e)) => tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "cannot record the broker session in the store: if the broker discards it while alertbridge is stopped, the next start cannot report it"
+        ),
+        Err(e) => tracing::warn!(error = %e, "recording the broker session in the store failed"),
+    }
 }
 
 /// Sleep until `at`, or forever without one (a disabled `select!` branch that needs no flag).
@@ -220,11 +297,11 @@ fn subscribe<L: MqttLink>(link: &L, subs: &mut Subscriptions, at: Vec<usize>) {
 }
 
 /// A SUBACK: per filter, held (info `subscribed`) or refused / downgraded (error, counted,
-/// shown in status); then the totals for status.
-fn on_suback(subs: &mut Subscriptions, pkid: u16, codes: &[SubCode], counters: &Counters) {
+/// shown in status); then the totals for status. True when it granted at least one filter.
+fn on_suback(subs: &mut Subscriptions, pkid: u16, codes: &[SubCode], counters: &Counters) -> bool {
     let Some(answers) = subs.on_suback(pkid, codes, now(), fastrand::f64()) else {
         tracing::debug!(pkid, "SUBACK answering no SUBSCRIBE in flight; ignored");
-        return;
+        return false;
     };
     let retry = match subs.next_retry() {
         Some(at) => format!(
@@ -259,6 +336,7 @@ fn on_suback(subs: &mut Subscriptions, pkid: u16, codes: &[SubCode], counters: &
         }
     }
     report_subscriptions(counters, subs);
+    answers.iter().any(|a| a.grant == Grant::Held)
 }
 
 /// Held / wanted / what is wrong, into the counters `status` reads.

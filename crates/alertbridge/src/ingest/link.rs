@@ -50,6 +50,9 @@ pub(crate) enum LinkEvent {
         /// What else the CONNACK said worth logging (MQTT 5: the session expiry the broker
         /// granted), appended to the "connected" line.
         detail: Option<String>,
+        /// MQTT 5: the session expiry in force from this CONNACK on (the broker's, else the
+        /// one we asked for); `None` in MQTT 3.1.1. Named when the session is later lost (S2).
+        session_expiry_secs: Option<u32>,
     },
     /// rumqttc wrote a SUBSCRIBE with this packet id.
     SubscribeSent(u16),

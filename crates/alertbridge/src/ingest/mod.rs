@@ -27,6 +27,9 @@
 //! - **S1** the connection task subscribes until a SUBACK seen in this process granted QoS 1 for
 //!   every configured filter on the broker's current session; "session present" alone is not
 //!   trusted. The rules are pure, in `session.rs`; refusals show in `status`.
+//! - **S2** a CONNACK without a session, although a session of ours held a subscription on that
+//!   broker (a SUBACK of this process, or the store's record of an earlier one, `marker.rs`),
+//!   is a warning (`MQTT SESSION LOST`), counted and shown in `status`; a first start is not.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +47,7 @@ mod batcher;
 mod connection;
 mod entry;
 mod link;
+mod marker;
 mod v4;
 mod v5;
 
@@ -184,6 +188,12 @@ pub(crate) async fn run(
         MqttProtocol::V311 => Link::V4(v4::V4Link::new(&mqtt, store.batch_max)?),
         MqttProtocol::V5 => Link::V5(v5::V5Link::new(&mqtt, store.batch_max, counters.clone())?),
     };
+    // S2: the store's record of a session of this client id on this broker.
+    let marker = marker::SessionMarker::new(
+        store.dir(),
+        &mqtt.client_id,
+        &crate::config::display_url(&format!("{}:{}", mqtt.host, mqtt.port)),
+    );
     let (pub_tx, pub_rx) = mpsc::channel::<Stamped>(PUBLISH_CHANNEL);
     // Unbounded: acks ≤ publishes received, which the broker's in-flight window bounds.
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<AckToken>>();
@@ -203,10 +213,10 @@ pub(crate) async fn run(
     // One connection task, monomorphised per protocol.
     let conn_result = match link {
         Link::V4(link) => {
-            connection::connection(mqtt, link, pub_tx, ack_rx, counters, batcher_done).await
+            connection::connection(mqtt, link, marker, pub_tx, ack_rx, counters, batcher_done).await
         }
         Link::V5(link) => {
-            connection::connection(mqtt, link, pub_tx, ack_rx, counters, batcher_done).await
+            connection::connection(mqtt, link, marker, pub_tx, ack_rx, counters, batcher_done).await
         }
     };
     let batch_result = batcher.await.map_err(|source| IngestError::Task {

@@ -348,7 +348,16 @@ impl Rig {
 
     /// [`Rig::start`] with the broker settings changed by `edit` (e.g. MQTT 5).
     fn start_with(port: u16, topics: &[&str], edit: impl FnOnce(&mut MqttConfig)) -> Rig {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Rig::start_in(tempfile::tempdir().expect("tempdir"), port, topics, edit)
+    }
+
+    /// [`Rig::start_with`] on the store in `dir` (a restart: see [`Rig::stop_keeping_store`]).
+    fn start_in(
+        dir: tempfile::TempDir,
+        port: u16,
+        topics: &[&str],
+        edit: impl FnOnce(&mut MqttConfig),
+    ) -> Rig {
         let wal = Wal::open(alertbridge_wal::WalConfig::new(dir.path().join("wal"))).expect("wal");
         let (mut mqtt, store) = test_configs(dir.path(), port, topics);
         edit(&mut mqtt);
@@ -408,6 +417,13 @@ impl Rig {
     async fn stop(self) {
         self.cancel.cancel();
         let _ = self.task.await;
+    }
+
+    /// Stop, and hand back the directory of the store for the next start.
+    async fn stop_keeping_store(self) -> tempfile::TempDir {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        self._dir
     }
 }
 
@@ -740,4 +756,83 @@ async fn mqtt5_publishes_buffered_from_a_dead_connection_are_stored_but_never_ac
         "the buffered publishes are stored (the fresh session will not resend them)"
     );
     rig.stop().await;
+}
+
+/// S2: alerts published while the agent was away wait in its broker session; when the broker
+/// discarded that session they were never queued and are gone, and the agent used to reconnect,
+/// subscribe again (S1) and say nothing. The mock broker grants the subscription (the store
+/// records the session), then drops the connection and answers the next CONNACK without a
+/// session: that is reported and counted. A first CONNACK without a session is not. After a
+/// restart on the same store, a first CONNACK without a session is reported too (the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_broker_lost_is_reported_in_this_process_and_after_a_restart() {
+    /// One connection of the mock: CONNACK without a session, SUBACK granting every filter,
+    /// then held until `drop_rx` fires.
+    async fn fresh_session(
+        listener: &tokio::net::TcpListener,
+        drop_rx: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        mock::expect(&mut s, mock::CONNECT).await.expect("CONNECT");
+        mock::connack(&mut s, false).await;
+        let body = mock::expect(&mut s, mock::SUBSCRIBE)
+            .await
+            .expect("SUBSCRIBE");
+        let (pkid, filters) = mock::subscribe(&body);
+        mock::suback(&mut s, pkid, &vec![0x01; filters.len()]).await;
+        let _ = drop_rx.await;
+    }
+
+    let (listener, port) = mock::listen().await;
+    let (drop1_tx, drop1_rx) = tokio::sync::oneshot::channel();
+    let (drop2_tx, drop2_rx) = tokio::sync::oneshot::channel();
+    let broker = tokio::spawn(async move {
+        fresh_session(&listener, drop1_rx).await;
+        fresh_session(&listener, drop2_rx).await;
+        listener // dropped by the test once the first rig is done with it
+    });
+    let rig = Rig::start(port, &["plant/+/alerts/#"]);
+    let st = rig
+        .status_until("the first session's subscription held", |c| c.subscribed())
+        .await;
+    assert_eq!(st.sessions_lost, 0, "a first start reports nothing");
+    let marker = rig._dir.path().join(super::marker::FILE);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !marker.is_file() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the granted subscription is recorded in the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = drop1_tx.send(()); // the broker drops the connection and forgets the session
+    let st = rig
+        .status_until("the lost session is counted", |c| c.sessions_lost == 1)
+        .await;
+    assert!(st.session_lost_at_ms.is_some());
+    rig.status_until("subscribed again on the new session (S1)", |c| {
+        c.subscribed()
+    })
+    .await;
+    let _ = drop2_tx.send(());
+    drop(broker.await.expect("mock broker"));
+    let dir = rig.stop_keeping_store().await;
+
+    // A restart on the same store; the broker (same address: the record names it) has no
+    // session for us any more. A new listener, so no connection of the stopped rig is waiting.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the same port again");
+    let (drop3_tx, drop3_rx) = tokio::sync::oneshot::channel();
+    let broker = tokio::spawn(async move { fresh_session(&listener, drop3_rx).await });
+    let rig = Rig::start_in(dir, port, &["plant/+/alerts/#"], |_| {});
+    let st = rig
+        .status_until("the session lost while stopped is counted", |c| {
+            c.sessions_lost == 1
+        })
+        .await;
+    assert_eq!(st.sessions_lost, 1);
+    let _ = drop3_tx.send(());
+    rig.stop().await;
+    let _ = broker.await;
 }

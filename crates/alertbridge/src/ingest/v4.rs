@@ -69,6 +69,7 @@ impl MqttLink for V4Link {
                 Event::Incoming(Packet::ConnAck(ack)) => LinkEvent::ConnAck {
                     session_present: ack.session_present,
                     detail: None,
+                    session_expiry_secs: None,
                 },
                 Event::Outgoing(Outgoing::Subscribe(pkid)) => LinkEvent::SubscribeSent(pkid),
                 Event::Incoming(Packet::SubAck(s)) => LinkEvent::SubAck {

@@ -85,6 +85,15 @@ impl V5Link {
         })
     }
 
+    /// The session expiry in force after this CONNACK: the broker's if it named one (it may
+    /// grant less than asked), else ours.
+    fn session_expiry(&self, ack: &ConnAck) -> u32 {
+        ack.properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+            .unwrap_or(self.asked_session_expiry)
+    }
+
     /// What a CONNACK says worth a line: the session expiry in force and the broker's limits.
     fn connack_detail(&self, ack: &ConnAck) -> String {
         let props = ack.properties.as_ref();
@@ -214,6 +223,7 @@ impl MqttLink for V5Link {
                 Event::Incoming(Packet::ConnAck(ack)) => LinkEvent::ConnAck {
                     session_present: ack.session_present,
                     detail: Some(self.connack_detail(&ack)),
+                    session_expiry_secs: Some(self.session_expiry(&ack)),
                 },
                 Event::Outgoing(Outgoing::Subscribe(pkid)) => LinkEvent::SubscribeSent(pkid),
                 Event::Incoming(Packet::SubAck(s)) => {
