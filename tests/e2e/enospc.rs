@@ -57,6 +57,7 @@ async fn full_filesystem_holds_alerts_at_the_broker_and_loses_nothing_when_space
         "agent up\n{}",
         agent.logs()
     );
+    wait_subscribed(agent).await;
 
     // Something else on the gateway fills the disk: leave ~4 MiB free.
     let free = rustix_free(fs.0.path());
@@ -122,6 +123,9 @@ async fn a_restart_on_a_full_filesystem_delivers_what_is_pending_and_stops_on_si
         "agent up\n{}",
         s.agent.logs()
     );
+    // A fresh session holds no subscription until its SUBACK: publishing before it would be
+    // publishing to nobody.
+    wait_subscribed(&s.agent).await;
     publish_alerts(&s.plant, 0, 11, 5).await;
     s.status_until(Duration::from_secs(20), |st| st["pending"] == 11)
         .await;

@@ -20,6 +20,12 @@ pub const RECEIPT_VERSION: u8 = 1;
 /// type inside it) changes, and keep a decoder for the old version in [`decode_outbox_entry`].
 pub const OUTBOX_VERSION: u8 = 1;
 
+/// Version byte of an [`OutboxEntry`] that carries a [`Reply`] (an MQTT 5 response topic). The
+/// body layout is the same as [`OUTBOX_VERSION`]'s; the release before response topics read
+/// such entries but published them without the checks and the correlation data, so they get a
+/// version of their own, which that release drops as undecodable (warned) instead.
+pub const OUTBOX_VERSION_REPLY: u8 = 2;
+
 /// Why a record became a dead letter.
 ///
 /// Serialized inside [`DeadLetter`]: appending variants is compatible, reordering or removing is a
@@ -261,14 +267,21 @@ impl OutboxEntry {
     }
 }
 
-/// Encodes an outbox entry as stored in the outbox lane.
+/// Encodes an outbox entry as stored in the outbox lane: version [`OUTBOX_VERSION_REPLY`] when
+/// it carries a [`Reply`], else [`OUTBOX_VERSION`].
 pub fn encode_outbox_entry(entry: &OutboxEntry) -> Result<Vec<u8>, RecordError> {
-    frame(OUTBOX_VERSION, entry)
+    match entry.reply {
+        Some(_) => frame(OUTBOX_VERSION_REPLY, entry),
+        None => frame(OUTBOX_VERSION, entry),
+    }
 }
 
-/// Decodes a stored outbox entry; never panics on any input.
+/// Decodes a stored outbox entry (either version); never panics on any input.
 pub fn decode_outbox_entry(bytes: &[u8]) -> Result<OutboxEntry, RecordError> {
-    unframe(OUTBOX_VERSION, bytes)
+    match bytes.first() {
+        Some(&OUTBOX_VERSION_REPLY) => unframe(OUTBOX_VERSION_REPLY, bytes),
+        _ => unframe(OUTBOX_VERSION, bytes),
+    }
 }
 
 /// Encodes a dead letter as stored in the dead-letter tree.

@@ -154,7 +154,7 @@ pub use letters::{
     cut_text, decode_dead_letter, decode_outbox_entry, decode_receipt, encode_dead_letter,
     encode_outbox_entry, encode_receipt, DeadKind, DeadLetter, DeadReason, OutboxDead, OutboxEntry,
     Receipt, ReceiptState, Reply, DEAD_LETTER_VERSION, OUTBOX_TEXT_MAX, OUTBOX_VERSION,
-    RECEIPT_VERSION, REPLY_MAX,
+    OUTBOX_VERSION_REPLY, RECEIPT_VERSION, REPLY_MAX,
 };
 pub use record::{
     decode_record, encode_record, Key, MqttProps, Priority, Record, RecordError, Seq,

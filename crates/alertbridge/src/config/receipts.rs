@@ -88,7 +88,7 @@ pub(super) fn receipts_from_raw(
     }
     // A receipt an ingest filter matches would come back in as an alert, and its receipt too.
     for filter in &mqtt.topics {
-        if crate::receipts::overlaps(&template.as_filter(), filter) {
+        if crate::receipts::overlaps(&template.as_filter(), crate::receipts::matched_part(filter)) {
             return Err(invalid(
                 "receipts.topic",
                 format!("{topic:?} can produce topics that mqtt.topics filter {filter:?} matches: receipts would come back in as alerts"),

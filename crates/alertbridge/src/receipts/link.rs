@@ -26,6 +26,8 @@ pub(super) enum LinkEvent {
         pkid: u16,
         /// The reason code and its MQTT 5 name.
         reason: &'static str,
+        /// Whether publishing it again would be refused again ([`refusal`]).
+        permanent: bool,
     },
     /// Anything else.
     Other,
@@ -109,9 +111,10 @@ impl Events {
                 rumqttc::v5::Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
                 rumqttc::v5::Event::Incoming(V5Packet::PubAck(ack)) => match refusal(&ack.reason) {
                     None => LinkEvent::Acked(ack.pkid),
-                    Some(reason) => LinkEvent::Refused {
+                    Some((reason, permanent)) => LinkEvent::Refused {
                         pkid: ack.pkid,
                         reason,
+                        permanent,
                     },
                 },
                 _ => LinkEvent::Other,
@@ -160,17 +163,22 @@ impl Sender {
     }
 }
 
-/// The reason code and name of a PUBACK that refused the receipt; `None` when it was accepted
-/// (Success, or NoMatchingSubscribers: published, nobody listens).
-fn refusal(reason: &PubAckReason) -> Option<&'static str> {
+/// The reason code and name of a PUBACK that refused the receipt, and whether the refusal is
+/// permanent; `None` when it was accepted (Success, or NoMatchingSubscribers: published, nobody
+/// listens). Permanent: the ACL (0x87), the topic (0x90) or the payload (0x99) would be refused
+/// again. The others (quota, packet id in use, unspecified, implementation specific) may pass
+/// later: the receipt stays in the log and is published again on the next connection.
+pub(super) fn refusal(reason: &PubAckReason) -> Option<(&'static str, bool)> {
     match reason {
         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
-        PubAckReason::UnspecifiedError => Some("0x80 UnspecifiedError"),
-        PubAckReason::ImplementationSpecificError => Some("0x83 ImplementationSpecificError"),
-        PubAckReason::NotAuthorized => Some("0x87 NotAuthorized"),
-        PubAckReason::TopicNameInvalid => Some("0x90 TopicNameInvalid"),
-        PubAckReason::PacketIdentifierInUse => Some("0x91 PacketIdentifierInUse"),
-        PubAckReason::QuotaExceeded => Some("0x97 QuotaExceeded"),
-        PubAckReason::PayloadFormatInvalid => Some("0x99 PayloadFormatInvalid"),
+        PubAckReason::NotAuthorized => Some(("0x87 NotAuthorized", true)),
+        PubAckReason::TopicNameInvalid => Some(("0x90 TopicNameInvalid", true)),
+        PubAckReason::PayloadFormatInvalid => Some(("0x99 PayloadFormatInvalid", true)),
+        PubAckReason::UnspecifiedError => Some(("0x80 UnspecifiedError", false)),
+        PubAckReason::ImplementationSpecificError => {
+            Some(("0x83 ImplementationSpecificError", false))
+        }
+        PubAckReason::PacketIdentifierInUse => Some(("0x91 PacketIdentifierInUse", false)),
+        PubAckReason::QuotaExceeded => Some(("0x97 QuotaExceeded", false)),
     }
 }

@@ -82,8 +82,9 @@ pub struct Routed {
 /// - `only`: the response topic, or nothing;
 /// - `ignore`: always the template.
 ///
-/// A response topic an ingest filter matches, or that is no valid topic name, is refused
-/// ([`reply_topic_problem`]): the agent must not be a way to publish into its own input.
+/// A response topic an ingest filter matches, one of the template's topics, or one that is no
+/// valid topic name, is refused ([`reply_topic_problem`]): the agent must not be a way to
+/// publish into its own input, nor to post receipts in another device's name.
 pub fn outgoing(
     cfg: &ReceiptsConfig,
     template: &Template,
@@ -103,15 +104,15 @@ pub fn outgoing(
         .reply
         .as_ref()
         .filter(|_| cfg.response_topic != ResponseTopic::Ignore)
-        .filter(
-            |r| match reply_topic_problem(&r.topic, &cfg.ingest_filters) {
+        .filter(|r| {
+            match reply_topic_problem(&r.topic, &cfg.ingest_filters, &template.as_filter()) {
                 None => true,
                 Some(problem) => {
                     refused_reply = Some(problem);
                     false
                 }
-            },
-        );
+            }
+        });
     let publish = match reply {
         Some(reply) => Some(ReceiptPublish {
             topic: reply.topic.clone(),

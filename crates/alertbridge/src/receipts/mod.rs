@@ -88,6 +88,9 @@ pub enum ReceiptsError {
     /// The client refused a publish (its channel closed).
     #[error("receipts publish")]
     Client(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker refused a receipt for now (an MQTT 5 PUBACK reason code that may pass later).
+    #[error("the broker refused a receipt for now ({0})")]
+    Refused(&'static str),
     /// The log failed (it is poisoned; the agent stops on its own).
     #[error("log")]
     Log(#[source] alertbridge_wal::WalError),
@@ -246,11 +249,16 @@ impl Publisher {
                             events::receipt_published(&self.counters);
                         }
                     }
-                    Ok(LinkEvent::Refused { pkid, reason }) => {
+                    Ok(LinkEvent::Refused { pkid, reason, permanent: true }) => {
                         // Sending it again would be refused again: dropped, counted, warned.
                         if flight.acked(pkid) {
                             self.dropped(1, reason, None);
                         }
+                    }
+                    // It may pass later: not done, so the next connection (after the backoff)
+                    // reads it from the log again, with every receipt not yet acknowledged.
+                    Ok(LinkEvent::Refused { reason, permanent: false, .. }) => {
+                        break Err(ReceiptsError::Refused(reason));
                     }
                     Ok(LinkEvent::Other) => {}
                     Err(e) => break Err(e),

@@ -129,7 +129,14 @@ fn response_topic_modes_route_each_receipt() {
 fn a_response_topic_an_ingest_filter_matches_is_refused_and_the_template_used() {
     let c = cfg("alertbridge/receipts/{device}");
     let t = Template::parse(&c.topic).expect("valid");
-    for bad in ["plant/north/alerts/p9", "", "$SYS/x", "hmi/+/x", "hmi/#"] {
+    for bad in [
+        "plant/north/alerts/p9",
+        "",
+        "$SYS/x",
+        "hmi/+/x",
+        "hmi/#",
+        "alertbridge/receipts/p8",
+    ] {
         let mut e = entry("plant/berlin/alerts/p7", ReceiptState::Delivered);
         e.reply = Some(Reply {
             topic: bad.into(),
@@ -150,8 +157,17 @@ fn a_response_topic_an_ingest_filter_matches_is_refused_and_the_template_used() 
             "{bad:?}"
         );
     }
-    let why = reply_topic_problem("plant/north/alerts/p9", &c.ingest_filters).expect("refused");
+    let why = reply_topic_problem("plant/north/alerts/p9", &c.ingest_filters, &t.as_filter())
+        .expect("refused");
     assert!(why.contains("plant/+/alerts/+"), "{why}");
+    // Another device's receipts topic: no spoofed receipts.
+    assert!(
+        reply_topic_problem("alertbridge/receipts/p8", &c.ingest_filters, &t.as_filter()).is_some()
+    );
+    // A filter written in its shared form matches what its plain form matches.
+    let shared = vec!["$share/g/plant/+/alerts/+".to_owned()];
+    assert!(reply_topic_problem("plant/north/alerts/p9", &shared, &t.as_filter()).is_some());
+    assert!(reply_topic_problem("hmi/answers/1", &shared, &t.as_filter()).is_none());
 }
 
 #[test]
@@ -263,6 +279,17 @@ fn a_receipt_topic_an_ingest_filter_matches_is_refused() {
             .expect_err("a loop must be refused");
         assert!(err.to_string().contains("receipts.topic"), "{err}");
     }
+    // Also when the ingest filter is written in its shared form.
+    let shared = MINIMAL.replace(
+        "topics = [\"plant/+/alerts/+\"]",
+        "topics = [\"$share/g/plant/+/alerts/+\"]",
+    );
+    let err = crate::config::Config::parse(
+        &format!("{shared}\n[receipts]\ntopic = \"plant/x/alerts/{{device}}\"\n"),
+        std::path::Path::new("test.toml"),
+    )
+    .expect_err("a loop through a shared filter must be refused");
+    assert!(err.to_string().contains("receipts.topic"), "{err}");
 }
 
 #[test]
@@ -372,6 +399,44 @@ async fn receipts_older_than_max_age_are_dropped_and_the_rest_handed_to_the_clie
         ["a-3", "a-4"],
         "handed ones wait for their PUBACK"
     );
+}
+
+#[test]
+fn a_shared_filter_is_matched_by_its_filter_part() {
+    assert_eq!(
+        matched_part("$share/g/plant/+/alerts/#"),
+        "plant/+/alerts/#"
+    );
+    assert_eq!(matched_part("plant/#"), "plant/#");
+    assert_eq!(matched_part("$share/g"), "$share/g");
+}
+
+#[test]
+fn permanent_and_transient_puback_refusals_are_told_apart() {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
+    assert_eq!(link::refusal(&R::Success), None);
+    assert_eq!(link::refusal(&R::NoMatchingSubscribers), None);
+    for permanent in [
+        R::NotAuthorized,
+        R::TopicNameInvalid,
+        R::PayloadFormatInvalid,
+    ] {
+        assert!(
+            link::refusal(&permanent).is_some_and(|(_, p)| p),
+            "{permanent:?}"
+        );
+    }
+    for transient in [
+        R::QuotaExceeded,
+        R::PacketIdentifierInUse,
+        R::UnspecifiedError,
+        R::ImplementationSpecificError,
+    ] {
+        assert!(
+            link::refusal(&transient).is_some_and(|(_, p)| !p),
+            "{transient:?}"
+        );
+    }
 }
 
 #[test]

@@ -179,10 +179,25 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     go(&a, &b)
 }
 
+/// The part of `filter` topics are matched against: a shared subscription
+/// `$share/<group>/<filter>` matches what `<filter>` matches (MQTT 5 §4.8.2).
+pub fn matched_part(filter: &str) -> &str {
+    filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(filter, |(_, f)| f)
+}
+
 /// Why `topic`, an MQTT 5 publisher's response topic, cannot take a receipt; `None` when it can.
-/// Refused: no valid topic name (empty, a wildcard, NUL, a leading `$`), or a topic one of the
-/// ingest filters matches (the receipt would come back in as an alert, and its receipt too).
-pub fn reply_topic_problem(topic: &str, ingest_filters: &[String]) -> Option<String> {
+/// Refused: no valid topic name (empty, a wildcard, NUL, a leading `$`); a topic one of the
+/// ingest filters matches (the receipt would come back in as an alert, and its receipt too); a
+/// topic of the receipts template (`template_filter`: a publisher must not be able to post
+/// receipts in another device's name).
+pub fn reply_topic_problem(
+    topic: &str,
+    ingest_filters: &[String],
+    template_filter: &str,
+) -> Option<String> {
     if topic.is_empty() {
         return Some("the response topic is empty".into());
     }
@@ -192,8 +207,13 @@ pub fn reply_topic_problem(topic: &str, ingest_filters: &[String]) -> Option<Str
     if topic.starts_with('$') {
         return Some("the response topic starts with '$' (reserved for the broker)".into());
     }
+    if overlaps(topic, template_filter) {
+        return Some(format!(
+            "the response topic is a receipts.topic topic ({template_filter}): a publisher may not post receipts for other devices"
+        ));
+    }
     ingest_filters
         .iter()
-        .find(|f| overlaps(topic, f))
+        .find(|f| overlaps(topic, matched_part(f)))
         .map(|f| format!("ingest filter {f:?} matches the response topic: the receipt would come back in as an alert"))
 }

@@ -235,7 +235,12 @@ fn a_dead_letter_crash_before_its_removal_still_queues_its_receipt() {
     let dir = TempDir::new().unwrap();
     {
         let wal = open_outbox(dir.path());
-        let r = record("half-moved", PRIORITY_NORMAL);
+        let mut r = record("half-moved", PRIORITY_NORMAL);
+        r.mqtt = Some(Box::new(crate::MqttProps {
+            response_topic: Some("hmi/answers/9".into()),
+            correlation: Some(vec![9]),
+            ..Default::default()
+        }));
         let key = append_one(&wal, r.clone());
         // The dead letter is durable, the frame that removes the pending copy never written.
         let letter = DeadLetter {
@@ -256,6 +261,14 @@ fn a_dead_letter_crash_before_its_removal_still_queues_its_receipt() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].1.alert_id, "half-moved");
     assert_eq!(queued[0].1.dead.as_ref().map(|d| d.id), Some(900));
+    assert_eq!(
+        queued[0].1.reply,
+        Some(crate::Reply {
+            topic: "hmi/answers/9".into(),
+            correlation: Some(vec![9]),
+        }),
+        "the publisher's response topic, from the pending copy (a dead letter keeps none)"
+    );
     wal.assert_counters_consistent();
 }
 
@@ -543,4 +556,29 @@ fn a_damaged_region_of_alerts_is_never_reported_by_the_outbox_so_it_cannot_remov
     let corrupt = wal.pending().filter(|i| i.is_err()).count();
     assert!(corrupt > 0, "the alert lanes still report the damage (I4)");
     assert_eq!(wal.pending().count(), 600);
+}
+
+#[test]
+fn an_entry_with_a_reply_is_framed_as_outbox_version_2_which_the_previous_release_refuses() {
+    let plain = delivered(&record("a", PRIORITY_NORMAL));
+    let bytes = crate::encode_outbox_entry(&plain).unwrap();
+    assert_eq!(bytes[0], crate::OUTBOX_VERSION);
+    let mut with = plain.clone();
+    with.reply = Some(crate::Reply {
+        topic: "hmi/answers/1".into(),
+        correlation: Some(vec![1, 2, 3]),
+    });
+    let bytes = crate::encode_outbox_entry(&with).unwrap();
+    assert_eq!(bytes[0], crate::OUTBOX_VERSION_REPLY);
+    assert_eq!(
+        crate::decode_outbox_entry(&bytes).unwrap(),
+        with,
+        "round trip"
+    );
+    // The previous release decoded only version 1: it drops this entry as undecodable instead
+    // of publishing it to the response topic without the checks.
+    assert!(matches!(
+        crate::record::unframe::<OutboxEntry>(crate::OUTBOX_VERSION, &bytes),
+        Err(crate::RecordError::UnknownVersion { version: 2, .. })
+    ));
 }

@@ -86,9 +86,16 @@ impl Wal {
         let ids = self.lock_state().dead.ids();
         let mut stale = Vec::new();
         for id in ids {
-            if let Ok(Some(letter)) = self.get_dead_letter(id) {
+            if let Ok(Some(mut letter)) = self.get_dead_letter(id) {
                 if let Some(key) = letter.key {
                     if self.lock_state().is_pending(key) {
+                        // A dead letter keeps no MQTT 5 properties; the pending copy does, and
+                        // the receipt needs them (its publisher's response topic).
+                        if let (Some(r), Ok(Some(pending))) =
+                            (letter.record.as_mut(), self.get(key))
+                        {
+                            r.mqtt = pending.mqtt;
+                        }
                         stale.push((key, letter));
                     }
                 }
