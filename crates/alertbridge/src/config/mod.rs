@@ -227,7 +227,7 @@ impl Config {
 
     /// Stage two: meaning, defaults and cross-key rules.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        let mqtt = mqtt_from_raw(raw.mqtt)?;
+        let mut mqtt = mqtt_from_raw(raw.mqtt)?;
         let mut store = store_from_raw(raw.store)?;
         let genesys = genesys_from_raw(raw.genesys)?;
         let delivery = delivery_from_raw(raw.delivery)?;
@@ -273,6 +273,11 @@ impl Config {
             }
         };
         let receipts = receipts_from_raw(raw.receipts, &mqtt, &raw.mapping)?;
+        // Kept with the alert only while a receipt may go there (record version 3 otherwise
+        // written for nothing).
+        mqtt.keep_response_topic = receipts
+            .as_ref()
+            .is_some_and(|r| r.response_topic != ResponseTopic::Ignore);
         // The log keeps the receipt outbox exactly while receipts are configured.
         store.wal.outbox = receipts.is_some();
         Ok(Config {

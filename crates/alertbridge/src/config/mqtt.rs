@@ -157,6 +157,9 @@ pub struct MqttConfig {
     /// MQTT 5 Receive Maximum (`mqtt.receive_maximum`): most unacked QoS 1 publishes the broker
     /// may send at once; bounds the acks waiting to be written. Unused in MQTT 3.1.1.
     pub receive_maximum: u16,
+    /// Whether ingest keeps an MQTT 5 publisher's Response Topic and Correlation Data with the
+    /// alert: derived from `[receipts]` (on, `response_topic` not `"ignore"`), not a key.
+    pub keep_response_topic: bool,
 }
 
 /// Which MQTT version ingest speaks (`mqtt.protocol`).
@@ -374,5 +377,7 @@ pub(super) fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
         keep_alive,
         reconnect_min,
         reconnect_max,
+        // Set with `[receipts]` (`Config::parse`).
+        keep_response_topic: false,
     })
 }

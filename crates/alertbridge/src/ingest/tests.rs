@@ -36,6 +36,7 @@ pub(super) fn test_configs(
         protocol: crate::config::MqttProtocol::V311,
         session_expiry_secs: crate::config::DEFAULT_SESSION_EXPIRY_SECS,
         receive_maximum: crate::config::DEFAULT_RECEIVE_MAXIMUM,
+        keep_response_topic: false,
     };
     let store = StoreConfig {
         wal: alertbridge_wal::WalConfig {

@@ -29,10 +29,11 @@
 use std::collections::VecDeque;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use alertbridge_wal::{MqttProps, REPLY_MAX};
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode,
+    ConnAck, Filter, Packet, Publish, PublishProperties, RetainForwardRule, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
@@ -54,8 +55,8 @@ pub(super) struct V5Link {
     eventloop: EventLoop,
     /// The session expiry we asked for, logged when the broker does not name another.
     asked_session_expiry: u32,
-    /// Counts response topics not kept ([`inbound`]).
-    counters: Arc<Counters>,
+    /// Which response topics are kept with the alert ([`inbound`]).
+    reply: ReplyPolicy,
 }
 
 impl V5Link {
@@ -81,7 +82,7 @@ impl V5Link {
             client,
             eventloop,
             asked_session_expiry: cfg.session_expiry_secs,
-            counters,
+            reply: ReplyPolicy::new(cfg.keep_response_topic, counters),
         })
     }
 
@@ -129,10 +130,71 @@ pub(crate) fn mqtt5_options(cfg: &MqttConfig, capacity: usize) -> Result<MqttOpt
     Ok(o)
 }
 
-/// A v5 publish as the batcher sees it. A response topic or correlation data longer than
-/// [`REPLY_MAX`] is not kept (the alert is; its receipt follows `receipts.topic`), counted as a
-/// refused response topic and warned.
-fn inbound(p: Publish, counters: &Counters) -> Inbound {
+/// Whether an MQTT 5 publisher's Response Topic and Correlation Data are kept with its alert:
+/// only while receipts may go there (`mqtt.keep_response_topic`), only a response topic (with
+/// its correlation data; correlation data alone names no place to answer), and only up to
+/// [`REPLY_MAX`] bytes each. Kept or not, the alert is stored: a record without them is written
+/// in the older frame version, so turning receipts off keeps a downgrade possible.
+pub(super) struct ReplyPolicy {
+    keep: bool,
+    counters: Arc<Counters>,
+    unwarned: u64,
+    last_warn: Option<Instant>,
+}
+
+/// Oversize response topics are warned at most this often (counted every time).
+const REPLY_WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl ReplyPolicy {
+    pub(super) fn new(keep: bool, counters: Arc<Counters>) -> ReplyPolicy {
+        ReplyPolicy {
+            keep,
+            counters,
+            unwarned: 0,
+            last_warn: None,
+        }
+    }
+
+    /// `props` with the response topic and correlation data cleared unless they are kept.
+    fn apply(&mut self, topic: &[u8], props: &mut PublishProperties) {
+        let asked = props.response_topic.is_some();
+        if !self.keep || !asked {
+            props.response_topic = None;
+            props.correlation_data = None;
+            return;
+        }
+        let topic_len = props.response_topic.as_ref().map_or(0, String::len);
+        let corr_len = props.correlation_data.as_ref().map_or(0, |c| c.len());
+        if topic_len <= REPLY_MAX && corr_len <= REPLY_MAX {
+            return;
+        }
+        props.response_topic = None;
+        props.correlation_data = None;
+        self.counters
+            .receipts_reply_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.unwarned += 1;
+        if self
+            .last_warn
+            .is_none_or(|at| at.elapsed() >= REPLY_WARN_EVERY)
+        {
+            tracing::warn!(
+                refused = self.unwarned,
+                topic = %String::from_utf8_lossy(topic),
+                response_topic_bytes = topic_len,
+                correlation_bytes = corr_len,
+                max = REPLY_MAX,
+                "an MQTT 5 response topic or correlation data over the limit is not kept with \
+                 the alert; its receipt follows receipts.response_topic as if none was set"
+            );
+            self.unwarned = 0;
+            self.last_warn = Some(Instant::now());
+        }
+    }
+}
+
+/// A v5 publish as the batcher sees it; its response topic as `reply` allows.
+fn inbound(p: Publish, reply: &mut ReplyPolicy) -> Inbound {
     Inbound {
         // A v5 broker must send a valid UTF-8 topic name (MQTT 5 §1.5.4, §4.7.3) and never a
         // topic alias we did not allow; a lossy conversion keeps a broken one visible in the
@@ -148,24 +210,7 @@ fn inbound(p: Publish, counters: &Counters) -> Inbound {
         dup: p.dup,
         retain: p.retain,
         props: p.properties.and_then(|mut props| {
-            let over = |n: Option<usize>| n.is_some_and(|n| n > REPLY_MAX);
-            if over(props.response_topic.as_ref().map(String::len))
-                || over(props.correlation_data.as_ref().map(|c| c.len()))
-            {
-                counters
-                    .receipts_reply_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(
-                    topic = %String::from_utf8_lossy(&p.topic),
-                    response_topic_bytes = props.response_topic.as_ref().map_or(0, String::len),
-                    correlation_bytes = props.correlation_data.as_ref().map_or(0, |c| c.len()),
-                    max = REPLY_MAX,
-                    "an MQTT 5 response topic or correlation data over the limit is not kept; \
-                     the alert's receipt goes to receipts.topic"
-                );
-                props.response_topic = None;
-                props.correlation_data = None;
-            }
+            reply.apply(&p.topic, &mut props);
             let kept = MqttProps {
                 expiry_secs: props.message_expiry_interval,
                 user: props.user_properties,
@@ -244,7 +289,7 @@ impl MqttLink for V5Link {
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
-                    LinkEvent::Publish(inbound(p, &self.counters))
+                    LinkEvent::Publish(inbound(p, &mut self.reply))
                 }
                 Event::Outgoing(Outgoing::Disconnect) => LinkEvent::Disconnected,
                 _ => LinkEvent::Other,
@@ -256,7 +301,7 @@ impl MqttLink for V5Link {
         std::mem::take(&mut self.eventloop.state.events)
             .into_iter()
             .filter_map(|ev| match ev {
-                Event::Incoming(Packet::Publish(p)) => Some(inbound(p, &self.counters)),
+                Event::Incoming(Packet::Publish(p)) => Some(inbound(p, &mut self.reply)),
                 _ => None,
             })
             .collect()
@@ -301,22 +346,28 @@ impl MqttLink for V5Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use std::sync::atomic::Ordering;
 
-    fn publish_with(response_topic: &str, correlation: Vec<u8>) -> Publish {
+    fn publish_with(response_topic: Option<&str>, correlation: Vec<u8>) -> Publish {
         let props = PublishProperties {
             message_expiry_interval: Some(60),
-            response_topic: Some(response_topic.to_owned()),
+            response_topic: response_topic.map(str::to_owned),
             correlation_data: Some(correlation.into()),
             ..PublishProperties::default()
         };
         Publish::new("plant/n/alerts/p1", V5QoS::AtLeastOnce, "{}", Some(props))
     }
 
+    fn policy(keep: bool) -> ReplyPolicy {
+        ReplyPolicy::new(keep, Arc::new(Counters::default()))
+    }
+
     #[test]
-    fn a_response_topic_and_correlation_are_kept_with_the_alert() {
-        let counters = Counters::default();
-        let got = inbound(publish_with("hmi/answers/1", vec![7; 16]), &counters);
+    fn a_response_topic_and_correlation_are_kept_while_receipts_may_go_there() {
+        let got = inbound(
+            publish_with(Some("hmi/answers/1"), vec![7; 16]),
+            &mut policy(true),
+        );
         let props = got.props.expect("kept");
         assert_eq!(props.response_topic.as_deref(), Some("hmi/answers/1"));
         assert_eq!(props.correlation, Some(vec![7; 16]));
@@ -324,21 +375,36 @@ mod tests {
     }
 
     #[test]
+    fn without_receipts_or_without_a_response_topic_neither_is_kept() {
+        for (keep, topic) in [(false, Some("hmi/answers/1")), (true, None)] {
+            let got = inbound(publish_with(topic, vec![7; 16]), &mut policy(keep));
+            let props = got.props.expect("the expiry is kept");
+            assert_eq!(
+                (props.response_topic, props.correlation),
+                (None, None),
+                "{keep} {topic:?}"
+            );
+            assert_eq!(props.expiry_secs, Some(60));
+        }
+    }
+
+    #[test]
     fn an_oversize_response_topic_or_correlation_is_not_kept_and_counted() {
-        let counters = Counters::default();
+        let mut reply = policy(true);
         for (topic, corr) in [
             ("t/".repeat(REPLY_MAX), vec![1]),
             ("hmi/a".to_owned(), vec![1; REPLY_MAX + 1]),
         ] {
-            let got = inbound(publish_with(&topic, corr), &counters);
+            let got = inbound(publish_with(Some(&topic), corr), &mut reply);
             let props = got.props.expect("the other properties are kept");
             assert_eq!((props.response_topic, props.correlation), (None, None));
             assert_eq!(props.expiry_secs, Some(60));
         }
         assert_eq!(
-            counters
+            reply
+                .counters
                 .receipts_reply_refused
-                .load(std::sync::atomic::Ordering::Relaxed),
+                .load(Ordering::Relaxed),
             2
         );
     }

@@ -238,6 +238,10 @@ fn receipts_are_off_without_a_section_and_the_log_keeps_no_outbox() {
     let c = parse("").expect("valid");
     assert!(c.receipts.is_none());
     assert!(!c.store.wal.outbox);
+    assert!(
+        !c.mqtt.keep_response_topic,
+        "nothing would use a response topic"
+    );
 }
 
 #[test]
@@ -249,6 +253,12 @@ fn an_empty_receipts_section_turns_them_on_with_the_documented_defaults() {
     assert_eq!(r.max_age, Duration::from_secs(86_400));
     assert_eq!(r.response_topic, ResponseTopic::Prefer);
     assert!(c.store.wal.outbox);
+    assert!(c.mqtt.keep_response_topic);
+    let ignore = parse("[receipts]\nresponse_topic = \"ignore\"\n").expect("valid");
+    assert!(
+        !ignore.mqtt.keep_response_topic,
+        "ignored: not kept with the alert"
+    );
 }
 
 #[test]
