@@ -10,24 +10,10 @@
 # Needs mosquitto, mosquitto_sub, mosquitto_pub. Usage: scripts/share-probe/expiry.sh
 set -u
 X=${X:-2}
-D=$(mktemp -d); chmod 777 $D
-PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-cat > $D/m.conf <<C
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence true
-persistence_location $D/
-max_queued_messages 1000000
-log_dest file $D/mosquitto.log
-log_type all
-C
-/usr/sbin/mosquitto -c $D/m.conf & MQ=$!
-sleep 0.5
+V=mqttv5
+. "$(dirname "$0")/broker.sh"
 sub() { # id group file
-  mosquitto_sub -V mqttv5 -p $PORT -q 1 -c -x $X -i $1 -t "\$share/$2/t/#" >> $3 & echo $!
-}
-pub() { # from to
-  for i in $(seq $1 $2); do echo "m$i"; done | mosquitto_pub -V mqttv5 -p $PORT -q 1 -t t/x -l
+  mosquitto_sub -V $V -p $PORT -q 1 -c -x $X -i $1 -t "\$share/$2/t/#" >> $3 & echo $!
 }
 A=$(sub A g $D/a); B=$(sub B g $D/b)
 sleep 0.5

@@ -9,25 +9,9 @@
 #   6 100 more           whether the round robin goes on after the returns
 # Needs mosquitto, mosquitto_sub, mosquitto_pub. Usage: scripts/share-probe/measure.sh
 set -u
-D=$(mktemp -d); chmod 777 $D
-PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-cat > $D/m.conf <<C
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence true
-persistence_location $D/
-max_queued_messages 1000000
-log_dest file $D/mosquitto.log
-log_type all
-C
-/usr/sbin/mosquitto -c $D/m.conf & MQ=$!
-sleep 0.5
-V=${V:-mqttv311}
+. "$(dirname "$0")/broker.sh"
 sub() { # id group file
   mosquitto_sub -V $V -p $PORT -q 1 -c -i $1 -t "\$share/$2/t/#" >> $3 & echo $!
-}
-pub() { # from to
-  for i in $(seq $1 $2); do echo "m$i"; done | mosquitto_pub -V $V -p $PORT -q 1 -t t/x -l
 }
 A=$(sub A g $D/a); B=$(sub B g $D/b)
 C=$(mosquitto_sub -V $V -p $PORT -q 1 -c -i C -t "\$share/audit/t/#" >> $D/c & echo $!)

@@ -5,12 +5,7 @@
 # reconnect of a running process whose SUBACKs it has seen (invariant S1).
 # Usage: scripts/share-probe/reconnect.sh
 set -u
-D=$(mktemp -d); chmod 777 $D
-PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-printf "listener $PORT 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location $D/\nmax_queued_messages 1000000\n" > $D/m.conf
-/usr/sbin/mosquitto -c $D/m.conf 2>/dev/null & MQ=$!
-sleep 0.5
-pub() { for i in $(seq $1 $2); do echo "m$i"; done | mosquitto_pub -V mqttv311 -p $PORT -q 1 -t t/x -l; }
+. "$(dirname "$0")/broker.sh"
 python3 $(dirname "$0")/rawsub.py $PORT A '$share/g/t/#' 1 5 >> $D/a &
 python3 $(dirname "$0")/rawsub.py $PORT B '$share/g/t/#' 1 16 >> $D/b &
 sleep 2; pub 1 100; sleep 3.5

@@ -6,16 +6,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
 use crate::support::*;
 
-/// Receipts as a subscriber on `alertbridge/receipts/#` saw them: (topic, JSON body).
+/// Receipts as a subscriber saw them: (topic, MQTT 5 Correlation Data, JSON body).
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, serde_json::Value)>>>);
+struct Seen(Arc<Mutex<Vec<(String, Option<Vec<u8>>, serde_json::Value)>>>);
 
 impl Seen {
+    /// Every receipt: (topic, JSON body).
     fn all(&self) -> Vec<(String, serde_json::Value)> {
+        self.answers().into_iter().map(|(t, _, v)| (t, v)).collect()
+    }
+
+    /// Every receipt with its correlation data.
+    fn answers(&self) -> Vec<(String, Option<Vec<u8>>, serde_json::Value)> {
         self.0.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
@@ -29,35 +33,59 @@ impl Seen {
     }
 }
 
-/// Subscribes (QoS 1, clean session) on `alertbridge/receipts/#` and waits for the SUBACK.
+/// A subscriber on `alertbridge/receipts/#` (see [`v5_subscriber`]).
 async fn subscriber(port: u16, cancel: CancellationToken) -> (Seen, tokio::task::JoinHandle<()>) {
-    let mut o = MqttOptions::new("receipts-subscriber", "127.0.0.1", port);
-    o.set_clean_session(true)
+    v5_subscriber(port, &["alertbridge/receipts/#"], cancel).await
+}
+
+/// An MQTT 5 subscriber (QoS 1, clean start) on `filters`, like an HMI waiting for answers (it
+/// receives what a 3.1.1 agent publishes too); returns once the broker acknowledged every
+/// subscription.
+async fn v5_subscriber(
+    port: u16,
+    filters: &[&str],
+    cancel: CancellationToken,
+) -> (Seen, tokio::task::JoinHandle<()>) {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let mut o = rumqttc::v5::MqttOptions::new("receipts-subscriber", "127.0.0.1", port);
+    o.set_clean_start(true)
         .set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(o, 64);
-    client
-        .subscribe("alertbridge/receipts/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(o, 64);
+    for f in filters {
+        client
+            .subscribe(*f, Q5::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+    }
     let seen = Seen::default();
+    let sink = seen.clone();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
     let mut subscribed_tx = Some(subscribed_tx);
-    let sink = seen.clone();
+    let mut subacks = filters.len();
     let task = tokio::spawn(async move {
         let _client = client;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
+                    Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_))) => {
+                        subacks = subacks.saturating_sub(1);
+                        if subacks == 0 {
+                            if let Some(tx) = subscribed_tx.take() {
+                                let _ = tx.send(());
+                            }
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                    Ok(rumqttc::v5::Event::Incoming(P5::Publish(p))) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let correlation = p
+                            .properties
+                            .and_then(|props| props.correlation_data)
+                            .map(|c| c.to_vec());
                         let body = serde_json::from_slice(&p.payload).unwrap_or_default();
                         if let Ok(mut g) = sink.0.lock() {
-                            g.push((p.topic.clone(), body));
+                            g.push((topic, correlation, body));
                         }
                     }
                     Ok(_) => {}
@@ -68,7 +96,7 @@ async fn subscriber(port: u16, cancel: CancellationToken) -> (Seen, tokio::task:
     });
     tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
         .await
-        .expect("the receipts subscription is acknowledged")
+        .expect("the subscriptions are acknowledged")
         .expect("subscriber runs");
     (seen, task)
 }
@@ -316,75 +344,6 @@ async fn the_outbox_bound_drops_the_oldest_receipts_and_publishes_the_rest() {
     let _ = sub_task.await;
 }
 
-/// What a v5 subscriber on the receipt topics saw: topic, Correlation Data, JSON body.
-type Answers = Arc<Mutex<Vec<(String, Option<Vec<u8>>, serde_json::Value)>>>;
-
-/// An MQTT 5 subscriber (QoS 1, clean start) on `filters`, like an HMI waiting for answers;
-/// returns once the broker acknowledged the subscription.
-async fn v5_subscriber(
-    port: u16,
-    filters: &[&str],
-    cancel: CancellationToken,
-) -> (Answers, tokio::task::JoinHandle<()>) {
-    use rumqttc::v5::mqttbytes::v5::Packet as P5;
-    use rumqttc::v5::mqttbytes::QoS as Q5;
-    let mut o = rumqttc::v5::MqttOptions::new("hmi-v5", "127.0.0.1", port);
-    o.set_clean_start(true)
-        .set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(o, 64);
-    for f in filters {
-        client
-            .subscribe(*f, Q5::AtLeastOnce)
-            .await
-            .expect("subscribe queued");
-    }
-    let seen: Answers = Arc::default();
-    let sink = seen.clone();
-    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-    let mut subscribed_tx = Some(subscribed_tx);
-    let mut subacks = filters.len();
-    let task = tokio::spawn(async move {
-        let _client = client;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                ev = eventloop.poll() => match ev {
-                    Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_))) => {
-                        subacks = subacks.saturating_sub(1);
-                        if subacks == 0 {
-                            if let Some(tx) = subscribed_tx.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                    }
-                    Ok(rumqttc::v5::Event::Incoming(P5::Publish(p))) => {
-                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        let correlation = p
-                            .properties
-                            .and_then(|props| props.correlation_data)
-                            .map(|c| c.to_vec());
-                        let body = serde_json::from_slice(&p.payload).unwrap_or_default();
-                        if let Ok(mut g) = sink.lock() {
-                            g.push((topic, correlation, body));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                },
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
-        .await
-        .expect("the subscriptions are acknowledged")
-        .expect("subscriber runs");
-    (seen, task)
-}
-
-fn answers(seen: &Answers) -> Vec<(String, Option<Vec<u8>>, serde_json::Value)> {
-    seen.lock().map(|g| g.clone()).unwrap_or_default()
-}
-
 /// mosquitto's ACL for the response-topic test: anonymous clients may use everything the
 /// test needs, but only read `hmi/locked/#`, so the agent's receipt there is refused.
 const RECEIPT_ACL: &str = "topic readwrite plant/#\ntopic readwrite alertbridge/#\n\
@@ -476,7 +435,7 @@ async fn an_mqtt5_publisher_gets_its_receipt_on_its_response_topic_with_its_corr
         "the looping response topic"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = answers(&seen);
+    let got = seen.answers();
     let find = |id: &str| {
         got.iter()
             .filter(|(_, _, v)| v["alert_id"] == id)
@@ -575,19 +534,19 @@ async fn a_receipt_for_a_response_topic_survives_a_kill9_before_its_publish() {
         agent.status()
     );
     assert!(
-        answers(&seen).is_empty(),
+        seen.answers().is_empty(),
         "the held publisher published nothing"
     );
     agent.set_env(&[]);
     agent.restart(); // SIGKILL, then start without the hold
     assert!(
-        wait_until(Duration::from_secs(30), || answers(&seen).len() >= N / 2).await,
+        wait_until(Duration::from_secs(30), || seen.answers().len() >= N / 2).await,
         "{} answers after the restart\n{}",
-        answers(&seen).len(),
+        seen.answers().len(),
         agent.logs()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got = answers(&seen);
+    let got = seen.answers();
     assert_eq!(
         got.len(),
         N / 2,
