@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Receipts as a subscriber saw them: (topic, MQTT 5 Correlation Data, JSON body).
+/// One receipt as a subscriber saw it: topic, MQTT 5 Correlation Data, JSON body.
+type Answer = (String, Option<Vec<u8>>, serde_json::Value);
+
+/// Receipts as a subscriber saw them.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, Option<Vec<u8>>, serde_json::Value)>>>);
+struct Seen(Arc<Mutex<Vec<Answer>>>);
 
 impl Seen {
     /// Every receipt: (topic, JSON body).
@@ -19,7 +22,7 @@ impl Seen {
     }
 
     /// Every receipt with its correlation data.
-    fn answers(&self) -> Vec<(String, Option<Vec<u8>>, serde_json::Value)> {
+    fn answers(&self) -> Vec<Answer> {
         self.0.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
@@ -230,15 +233,19 @@ async fn kill9_during_delivery_still_publishes_a_receipt_for_every_delivered_ale
     let _ = sub_task.await;
 }
 
-/// An agent with receipts on whose publisher is held (it never connects): receipts accumulate
-/// in the log. `extra` goes into `[receipts]`.
-async fn held_agent(broker: &Mosquitto, sim: &Sim, extra: &str) -> Agent {
-    let opts = AgentOptions {
+/// Options of an agent with receipts on; `extra` goes into `[receipts]`.
+fn receipts_with(extra: &str) -> AgentOptions {
+    AgentOptions {
         extra: format!("[receipts]\n{extra}\n"),
         admin: true,
         ..receipts_on()
-    };
-    let mut agent = Agent::start(broker.port, sim, &opts);
+    }
+}
+
+/// An agent started with `opts` whose receipts publisher is held (it never connects): receipts
+/// accumulate in the log.
+async fn held_agent(broker: &Mosquitto, sim: &Sim, opts: &AgentOptions) -> Agent {
+    let mut agent = Agent::start(broker.port, sim, opts);
     agent.set_env(&[("ALERTBRIDGE_FAULT_HOLD_RECEIPTS", "1")]);
     agent.restart();
     wait_subscribed(&agent).await;
@@ -250,7 +257,7 @@ async fn a_crash_between_the_2xx_and_the_receipt_publish_still_publishes_it() {
     const N: usize = 300;
     let broker = Mosquitto::start();
     let sim = sim(Duration::from_secs(3600)).await;
-    let mut agent = held_agent(&broker, &sim, "").await;
+    let mut agent = held_agent(&broker, &sim, &receipts_with("")).await;
     let cancel = CancellationToken::new();
     let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
     let (plant, task) = Plant::connect(broker.port, "plant-receipts-held", cancel.clone());
@@ -295,7 +302,7 @@ async fn the_outbox_bound_drops_the_oldest_receipts_and_publishes_the_rest() {
     const N: usize = 300;
     let broker = Mosquitto::start();
     let sim = sim(Duration::from_secs(3600)).await;
-    let mut agent = held_agent(&broker, &sim, "max_pending = 100").await;
+    let mut agent = held_agent(&broker, &sim, &receipts_with("max_pending = 100")).await;
     let cancel = CancellationToken::new();
     let (seen, sub_task) = subscriber(broker.port, cancel.clone()).await;
     let (plant, task) = Plant::connect(broker.port, "plant-receipts-bound", cancel.clone());
@@ -352,8 +359,7 @@ const RECEIPT_ACL: &str = "topic readwrite plant/#\ntopic readwrite alertbridge/
 fn receipts_v5() -> AgentOptions {
     AgentOptions {
         mqtt_extra: "protocol = \"5\"".into(),
-        admin: true,
-        ..receipts_on()
+        ..receipts_with("")
     }
 }
 
@@ -494,13 +500,10 @@ async fn a_receipt_for_a_response_topic_survives_a_kill9_before_its_publish() {
     let broker = Mosquitto::start();
     let sim = sim(Duration::from_secs(3600)).await;
     let opts = AgentOptions {
-        extra: "[receipts]\nresponse_topic = \"only\"\n".into(),
-        ..receipts_v5()
+        mqtt_extra: "protocol = \"5\"".into(),
+        ..receipts_with("response_topic = \"only\"")
     };
-    let mut agent = Agent::start(broker.port, &sim, &opts);
-    agent.set_env(&[("ALERTBRIDGE_FAULT_HOLD_RECEIPTS", "1")]);
-    agent.restart();
-    wait_subscribed(&agent).await;
+    let mut agent = held_agent(&broker, &sim, &opts).await;
     let cancel = CancellationToken::new();
     let (seen, sub_task) = v5_subscriber(
         broker.port,
