@@ -17,10 +17,15 @@
 //! (its PUBACKs go through rumqttc's request channel, see `src/ingest/v5.rs`), the raw
 //! subscriber announces the same Receive Maximum, and the publisher sets a Message Expiry
 //! Interval and two user properties on every alert, so the agent keeps them with each record
-//! (record version 2). The `props` column counts the records in the agent's log that carry
-//! them, read back after the run. mosquitto announces its `max_inflight_messages` as Receive
-//! Maximum to a v5 publisher too, so the v5 publisher has 100 publishes in flight where the
-//! 3.1.1 one has 1000: in `live` mode the raw v5 row shows that publisher's cap.
+//! (record version 2). mosquitto announces its `max_inflight_messages` as Receive Maximum to
+//! the v5 publisher too, so that one has 100 publishes in flight where the 3.1.1 one has 1000:
+//! in `live` mode the raw v5 row shows that publisher's cap.
+//!
+//! Agent columns: `batches`, group commits (flush + fsync) for the N alerts; `unacked`, the most
+//! alerts seen received and not yet acked at once (sampled each millisecond, so a lower bound):
+//! how many the broker let pile up on the agent, at most the in-flight window where the broker
+//! holds to it; `props`, the records in the agent's log that carry MQTT 5 properties, read back
+//! after the run.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -88,11 +93,12 @@ fn agent_config(port: u16, protocol: Protocol, sim: &Sim, dir: &std::path::Path)
     Config::parse(&text, std::path::Path::new("<bench>")).expect("bench config")
 }
 
-/// One alertbridge row: alerts/s, group commits, and records in the log that carry MQTT 5
-/// properties.
+/// One alertbridge row: alerts/s, group commits, the most alerts received and not yet acked,
+/// and records in the log that carry MQTT 5 properties.
 struct AgentRun {
     rate: f64,
     batches: u64,
+    peak_unacked: u64,
     with_props: usize,
 }
 
@@ -107,9 +113,17 @@ async fn agent(mode: &str, protocol: Protocol, n: usize) -> AgentRun {
             async move { alertbridge::run_with(cfg, counters, stop.cancelled_owned()).await },
         )
     };
+    // Waits for `target` acks; returns the most alerts seen received but not yet acked (sampled
+    // each millisecond, so a lower bound): what the broker let pile up on the agent.
     let wait_acked = |c: Arc<Counters>, target: u64| async move {
         let mut last = Instant::now();
-        while c.acked.load(Ordering::Relaxed) < target {
+        let mut peak = 0;
+        loop {
+            let acked = c.acked.load(Ordering::Relaxed);
+            if acked >= target {
+                return peak;
+            }
+            peak = peak.max(c.received.load(Ordering::Relaxed).saturating_sub(acked));
             tokio::time::sleep(Duration::from_millis(1)).await;
             if std::env::var_os("BENCH_DEBUG").is_some() && last.elapsed() > Duration::from_secs(1)
             {
@@ -137,17 +151,19 @@ async fn agent(mode: &str, protocol: Protocol, n: usize) -> AgentRun {
     let stop = CancellationToken::new();
     let h = start_agent(c.clone(), stop.clone());
     let started;
+    let peak_unacked;
     if mode == "backlog" {
         while c.received.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         started = Instant::now();
-        wait_acked(c.clone(), n as u64).await;
+        peak_unacked = wait_acked(c.clone(), n as u64).await;
     } else {
         wait_connected(c.clone()).await;
         started = Instant::now();
+        let acked = tokio::spawn(wait_acked(c.clone(), n as u64));
         publish(b.port, protocol, n).await;
-        wait_acked(c.clone(), n as u64).await;
+        peak_unacked = acked.await.expect("ack waiter");
     }
     let d = started.elapsed();
     let batches = c.batches.load(Ordering::Relaxed);
@@ -162,6 +178,7 @@ async fn agent(mode: &str, protocol: Protocol, n: usize) -> AgentRun {
     AgentRun {
         rate: n as f64 / d.as_secs_f64(),
         batches,
+        peak_unacked,
         with_props,
     }
 }
@@ -185,11 +202,16 @@ fn parse_args() -> (usize, Vec<Protocol>) {
     (n, protocols)
 }
 
-/// One line of the table; `-` where a column does not apply.
-fn row(mode: &str, protocol: Protocol, consumer: &str, rate: f64, batches: &str, props: &str) {
+/// One line of the table: mode, protocol, consumer, alerts/s, then the agent's figures
+/// (batches, peak unacked, props), `-` for the raw subscriber.
+fn row(mode: &str, protocol: Protocol, consumer: &str, rate: f64, agent: Option<&AgentRun>) {
+    let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     println!(
-        "{mode:<8} {:<8} {consumer:<38} {rate:>10.0} {batches:>8} {props:>8}",
-        protocol.name()
+        "{mode:<8} {:<8} {consumer:<38} {rate:>10.0} {:>8} {:>8} {:>8}",
+        protocol.name(),
+        show(agent.map(|a| a.batches.to_string())),
+        show(agent.map(|a| a.peak_unacked.to_string())),
+        show(agent.map(|a| a.with_props.to_string())),
     );
 }
 
@@ -208,19 +230,17 @@ fn main() {
             USER_PROPERTIES.map(|(k, _)| k)
         );
         println!(
-            "{:<8} {:<8} {:<38} {:>10} {:>8} {:>8}",
-            "mode", "protocol", "consumer", "alerts/s", "batches", "props"
+            "{:<8} {:<8} {:<38} {:>10} {:>8} {:>8} {:>8}",
+            "mode", "protocol", "consumer", "alerts/s", "batches", "unacked", "props"
         );
         for mode in ["backlog", "live"] {
             for &p in &protocols {
                 let r = raw(mode, p, n).await;
-                row(mode, p, "raw rumqttc subscriber (ack at once)", r, "-", "-");
+                row(mode, p, "raw rumqttc subscriber (ack at once)", r, None);
             }
             for &p in &protocols {
                 let a = agent(mode, p, n).await;
-                let batches = a.batches.to_string();
-                let props = a.with_props.to_string();
-                row(mode, p, "alertbridge (flush + fsync, then ack)", a.rate, &batches, &props);
+                row(mode, p, "alertbridge (flush + fsync, then ack)", a.rate, Some(&a));
             }
         }
     });
