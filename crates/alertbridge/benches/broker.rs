@@ -1,8 +1,9 @@
 //! What the ingest and backlog benches share on the MQTT side: their own mosquitto (a free
 //! loopback port, persistence on in a data dir of its own, `max_inflight_messages` [`INFLIGHT`], a
 //! queue big enough for any N; killed and reaped on drop), a QoS 1 publisher, and the raw
-//! subscriber that measures the broker's QoS 1 ceiling; and the Genesys simulator in an outage,
-//! so the agent's drain stays out of the way; and the runtime they run on.
+//! subscriber that measures the broker's QoS 1 ceiling, both in MQTT 3.1.1 or 5 (`client.rs`);
+//! and the Genesys simulator in an outage, so the agent's drain stays out of the way; and the
+//! runtime they run on.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -10,10 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use genesys_sim::{Sim, SimConfig};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+pub(crate) mod client;
+pub(crate) use client::Protocol;
+use client::{Client, Event};
 
 /// mosquitto's `max_inflight_messages`: unacked QoS 1 publishes it sends one client.
-pub(crate) const INFLIGHT: u32 = 100;
+pub(crate) const INFLIGHT: u16 = 100;
 
 /// A mosquitto of this bench's own, killed and reaped on drop.
 pub(crate) struct Broker {
@@ -78,14 +82,13 @@ pub(crate) fn broker() -> Broker {
     }
 }
 
-/// Largest MQTT packet the bench clients send or accept: above every bench payload.
-const MAX_PACKET: usize = 64 * 1024;
-
-/// Publishes `alert(0..n)` (topic, payload) at QoS 1 as client `id`, 1000 in flight, as fast as
+/// Publishes `alert(0..n)` (topic, payload) at QoS 1 in `protocol` as client `id`, as fast as
 /// the broker acks them or paced to `rate` alerts/s; returns the time from the first publish
-/// queued to the last PUBACK.
+/// queued to the last PUBACK. In flight: 1000 in MQTT 3.1.1; in MQTT 5 the broker's Receive
+/// Maximum, which mosquitto sets to its `max_inflight_messages` ([`INFLIGHT`]).
 pub(crate) async fn publish<F>(
     port: u16,
+    protocol: Protocol,
     id: &str,
     n: usize,
     rate: Option<f64>,
@@ -94,11 +97,7 @@ pub(crate) async fn publish<F>(
 where
     F: Fn(usize) -> (String, String) + Send + 'static,
 {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_inflight(1000)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    let (client, mut el) = AsyncClient::new(o, 10_000);
+    let (client, mut el) = client::publisher(protocol, port, id);
     let start = Instant::now();
     let pubs = tokio::spawn(async move {
         for i in 0..n {
@@ -107,57 +106,51 @@ where
                 tokio::time::sleep_until(due.into()).await;
             }
             let (t, b) = alert(i);
-            client
-                .publish(t, QoS::AtLeastOnce, false, b)
-                .await
-                .expect("queue publish");
+            client.publish(t, b).await;
         }
         client
     });
     let mut acked = 0;
     while acked < n {
         match el.poll().await {
-            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(Event::PubAck) => acked += 1,
             Ok(_) => {}
             Err(e) => panic!("publisher lost the broker: {e}"),
         }
     }
     let d = start.elapsed();
     if let Ok(client) = pubs.await {
-        let _ = client.disconnect().await;
+        client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
     }
     d
 }
 
-/// Queues as many of `unacked` as rumqttc's request channel takes; the rest wait for the next
-/// poll (a full channel must not block: nobody would poll the event loop that empties it).
-fn try_ack_front(client: &AsyncClient, unacked: &mut VecDeque<rumqttc::Publish>) {
-    while let Some(p) = unacked.front() {
-        if client.try_ack(p).is_err() {
+/// Queues as many of `unacked` (packet ids) as the client's request channel takes; the rest
+/// wait for the next poll.
+fn try_ack_front(client: &Client, unacked: &mut VecDeque<u16>) {
+    while let Some(&pkid) = unacked.front() {
+        if !client.try_ack(pkid) {
             break;
         }
         unacked.pop_front();
     }
 }
 
-/// A plain subscriber to `plant/+/alerts/#` that acks each publish at once: the broker's QoS 1
-/// ceiling. `clean` picks a clean or a persistent session. Sends on `ready` once subscribed;
-/// returns the time from the first to the `n`-th publish, or right after subscribing (and
-/// disconnecting, the session registered) when `n` is 0.
+/// A plain subscriber to `plant/+/alerts/#` in `protocol` that acks each publish at once: the
+/// broker's QoS 1 ceiling. `clean` picks a clean or a persistent session; in MQTT 5 it
+/// announces a Receive Maximum of [`INFLIGHT`], the window mosquitto allows a 3.1.1 client.
+/// Sends on `ready` once subscribed; returns the time from the first to the `n`-th publish, or
+/// right after subscribing (and disconnecting, the session registered) when `n` is 0.
 pub(crate) async fn raw_subscriber(
     port: u16,
+    protocol: Protocol,
     id: &str,
     clean: bool,
     n: usize,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Duration {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_clean_session(clean)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    let (client, mut el) = AsyncClient::new(o, 10_000);
+    let (client, mut el) = client::subscriber(protocol, port, id, clean, INFLIGHT);
     let mut ready = Some(ready);
     let mut got = 0;
     let mut start = None;
@@ -165,24 +158,20 @@ pub(crate) async fn raw_subscriber(
     loop {
         try_ack_front(&client, &mut unacked);
         match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                client
-                    .try_subscribe("plant/+/alerts/#", QoS::AtLeastOnce)
-                    .expect("subscribe");
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
+            Ok(Event::ConnAck) => client.try_subscribe("plant/+/alerts/#"),
+            Ok(Event::SubAck) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
                 if n == 0 {
-                    let _ = client.disconnect().await;
+                    client.disconnect().await;
                     let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
                     return Duration::ZERO;
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+            Ok(Event::Publish(pkid)) => {
                 start.get_or_insert_with(Instant::now);
-                unacked.push_back(p);
+                unacked.push_back(pkid);
                 got += 1;
                 if got == n {
                     let d = start.map(|s| s.elapsed()).unwrap_or_default();
@@ -193,7 +182,7 @@ pub(crate) async fn raw_subscriber(
                         try_ack_front(&client, &mut unacked);
                         let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
                     }
-                    let _ = client.try_disconnect();
+                    client.try_disconnect();
                     let flush_until = Instant::now() + Duration::from_secs(2);
                     while Instant::now() < flush_until {
                         match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
