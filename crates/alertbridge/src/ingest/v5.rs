@@ -5,10 +5,12 @@
 //!   rumqttc 0.25's v5 event loop keeps its connection private. The I2 rule is the same as for
 //!   v4's fallback path ([`queue_acks`]): a PUBACK still in the channel when the connection
 //!   fails is dropped by rumqttc, one queued later carries an old epoch and is never queued.
-//!   What kept v4 acks behind under a flood (one request written per poll while a read brings
-//!   up to ten publishes) cannot build up here: the broker may have at most
-//!   `mqtt.receive_maximum` publishes unacked (MQTT 5 Receive Maximum), and the request channel
-//!   holds more than that many acks.
+//!   The event loop writes one request per turn while a network read brings up to ten
+//!   publishes, so acks lag under a flood; Receive Maximum would bound that, but mosquitto 2.0.11
+//!   sends a resumed session's queued backlog past it (measured: 153 000 fsynced alerts waiting
+//!   for their ack during a 200 000 backlog, docs/benchmarks.md). Nothing is lost (I1 holds for
+//!   each one); a crash then makes the broker resend them, and the duplicate window stores none
+//!   twice while it covers them (docs/operations.md, "Known limitation").
 //! - **Session Expiry Interval** `mqtt.session_expiry_secs` (default 7 days) with Clean Start = 0:
 //!   the broker keeps the session and queues alerts that long while we are away. The value the
 //!   broker grants is logged with each CONNACK.
