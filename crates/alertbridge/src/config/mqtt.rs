@@ -341,13 +341,24 @@ pub(super) fn mqtt_from_raw(raw: RawMqtt) -> Result<MqttConfig, ConfigError> {
             }
         }
     }
+    // 0 would end the session at every disconnect: whatever is published while alertbridge
+    // reconnects (or restarts) is never queued for it, a loss at the broker on every blip.
     let session_expiry_secs = match raw.session_expiry_secs {
         None => DEFAULT_SESSION_EXPIRY_SECS,
+        Some(0) => {
+            return Err(invalid(
+                "mqtt.session_expiry_secs",
+                "is 0: the broker would end the session at every disconnect, and alerts published \
+                 while alertbridge reconnects or restarts would be lost at the broker",
+                "set it to the longest outage to survive (default 604800 = 7 days; 4294967295: \
+                 never expires)",
+            ))
+        }
         Some(s) => u32::try_from(s).map_err(|_| {
             invalid(
                 "mqtt.session_expiry_secs",
                 format!("{s} is above the MQTT 5 maximum 4294967295"),
-                "use 0..=4294967295 (4294967295: the session never expires; default 604800 = 7 days)",
+                "use 1..=4294967295 (4294967295: the session never expires; default 604800 = 7 days)",
             )
         })?,
     };

@@ -350,6 +350,11 @@ fn a_wrong_protocol_or_v5_setting_is_refused_naming_its_key() {
             "protocol = \"5\"\nsession_expiry_secs = 4294967296",
             "mqtt.session_expiry_secs",
         ),
+        // The session would end at every disconnect: a loss at the broker on every blip.
+        (
+            "protocol = \"5\"\nsession_expiry_secs = 0",
+            "mqtt.session_expiry_secs",
+        ),
         (
             "protocol = \"5\"\nreceive_maximum = 0",
             "mqtt.receive_maximum",

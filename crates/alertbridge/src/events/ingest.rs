@@ -216,7 +216,6 @@ impl SessionLost<'_> {
     fn likely_cause(&self) -> String {
         let id = self.client_id;
         match self.session_expiry_secs {
-            Some(0) => "mqtt.session_expiry_secs = 0 asks the broker to end the session at every disconnect: set it to the longest outage to survive (default 604800 = 7 days)".to_string(),
             Some(secs) => format!(
                 "alertbridge was away longer than the session expiry ({secs} s: mqtt.session_expiry_secs, or less if the broker caps it); or the broker restarted without persistence; or an administrator, or another client logging in as {id} with Clean Start, removed the session"
             ),
